@@ -1,0 +1,233 @@
+// Command imds-agent makes a Linux host look like an EC2 instance with an
+// instance profile to every AWS SDK on it. See README.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/imds-agent/imds-agent/internal/agent"
+	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/hostinfo"
+)
+
+// Set at build time with -ldflags "-X main.version=… -X main.commit=…".
+var (
+	version = "0.0.0-dev"
+	commit  = ""
+)
+
+const usage = `imds-agent: the EC2 instance metadata service, with instance-profile
+credentials, for any Linux host.
+
+Usage:
+  imds-agent run [--config PATH] [--force]   run the daemon (default config ` + config.DefaultPath + `)
+  imds-agent dev [--listen ADDR]             everything on loopback with a built-in AWS emulator
+  imds-agent check-config [--config PATH]    validate the config and print the effective one
+  imds-agent version                         print version, commit and Go version
+`
+
+// exitUsage is the exit status for a command line that cannot be run.
+const exitUsage = 2
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the process exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet("imds-agent "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", config.DefaultPath, "configuration file")
+	var err error
+	switch cmd {
+	case "run":
+		force := fs.Bool("force", false, "claim the metadata address even on what looks like a real EC2 instance")
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		_ = force // used by the host link setup
+		err = runDaemon(*configPath, stderr)
+	case "dev":
+		listen := fs.String("listen", "127.0.0.1:1338", "address to serve instance metadata on")
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = runDev(*listen, stdout, stderr)
+	case "check-config":
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = checkConfig(*configPath, stdout)
+	case "version":
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		fmt.Fprintln(stdout, versionString())
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "imds-agent: unknown command %q\n\n%s", cmd, usage)
+		return exitUsage
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "imds-agent %s: %v\n", cmd, err)
+		return 1
+	}
+	return 0
+}
+
+func parse(fs *flag.FlagSet, args []string) bool {
+	if err := fs.Parse(args); err != nil {
+		return false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return false
+	}
+	return true
+}
+
+func versionString() string {
+	rev := commit
+	if rev == "" {
+		if bi, ok := debug.ReadBuildInfo(); ok {
+			for _, s := range bi.Settings {
+				if s.Key == "vcs.revision" {
+					rev = s.Value
+				}
+			}
+		}
+	}
+	if rev == "" {
+		rev = "unknown"
+	}
+	return fmt.Sprintf("imds-agent %s (commit %s, %s, %s/%s)", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func checkConfig(path string, stdout io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	out, err := cfg.Marshal()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "# %s is valid; the effective configuration:\n%s", path, out)
+	return nil
+}
+
+// newLogger returns the agent's logger, writing to w (journald captures
+// stderr) at a level that reloads can change.
+func newLogger(w io.Writer, format string, level *slog.LevelVar) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// signals returns a context cancelled by SIGINT or SIGTERM and a channel of
+// SIGHUPs. The SIGHUP handler is installed before anything else runs: Go's
+// default action for SIGHUP is to exit.
+func signals() (context.Context, context.CancelFunc, <-chan os.Signal) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	return ctx, func() { stop(); signal.Stop(hup) }, hup
+}
+
+func runDaemon(path string, stderr io.Writer) error {
+	ctx, stop, hup := signals()
+	defer stop()
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	level := new(slog.LevelVar)
+	level.Set(agent.Level(cfg.Log.Level))
+	log := newLogger(stderr, cfg.Log.Format, level)
+	a, err := agent.New(agent.Options{
+		Config:     cfg,
+		ConfigPath: path,
+		Logger:     log,
+		LogLevel:   level,
+		Host:       hostinfo.System(),
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("starting", "version", version, "config", path)
+	return serve(ctx, a, hup)
+}
+
+// serve runs a until ctx is done, reloading on SIGHUP.
+func serve(ctx context.Context, a *agent.Agent, hup <-chan os.Signal) error {
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-hup:
+			_ = a.Reload() // a failed reload is logged and changes nothing
+		}
+	}
+}
+
+func runDev(listen string, stdout, stderr io.Writer) error {
+	ctx, stop, hup := signals()
+	defer stop()
+	level := new(slog.LevelVar)
+	log := newLogger(stderr, "text", level)
+	dev, err := agent.StartDev(listen, log.With("component", "aws-emulator"))
+	if err != nil {
+		return err
+	}
+	defer dev.Emulator.Close()
+	a, err := agent.New(agent.Options{
+		Config:        dev.Config,
+		Logger:        log,
+		LogLevel:      level,
+		Host:          hostinfo.System(),
+		SourceOptions: dev.SourceOptions,
+	})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, a, hup) }()
+	select {
+	case <-a.Listening():
+	case err := <-done:
+		return err
+	}
+	addr := a.Addrs()[0].String()
+	fmt.Fprintf(stdout, `imds-agent dev: instance metadata on http://%[1]s (tokens required), AWS emulator (STS, IAM) on %[2]s
+Instance profile %[3]s, role %[4]s, account %[5]s. Ctrl-C stops.
+
+In another shell:
+  export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s NO_PROXY='*'
+  aws sts get-caller-identity --endpoint-url %[2]s
+`, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region)
+	err = <-done
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,302 @@
+// Package config owns the agent's configuration file: its schema, strict
+// decoding (unknown keys are errors that name the key and its line), the
+// defaults, and validation whose messages say what to change.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultPath is where packages install the configuration file.
+const DefaultPath = "/etc/imds-agent/config.yaml"
+
+// Config is the whole configuration file, version 1.
+type Config struct {
+	Version         int             `yaml:"version"`
+	Instance        Instance        `yaml:"instance"`
+	Credentials     Credentials     `yaml:"credentials"`
+	MetadataOptions MetadataOptions `yaml:"metadata_options"`
+	Listen          Listen          `yaml:"listen"`
+	Access          Access          `yaml:"access"`
+	Admin           Admin           `yaml:"admin"`
+	Log             Log             `yaml:"log"`
+	Metrics         Metrics         `yaml:"metrics"`
+}
+
+// Instance describes the instance the host presents itself as. Empty fields
+// are filled from the host itself (see package hostinfo).
+type Instance struct {
+	ID               string `yaml:"id"`
+	Region           string `yaml:"region"`
+	AvailabilityZone string `yaml:"availability_zone"`
+	Type             string `yaml:"type"`
+	AMIID            string `yaml:"ami_id"`
+	AccountID        string `yaml:"account_id"`
+	Hostname         string `yaml:"hostname"`
+	LocalHostname    string `yaml:"local_hostname"`
+	LocalIPv4        string `yaml:"local_ipv4"`
+	MAC              string `yaml:"mac"`
+	UserDataFile     string `yaml:"user_data_file"`
+}
+
+// Credentials says which role to serve and where the host's own (source)
+// credentials come from.
+type Credentials struct {
+	InstanceProfile string   `yaml:"instance_profile"`
+	RoleARN         string   `yaml:"role_arn"`
+	ExternalID      string   `yaml:"external_id"`
+	SessionDuration Duration `yaml:"session_duration"`
+	// RefreshBeforeExpiry is zero for "auto": min(30m, half the lifetime).
+	RefreshBeforeExpiry    RefreshWindow `yaml:"refresh_before_expiry"`
+	ProfileRecheck         Duration      `yaml:"profile_recheck"`
+	SourceProfile          string        `yaml:"source_profile"`
+	SharedConfigFiles      []string      `yaml:"shared_config_files"`
+	SharedCredentialsFiles []string      `yaml:"shared_credentials_files"`
+}
+
+// MetadataOptions mirrors EC2's instance metadata options.
+type MetadataOptions struct {
+	HTTPEndpoint            string `yaml:"http_endpoint"`
+	HTTPTokens              string `yaml:"http_tokens"`
+	HTTPPutResponseHopLimit int    `yaml:"http_put_response_hop_limit"`
+	HTTPProtocolIPv6        string `yaml:"http_protocol_ipv6"`
+}
+
+// Listen says where the metadata service is served.
+type Listen struct {
+	Link      string   `yaml:"link"`
+	Addresses []string `yaml:"addresses"`
+}
+
+// Access is the local access policy; see package access.
+type Access struct {
+	Credentials Rules `yaml:"credentials"`
+	Metadata    Rules `yaml:"metadata"`
+	// BindTokensToUID makes a token valid only for the local user that asked
+	// for it.
+	BindTokensToUID bool `yaml:"bind_tokens_to_uid"`
+	// TokenRateLimit is the number of tokens one caller may obtain per
+	// second; 0 means unlimited, as on EC2.
+	TokenRateLimit float64 `yaml:"token_rate_limit"`
+}
+
+// Rules are allow and deny lists of selectors such as "user:www-data".
+type Rules struct {
+	Allow []string `yaml:"allow"`
+	Deny  []string `yaml:"deny"`
+}
+
+// Admin configures the local control socket used by `status` and `refresh`.
+type Admin struct {
+	Socket string `yaml:"socket"`
+}
+
+// Log configures the agent's own log output.
+type Log struct {
+	Level  string `yaml:"level"`
+	Format string `yaml:"format"`
+	// Audit turns the per-response audit record on or off (on by default).
+	Audit bool `yaml:"audit"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	Listen string `yaml:"listen"`
+}
+
+// Option values, named as EC2 names them.
+const (
+	Enabled  = "enabled"
+	Disabled = "disabled"
+	Required = "required"
+	Optional = "optional"
+)
+
+// Defaults for values the file may leave out.
+const (
+	DefaultSessionDuration = time.Hour
+	MinSessionDuration     = 15 * time.Minute // STS's minimum
+	MaxSessionDuration     = 12 * time.Hour   // STS's maximum
+	DefaultProfileRecheck  = 5 * time.Minute
+	DefaultLink            = "imds0"
+	DefaultAdminSocket     = "/run/imds-agent/admin.sock"
+	IPv4Address            = "169.254.169.254:80"
+	IPv6Address            = "[fd00:ec2::254]:80"
+)
+
+// DefaultSharedConfigFiles and DefaultSharedCredentialsFiles are the SDK
+// files the agent reads its source credentials from: the service user has no
+// home directory, so the SDK's own defaults do not apply.
+var (
+	DefaultSharedConfigFiles      = []string{"/etc/imds-agent/aws/config"}
+	DefaultSharedCredentialsFiles = []string{"/etc/imds-agent/aws/credentials"}
+)
+
+// Load reads, decodes, defaults and validates the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("config file %s does not exist", path)
+		}
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes data (named name in messages), applies defaults and
+// validates the result.
+func Parse(name string, data []byte) (*Config, error) {
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, fmt.Errorf("%s: the file is empty; it needs at least \"version: 1\"", name)
+	}
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil {
+		return nil, located(name, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, fmt.Errorf("%s:%d: a second YAML document follows the first; the file must hold exactly one", name, extra.Line)
+	}
+
+	lines := lineIndex{}
+	if err := checkKeys(&root, lines); err != nil {
+		return nil, located(name, err)
+	}
+
+	var c Config
+	strict := yaml.NewDecoder(bytes.NewReader(data))
+	strict.KnownFields(true)
+	if err := strict.Decode(&c); err != nil {
+		return nil, located(name, err)
+	}
+	if _, ok := lines["version"]; !ok {
+		return nil, fmt.Errorf("%s: version is missing; write \"version: 1\" at the top", name)
+	}
+	c.applyDefaults(lines.has)
+	if problems := c.validate(lines); len(problems) > 0 {
+		return nil, problems.in(name, lines)
+	}
+	return &c, nil
+}
+
+// applyDefaults fills every value the file left out; present reports
+// whether the file set a key, for values whose zero is meaningful.
+func (c *Config) applyDefaults(present func(path string) bool) {
+	if !present("listen.link") {
+		c.Listen.Link = DefaultLink
+	}
+	if c.Instance.Region == "" {
+		if c.Instance.AvailabilityZone != "" && len(c.Instance.AvailabilityZone) > 1 {
+			c.Instance.Region = c.Instance.AvailabilityZone[:len(c.Instance.AvailabilityZone)-1]
+		} else {
+			c.Instance.Region = "us-east-1"
+		}
+	}
+	if c.Instance.AvailabilityZone == "" {
+		c.Instance.AvailabilityZone = c.Instance.Region + "a"
+	}
+	if c.Credentials.SessionDuration == 0 {
+		c.Credentials.SessionDuration = Duration(DefaultSessionDuration)
+	}
+	if c.Credentials.ProfileRecheck == 0 {
+		c.Credentials.ProfileRecheck = Duration(DefaultProfileRecheck)
+	}
+	if c.Credentials.SharedConfigFiles == nil {
+		c.Credentials.SharedConfigFiles = append([]string(nil), DefaultSharedConfigFiles...)
+	}
+	if c.Credentials.SharedCredentialsFiles == nil {
+		c.Credentials.SharedCredentialsFiles = append([]string(nil), DefaultSharedCredentialsFiles...)
+	}
+	m := &c.MetadataOptions
+	if m.HTTPEndpoint == "" {
+		m.HTTPEndpoint = Enabled
+	}
+	if m.HTTPTokens == "" {
+		m.HTTPTokens = Required
+	}
+	if !present("metadata_options.http_put_response_hop_limit") {
+		m.HTTPPutResponseHopLimit = 1
+	}
+	if m.HTTPProtocolIPv6 == "" {
+		m.HTTPProtocolIPv6 = Enabled
+	}
+	if c.Listen.Addresses == nil {
+		c.Listen.Addresses = []string{IPv4Address}
+		if m.HTTPProtocolIPv6 == Enabled {
+			c.Listen.Addresses = append(c.Listen.Addresses, IPv6Address)
+		}
+	}
+	if c.Admin.Socket == "" {
+		c.Admin.Socket = DefaultAdminSocket
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if !present("log.audit") {
+		c.Log.Audit = true
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+}
+
+// Default returns the configuration a file holding only "version: 1"
+// yields.
+func Default() *Config {
+	c := &Config{Version: 1}
+	c.applyDefaults(func(string) bool { return false })
+	return c
+}
+
+// Marshal renders the effective configuration as YAML.
+func (c *Config) Marshal() ([]byte, error) {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
+		return nil, err
+	}
+	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// located prefixes each problem in err with the file name, giving
+// "file:LINE: message" where the line is known.
+func located(name string, err error) error {
+	var msgs []string
+	var te *yaml.TypeError
+	var le lineError
+	switch {
+	case errors.As(err, &te):
+		for _, m := range te.Errors {
+			m = strings.TrimPrefix(m, "line ")
+			m = strings.Replace(m, "cannot unmarshal !!str", "cannot use the string", 1)
+			m = strings.Replace(m, "cannot unmarshal !!int", "cannot use the number", 1)
+			m = strings.Replace(m, "cannot unmarshal !!seq", "cannot use a list", 1)
+			m = strings.Replace(m, "cannot unmarshal !!map", "cannot use a mapping", 1)
+			m = strings.Replace(m, "cannot unmarshal !!bool", "cannot use the boolean", 1)
+			msgs = append(msgs, name+":"+m)
+		}
+	case errors.As(err, &le):
+		msgs = append(msgs, name+":"+le.Error())
+	default:
+		m := strings.TrimPrefix(err.Error(), "yaml: ")
+		if rest, ok := strings.CutPrefix(m, "line "); ok {
+			msgs = append(msgs, name+":"+rest)
+		} else {
+			msgs = append(msgs, name+": "+m)
+		}
+	}
+	return errors.New(strings.Join(msgs, "\n"))
+}

@@ -1,0 +1,165 @@
+package config
+
+import (
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, in, want string
+	}{
+		{"empty", "", "c.yaml: the file is empty"},
+		{"missing version", "instance:\n  region: eu-west-1\n", "version is missing"},
+		{"wrong version", "version: 2\n", "c.yaml:1: version: 2 is not a version this agent reads"},
+		{"unknown top-level key", "version: 1\ncredential:\n  role_arn: x\n", `c.yaml:2: unknown key "credential"; did you mean "credentials"?`},
+		{"unknown nested key", "version: 1\ncredentials:\n  instance_profil: web\n", `c.yaml:3: unknown key "credentials.instance_profil"; did you mean "instance_profile"?`},
+		{"unknown key far from any", "version: 1\nlisten:\n  zzzzzzzzzzzz: 1\n", `known keys here: addresses, link`},
+		{"section not a mapping", "version: 1\nlisten: 5\n", `c.yaml:2: listen must be a mapping of keys`},
+		{"not a mapping", "- a\n- b\n", "c.yaml:1: the file must be a mapping"},
+		{"two documents", "version: 1\n---\nversion: 1\n", "c.yaml:2: a second YAML document"},
+		{"syntax", "version: 1\n  bad: [\n", "c.yaml:"},
+		{"bad type", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: lots\n", `c.yaml:3: cannot use the string`},
+		{"bad duration", "version: 1\ncredentials:\n  session_duration: 1 hour\n", `c.yaml:3: "1 hour" is not a duration`},
+		{"negative duration", "version: 1\ncredentials:\n  session_duration: -1h\n", `is negative`},
+		{"short session", "version: 1\ncredentials:\n  session_duration: 10m\n", `c.yaml:3: credentials.session_duration: 10m0s is below STS's minimum of 15m`},
+		{"long session", "version: 1\ncredentials:\n  session_duration: 13h\n", `above STS's maximum of 12h`},
+		{"window too long", "version: 1\ncredentials:\n  session_duration: 15m\n  refresh_before_expiry: 15m\n", `c.yaml:4: credentials.refresh_before_expiry: 15m0s must be shorter than session_duration`},
+		{"window nonsense", "version: 1\ncredentials:\n  refresh_before_expiry: soon\n", `"soon" is neither auto nor a duration`},
+		{"both role and profile", "version: 1\ncredentials:\n  instance_profile: web\n  role_arn: arn:aws:iam::123456789012:role/web\n", `c.yaml:4: credentials.role_arn: set either instance_profile or role_arn, not both`},
+		{"bad profile arn", "version: 1\ncredentials:\n  instance_profile: arn:aws:iam::1234:instance-profile/web\n", `is not an instance profile ARN`},
+		{"bad profile name", "version: 1\ncredentials:\n  instance_profile: 'web server'\n", `is neither an instance profile ARN nor a profile name`},
+		{"bad role arn", "version: 1\ncredentials:\n  role_arn: arn:aws:iam::123456789012:user/bob\n", `is not a role ARN`},
+		{"relative shared file", "version: 1\ncredentials:\n  shared_config_files: [aws/config]\n", `credentials.shared_config_files[0]: "aws/config" must be an absolute path`},
+		{"bad instance id", "version: 1\ninstance:\n  id: i-xyz\n", `c.yaml:3: instance.id: "i-xyz" is not an instance id`},
+		{"bad region", "version: 1\ninstance:\n  region: Europe\n", `instance.region: "Europe" is not a region name`},
+		{"az not in region", "version: 1\ninstance:\n  region: eu-west-1\n  availability_zone: us-east-1a\n", `instance.availability_zone: "us-east-1a" must be the region "eu-west-1" followed by one letter`},
+		{"bad mac", "version: 1\ninstance:\n  mac: nope\n", `is not a MAC address`},
+		{"bad ipv4", "version: 1\ninstance:\n  local_ipv4: ::1\n", `is not an IPv4 address`},
+		{"bad account", "version: 1\ninstance:\n  account_id: 12\n", `is not a 12-digit account id`},
+		{"bad tokens", "version: 1\nmetadata_options:\n  http_tokens: sometimes\n", `metadata_options.http_tokens: "sometimes" must be required or optional`},
+		{"bad endpoint", "version: 1\nmetadata_options:\n  http_endpoint: on\n", `must be enabled or disabled`},
+		{"hop limit zero", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 0\n", `0 must be between 1 and 64`},
+		{"hop limit high", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 65\n", `65 must be between 1 and 64`},
+		{"no addresses", "version: 1\nlisten:\n  addresses: []\n", `listen.addresses: needs at least one address`},
+		{"hostname address", "version: 1\nlisten:\n  addresses: [\"localhost:80\"]\n", `"localhost" is not an IP address`},
+		{"no port", "version: 1\nlisten:\n  addresses: [\"127.0.0.1\"]\n", `is not IP:port`},
+		{"duplicate address", "version: 1\nlisten:\n  addresses: [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n", `listen.addresses[1]: "127.0.0.1:80" is listed twice`},
+		{"ipv6 while disabled", "version: 1\nmetadata_options:\n  http_protocol_ipv6: disabled\nlisten:\n  addresses: [\"[fd00:ec2::254]:80\"]\n", `is IPv6 but metadata_options.http_protocol_ipv6 is disabled`},
+		{"bad link", "version: 1\nlisten:\n  link: a-very-long-link-name\n", `is not a link name`},
+		{"bad selector", "version: 1\naccess:\n  credentials:\n    deny: [\"www-data\"]\n", `access.credentials.deny[0]: "www-data" is not a selector`},
+		{"bad selector kind", "version: 1\naccess:\n  credentials:\n    allow: [\"pid:1\"]\n", `unknown selector kind "pid"`},
+		{"bad cidr", "version: 1\naccess:\n  metadata:\n    allow: [\"cidr:300.0.0.0/8\"]\n", `is not a network`},
+		{"bad level", "version: 1\nlog:\n  level: loud\n", `log.level: "loud" is not a level`},
+		{"relative socket", "version: 1\nadmin:\n  socket: admin.sock\n", `admin.socket: "admin.sock" must be an absolute path`},
+		{"bad metrics", "version: 1\nmetrics:\n  listen: 9469\n", `metrics.listen`},
+		{"several problems", "version: 1\nlog:\n  level: loud\n  format: xml\n", "c.yaml:3: log.level: \"loud\" is not a level; use debug, info, warn or error\nc.yaml:4: log.format: \"xml\" is not a format"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("c.yaml", []byte(tc.in))
+			if err == nil {
+				t.Fatalf("Parse succeeded; want error containing %q", tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error:\n%v\nwant it to contain:\n%s", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseGood(t *testing.T) {
+	c, err := Parse("c.yaml", []byte(`version: 1
+instance:
+  id: i-0123456789abcdef0
+  region: eu-west-1
+credentials:
+  instance_profile: arn:aws:iam::123456789012:instance-profile/web
+  session_duration: 6h
+  refresh_before_expiry: 14m50s
+metadata_options:
+  http_tokens: optional
+listen:
+  link: ""
+  addresses: ["127.0.0.1:0"]
+access:
+  credentials:
+    deny: ["user:www-data", "uid:33", "cidr:172.17.0.0/16"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := c.Instance.AvailabilityZone, "eu-west-1a"; got != want {
+		t.Errorf("availability zone = %q, want %q", got, want)
+	}
+	if c.Listen.Link != "" {
+		t.Errorf("link = %q, want \"\" as written", c.Listen.Link)
+	}
+	if got := c.Credentials.SessionDuration.D(); got != 6*time.Hour {
+		t.Errorf("session duration = %v", got)
+	}
+	if got := time.Duration(c.Credentials.RefreshBeforeExpiry); got != 14*time.Minute+50*time.Second {
+		t.Errorf("refresh window = %v", got)
+	}
+	if c.MetadataOptions.HTTPPutResponseHopLimit != 1 || c.MetadataOptions.HTTPTokens != Optional {
+		t.Errorf("metadata options = %+v", c.MetadataOptions)
+	}
+}
+
+func TestRegionFromAvailabilityZone(t *testing.T) {
+	c, err := Parse("c.yaml", []byte("version: 1\ninstance:\n  availability_zone: ap-south-1b\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Instance.Region != "ap-south-1" {
+		t.Errorf("region = %q, want ap-south-1", c.Instance.Region)
+	}
+}
+
+// TestDefaults pins the effective configuration of a minimal file, which is
+// what check-config prints; run with -update to accept a deliberate change.
+func TestDefaults(t *testing.T) {
+	c, err := Parse("c.yaml", []byte("version: 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(Default(), c); diff != "" {
+		t.Errorf("Default() differs from a minimal file (-Default +file):\n%s", diff)
+	}
+	got, err := c.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden := filepath.Join("testdata", "defaults.golden.yaml")
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("effective default config changed (-golden +got):\n%s", diff)
+	}
+	// The printed effective config must itself be a valid config.
+	if _, err := Parse("printed", got); err != nil {
+		t.Errorf("printed config does not parse: %v", err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("err = %v, want 'does not exist'", err)
+	}
+}

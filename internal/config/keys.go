@@ -1,0 +1,143 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// lineIndex maps a dotted key path ("credentials.session_duration") to the
+// line it was set on.
+type lineIndex map[string]int
+
+func (l lineIndex) has(path string) bool { _, ok := l[path]; return ok }
+
+// checkKeys walks the document against the Config schema, records where each
+// key is, and rejects keys the schema does not know, naming the key, its
+// full path and line, and the nearest known key.
+func checkKeys(root *yaml.Node, lines lineIndex) error {
+	doc := root
+	if doc.Kind == yaml.DocumentNode && len(doc.Content) == 1 {
+		doc = doc.Content[0]
+	}
+	if doc.Kind != yaml.MappingNode {
+		return lineError{doc.Line, "the file must be a mapping of keys (such as \"version: 1\"), not a " + kindName(doc)}
+	}
+	return walk(doc, reflect.TypeOf(Config{}), "", lines)
+}
+
+func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
+	fields := yamlFields(t)
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		path := k.Value
+		if prefix != "" {
+			path = prefix + "." + k.Value
+		}
+		ft, ok := fields[k.Value]
+		if !ok {
+			msg := fmt.Sprintf("unknown key %q", path)
+			if s := nearest(k.Value, fields); s != "" {
+				msg += fmt.Sprintf("; did you mean %q?", s)
+			} else {
+				msg += fmt.Sprintf("; known keys here: %s", strings.Join(sortedKeys(fields), ", "))
+			}
+			return lineError{k.Line, msg}
+		}
+		lines[path] = k.Line
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if ft.Kind() == reflect.Struct && !isLeaf(ft) {
+			if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+				continue
+			}
+			if v.Kind != yaml.MappingNode {
+				return lineError{v.Line, fmt.Sprintf("%s must be a mapping of keys, not a %s", path, kindName(v))}
+			}
+			if err := walk(v, ft, path, lines); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+var leafTypes = map[reflect.Type]bool{
+	reflect.TypeOf(Duration(0)):      true,
+	reflect.TypeOf(RefreshWindow(0)): true,
+}
+
+func isLeaf(t reflect.Type) bool { return leafTypes[t] }
+
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		out[name] = f.Type
+	}
+	return out
+}
+
+func sortedKeys(m map[string]reflect.Type) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// nearest returns the known key closest to s by edit distance, if it is
+// close enough to be a plausible typo.
+func nearest(s string, fields map[string]reflect.Type) string {
+	best, bestD := "", len(s)/2+2
+	for _, k := range sortedKeys(fields) {
+		if d := editDistance(s, k); d < bestD {
+			best, bestD = k, d
+		}
+	}
+	return best
+}
+
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "list"
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return "null"
+		}
+		return "scalar value " + fmt.Sprintf("%q", n.Value)
+	}
+	return "value"
+}

@@ -1,0 +1,201 @@
+// Package hostinfo derives what the host presents itself as (instance id,
+// addresses, image id, architecture, launch time) from the configuration,
+// filling every value the configuration leaves out from the host itself.
+// It only reads local files and the kernel's tables; it never probes the
+// network.
+package hostinfo
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/imds"
+)
+
+// DefaultType is the instance type shown when the configuration names none.
+const DefaultType = "on-premises"
+
+// Host is where the host's own facts come from; tests replace it.
+type Host struct {
+	ReadFile func(string) ([]byte, error)
+	Hostname func() (string, error)
+	// Interfaces lists candidate interfaces for local-ipv4 and mac.
+	Interfaces func() ([]net.Interface, error)
+	Addrs      func(net.Interface) ([]net.Addr, error)
+	Arch       string
+}
+
+// System is the real host.
+func System() Host {
+	return Host{
+		ReadFile:   os.ReadFile,
+		Hostname:   os.Hostname,
+		Interfaces: net.Interfaces,
+		Addrs:      func(i net.Interface) ([]net.Addr, error) { return i.Addrs() },
+		Arch:       runtime.GOARCH,
+	}
+}
+
+// Instance builds the instance description from c, with skipLink (the
+// agent's own link) ignored when choosing the host's address.
+func (h Host) Instance(c config.Instance, skipLink string) (imds.Instance, error) {
+	in := imds.Instance{
+		ID:               c.ID,
+		Region:           c.Region,
+		AvailabilityZone: c.AvailabilityZone,
+		Type:             c.Type,
+		AMIID:            c.AMIID,
+		AccountID:        c.AccountID,
+		Hostname:         c.Hostname,
+		LocalHostname:    c.LocalHostname,
+		LocalIPv4:        c.LocalIPv4,
+		MAC:              c.MAC,
+		Architecture:     architecture(h.Arch),
+		PendingTime:      h.bootTime(),
+	}
+	if in.ID == "" {
+		id, err := h.InstanceID()
+		if err != nil {
+			return imds.Instance{}, err
+		}
+		in.ID = id
+	}
+	if in.Type == "" {
+		in.Type = DefaultType
+	}
+	if in.AMIID == "" {
+		in.AMIID = h.imageID()
+	}
+	if in.Hostname == "" || in.LocalHostname == "" {
+		name, err := h.Hostname()
+		if err != nil {
+			name = "localhost"
+		}
+		if in.Hostname == "" {
+			in.Hostname = name
+		}
+		if in.LocalHostname == "" {
+			in.LocalHostname = name
+		}
+	}
+	if in.LocalIPv4 == "" || in.MAC == "" {
+		ip, mac := h.primaryAddress(skipLink)
+		if in.LocalIPv4 == "" {
+			in.LocalIPv4 = ip
+		}
+		if in.MAC == "" {
+			in.MAC = mac
+		}
+	}
+	if hw, err := net.ParseMAC(in.MAC); err == nil {
+		in.MAC = hw.String()
+	}
+	if c.UserDataFile != "" {
+		data, err := h.ReadFile(c.UserDataFile)
+		if err != nil {
+			return imds.Instance{}, fmt.Errorf("instance.user_data_file: %w", err)
+		}
+		in.UserData = data
+	}
+	return in, nil
+}
+
+// InstanceID derives a stable instance id from /etc/machine-id. The
+// machine id is keyed through HMAC first, as systemd asks of applications,
+// so the instance id does not reveal it.
+func (h Host) InstanceID() (string, error) {
+	raw, err := h.ReadFile("/etc/machine-id")
+	if err != nil {
+		return "", fmt.Errorf("deriving the instance id from /etc/machine-id (set instance.id instead): %w", err)
+	}
+	id := strings.TrimSpace(string(raw))
+	if id == "" {
+		return "", fmt.Errorf("deriving the instance id: /etc/machine-id is empty (set instance.id instead)")
+	}
+	mac := hmac.New(sha256.New, []byte("imds-agent instance id"))
+	mac.Write([]byte(id))
+	return "i-" + hex.EncodeToString(mac.Sum(nil))[:17], nil
+}
+
+// imageID derives an image id from the operating system's name and
+// version, so hosts of one OS release share one, as instances of one AMI do.
+func (h Host) imageID() string {
+	raw, _ := h.ReadFile("/etc/os-release")
+	var id, version string
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for sc.Scan() {
+		k, v, _ := strings.Cut(sc.Text(), "=")
+		v = strings.Trim(v, `"'`)
+		switch k {
+		case "ID":
+			id = v
+		case "VERSION_ID":
+			version = v
+		}
+	}
+	sum := sha256.Sum256([]byte(id + "/" + version))
+	return "ami-" + hex.EncodeToString(sum[:])[:17]
+}
+
+// bootTime reads the host's boot time (EC2's pendingTime is the launch).
+func (h Host) bootTime() time.Time {
+	raw, err := h.ReadFile("/proc/stat")
+	if err == nil {
+		sc := bufio.NewScanner(bytes.NewReader(raw))
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "btime "); ok {
+				if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+					return time.Unix(n, 0).UTC()
+				}
+			}
+		}
+	}
+	return time.Now().UTC().Truncate(time.Second)
+}
+
+// primaryAddress picks the first up, non-loopback interface with a private
+// or global IPv4 address, skipping the agent's own link.
+func (h Host) primaryAddress(skipLink string) (ip, mac string) {
+	ifaces, err := h.Interfaces()
+	if err != nil {
+		return "127.0.0.1", "00:00:00:00:00:00"
+	}
+	for _, i := range ifaces {
+		if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 || i.Name == skipLink || len(i.HardwareAddr) != 6 {
+			continue
+		}
+		addrs, err := h.Addrs(i)
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			n, ok := a.(*net.IPNet)
+			if !ok || n.IP.To4() == nil || n.IP.IsLinkLocalUnicast() || n.IP.IsLoopback() {
+				continue
+			}
+			return n.IP.String(), i.HardwareAddr.String()
+		}
+	}
+	return "127.0.0.1", "00:00:00:00:00:00"
+}
+
+func architecture(goarch string) string {
+	switch goarch {
+	case "amd64":
+		return "x86_64"
+	case "386":
+		return "i386"
+	}
+	return goarch
+}

@@ -1,0 +1,58 @@
+package imds
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Server timeouts. Metadata clients send tiny requests and give up after a
+// second or two, so anything slower is a stuck or hostile client.
+const (
+	ReadHeaderTimeout = 5 * time.Second
+	ReadTimeout       = 10 * time.Second
+	WriteTimeout      = 10 * time.Second
+	IdleTimeout       = 30 * time.Second
+	MaxHeaderBytes    = 8 << 10
+)
+
+// Server is the HTTP server of the metadata service.
+type Server struct {
+	http *http.Server
+}
+
+// NewServer returns a server for h. connContext, if not nil, derives each
+// connection's context (the caller lookup hangs its answer there).
+func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Context, net.Conn) context.Context) *Server {
+	return &Server{http: &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		ReadTimeout:       ReadTimeout,
+		WriteTimeout:      WriteTimeout,
+		IdleTimeout:       IdleTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		ConnContext:       connContext,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}}
+}
+
+// Serve accepts connections on ln until Shutdown; it then returns nil.
+func (s *Server) Serve(ln net.Listener) error {
+	if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// Shutdown stops accepting, lets requests in progress finish until ctx is
+// done, then closes what remains.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.http.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return s.http.Close()
+	}
+	return err
+}

@@ -1,0 +1,146 @@
+package imds
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"fmt"
+	"hash"
+	mathrand "math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Token layout before encoding (42 bytes, 56 base64url characters, the
+// length of EC2's own tokens):
+//
+//	[0]      format version (1)
+//	[1:9]    expiry, Unix seconds, big endian
+//	[9]      flags (bit 0: bound to a local UID)
+//	[10:14]  UID, when bound
+//	[14:18]  random, so two tokens issued together differ
+//	[18:42]  HMAC-SHA256 of [0:18] under the process key, truncated to 24 bytes
+//
+// Tokens are stateless: nothing is stored per token, so memory does not grow
+// with the number issued, and a restart (a new key) invalidates them all, as
+// on EC2.
+const (
+	tokenVersion    = 1
+	tokenPayloadLen = 18
+	tokenMACLen     = 24
+	tokenRawLen     = tokenPayloadLen + tokenMACLen
+	// TokenLen is the length of an encoded token.
+	TokenLen = (tokenRawLen*8 + 5) / 6
+
+	flagBoundUID = 1
+
+	// MaxTokenTTL is EC2's maximum token lifetime, 6 hours.
+	MaxTokenTTL = 21600
+)
+
+var tokenEncoding = base64.RawURLEncoding
+
+// Tokens issues and verifies session tokens under a key drawn at start-up.
+type Tokens struct {
+	key  [32]byte
+	now  func() time.Time
+	macs sync.Pool // *tokenScratch
+}
+
+// tokenScratch holds a keyed MAC and buffers, reused across requests so
+// that verifying a token allocates nothing.
+type tokenScratch struct {
+	mac hash.Hash
+	raw [tokenRawLen]byte
+	sum [sha256.Size]byte
+	enc [TokenLen]byte
+}
+
+// NewTokens returns a token service with a fresh random key. now is the
+// clock tokens expire by.
+func NewTokens(now func() time.Time) (*Tokens, error) {
+	t := &Tokens{now: now}
+	if _, err := rand.Read(t.key[:]); err != nil {
+		return nil, fmt.Errorf("drawing the token key: %w", err)
+	}
+	t.macs.New = func() any { return &tokenScratch{mac: hmac.New(sha256.New, t.key[:])} }
+	return t, nil
+}
+
+// Binding ties a token to the local user that requested it.
+type Binding struct {
+	Bound bool
+	UID   uint32
+}
+
+// Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL).
+func (t *Tokens) Issue(ttlSeconds int, b Binding) string {
+	s := t.macs.Get().(*tokenScratch)
+	defer t.macs.Put(s)
+	raw := &s.raw
+	raw[0] = tokenVersion
+	binary.BigEndian.PutUint64(raw[1:9], uint64(t.now().Unix()+int64(ttlSeconds)))
+	raw[9] = 0
+	binary.BigEndian.PutUint32(raw[10:14], 0)
+	if b.Bound {
+		raw[9] = flagBoundUID
+		binary.BigEndian.PutUint32(raw[10:14], b.UID)
+	}
+	binary.BigEndian.PutUint32(raw[14:18], mathrand.Uint32())
+	copy(raw[tokenPayloadLen:], s.macOf(raw[:tokenPayloadLen]))
+	tokenEncoding.Encode(s.enc[:], raw[:])
+	return string(s.enc[:])
+}
+
+// TokenStatus is the outcome of checking a token.
+type TokenStatus uint8
+
+const (
+	TokenValid     TokenStatus = iota
+	TokenMalformed             // not a token this process could have issued
+	TokenForged                // well formed, but the MAC does not match
+	TokenExpired
+	TokenWrongUser // bound to another UID
+)
+
+func (s TokenStatus) String() string {
+	return [...]string{"valid", "malformed", "forged", "expired", "wrong-user"}[s]
+}
+
+// Verify checks a token presented by a caller with the given UID (known
+// reports whether the caller's UID could be determined). The MAC comparison
+// is constant time.
+func (t *Tokens) Verify(token string, uid uint32, known bool) TokenStatus {
+	if len(token) != TokenLen {
+		return TokenMalformed
+	}
+	s := t.macs.Get().(*tokenScratch)
+	defer t.macs.Put(s)
+	n := copy(s.enc[:], token)
+	if _, err := tokenEncoding.Decode(s.raw[:], s.enc[:n]); err != nil {
+		return TokenMalformed
+	}
+	raw := &s.raw
+	if raw[0] != tokenVersion {
+		return TokenMalformed
+	}
+	if !hmac.Equal(s.macOf(raw[:tokenPayloadLen]), raw[tokenPayloadLen:]) {
+		return TokenForged
+	}
+	if int64(binary.BigEndian.Uint64(raw[1:9])) <= t.now().Unix() {
+		return TokenExpired
+	}
+	if raw[9]&flagBoundUID != 0 && (!known || binary.BigEndian.Uint32(raw[10:14]) != uid) {
+		return TokenWrongUser
+	}
+	return TokenValid
+}
+
+// macOf returns the truncated MAC of payload, in s's own buffer.
+func (s *tokenScratch) macOf(payload []byte) []byte {
+	s.mac.Reset()
+	s.mac.Write(payload)
+	return s.mac.Sum(s.sum[:0])[:tokenMACLen]
+}

@@ -1,0 +1,105 @@
+package refresh
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/smithy-go"
+
+	"github.com/imds-agent/imds-agent/internal/profile"
+)
+
+// Class sorts failures by what the agent should do about them.
+type Class uint8
+
+const (
+	// Transient: network trouble, timeouts, 5xx. Retry soon.
+	Transient Class = iota
+	// Throttled: STS or IAM asked us to slow down. Retry, more slowly.
+	Throttled
+	// Terminal: retrying cannot help until someone changes IAM or the
+	// source credentials (AccessDenied, no such role, invalid keys).
+	// Retried at a slow pace so a fix is picked up without a restart.
+	Terminal
+	// DurationTooLong: the role's maximum session is below the requested
+	// duration. Handled by asking for one hour instead.
+	DurationTooLong
+)
+
+func (c Class) String() string {
+	return [...]string{"transient", "throttled", "terminal", "duration-too-long"}[c]
+}
+
+var terminalCodes = map[string]bool{
+	"AccessDenied": true, "AccessDeniedException": true, "NoSuchEntity": true,
+	"InvalidClientTokenId": true, "SignatureDoesNotMatch": true, "IncompleteSignature": true,
+	"ExpiredToken": true, "ExpiredTokenException": true, "UnrecognizedClientException": true,
+	"MalformedPolicyDocument": true, "PackedPolicyTooLarge": true, "RegionDisabledException": true,
+	"ValidationError": true, "InvalidIdentityToken": true, "IDPRejectedClaim": true,
+	"InvalidParameterValue": true, "MissingAuthenticationToken": true, "OptInRequired": true,
+}
+
+// Classify sorts a failed STS or IAM call.
+func Classify(err error) Class {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		code := ae.ErrorCode()
+		_, throttled := retry.DefaultThrottleErrorCodes[code]
+		switch {
+		case throttled:
+			return Throttled
+		case code == "ValidationError" && strings.Contains(ae.ErrorMessage(), "DurationSeconds"):
+			return DurationTooLong
+		case terminalCodes[code]:
+			return Terminal
+		}
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		switch s := re.HTTPStatusCode(); {
+		case s == http.StatusTooManyRequests:
+			return Throttled
+		case s >= 500:
+			return Transient
+		case s == http.StatusForbidden || s == http.StatusUnauthorized:
+			return Terminal
+		}
+	}
+	if errors.Is(err, profile.ErrProfileNotFound) || errors.Is(err, ErrNoSourceCredentials) {
+		return Terminal
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return Transient
+	}
+	return Transient
+}
+
+// ErrNoSourceCredentials means the host has no usable source credentials.
+var ErrNoSourceCredentials = errors.New("no source credentials")
+
+// failureCode is the Code iam/info shows for a failure, and failureMessage
+// its fixed text: AWS error text never reaches an HTTP client.
+func failureCode(c Class, err error) (code, message string) {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken", "UnrecognizedClientException":
+			return "InvalidSourceCredentials", "The host's source credentials were rejected. See the agent's log."
+		}
+	}
+	switch {
+	case errors.Is(err, ErrNoSourceCredentials):
+		return "InvalidSourceCredentials", "The host has no usable source credentials. See the agent's log."
+	case errors.Is(err, profile.ErrProfileNotFound):
+		return "InstanceProfileNotFound", "The instance profile was not found. See the agent's log."
+	case c == Terminal:
+		return "AssumeRoleUnauthorizedAccess", "The agent cannot assume the role. See the agent's log."
+	case c == Throttled:
+		return "Throttling", "STS is throttling credential requests; retrying."
+	}
+	return "ServiceUnavailable", "STS could not be reached; retrying."
+}

@@ -1,0 +1,602 @@
+// Package refresh owns the credential lifecycle: connecting to STS and IAM
+// with the host's source credentials, resolving the instance profile,
+// AssumeRole, the refresh schedule with jitter, backoff on failure, and the
+// credential snapshot the metadata handler serves. One goroutine (Run) does
+// all of it, so at most one AssumeRole is ever in flight and readers never
+// wait on STS.
+package refresh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/credentials/stscreds"
+
+	"github.com/imds-agent/imds-agent/internal/profile"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
+)
+
+// Schedule and backoff parameters. The refresh window itself comes from
+// Settings.
+const (
+	// autoWindowCap: with refresh_before_expiry auto, credentials are
+	// replaced when min(30m, half their lifetime) remains.
+	autoWindowCap = 30 * time.Minute
+	// jitterFraction of the time until a refresh is due is shaved off at
+	// random, so hosts started together do not call STS together.
+	jitterFraction = 0.1
+	// minRefreshInterval keeps very short-lived credentials from turning
+	// the schedule into a busy loop.
+	minRefreshInterval = time.Second
+	// maxSleep bounds how long the loop sleeps, so a wall-clock jump (a
+	// resumed VM, a stepped clock) is noticed within a minute.
+	maxSleep = time.Minute
+	// Backoff bases per failure class; every class is capped at backoffCap.
+	transientBase = time.Second
+	throttledBase = 5 * time.Second
+	terminalBase  = 30 * time.Second
+	backoffCap    = 5 * time.Minute
+	// fallbackDuration is asked for when the role refuses a longer session.
+	fallbackDuration = time.Hour
+	// defaultCallTimeout bounds one STS or IAM call.
+	defaultCallTimeout = 15 * time.Second
+)
+
+// Clock is the manager's view of time: the wall clock, which credential
+// expirations are measured against, and a monotonic clock that does not jump,
+// which schedules are measured on.
+type Clock interface {
+	Now() time.Time
+	Monotonic() time.Duration
+}
+
+type systemClock struct{ origin time.Time }
+
+// SystemClock is the real clock.
+func SystemClock() Clock { return systemClock{origin: time.Now()} }
+
+func (c systemClock) Now() time.Time           { return time.Now().Round(0) }
+func (c systemClock) Monotonic() time.Duration { return time.Since(c.origin) }
+
+// Clients are the AWS clients built from the host's source credentials.
+type Clients struct {
+	STS stscreds.AssumeRoleAPIClient
+	IAM profile.IAMAPI
+}
+
+// Settings are what the configuration says about credentials. A reload
+// replaces them as a whole.
+type Settings struct {
+	Target profile.Target
+	// Connect builds clients from the source credentials. It is called at
+	// start, after a failure, on a forced refresh and on reload, so rotated
+	// source credentials are picked up.
+	Connect     func(ctx context.Context) (Clients, error)
+	SessionName string // the instance id: CloudTrail shows assumed-role/ROLE/i-…
+	ExternalID  string
+	Duration    time.Duration
+	// Window is how long before expiry credentials are replaced; 0 = auto.
+	Window         time.Duration
+	ProfileRecheck time.Duration
+}
+
+// Options are the manager's collaborators.
+type Options struct {
+	Clock       Clock
+	Rand        func() float64 // uniform in [0,1); jitter
+	Logger      *slog.Logger
+	CallTimeout time.Duration
+	// OnRefresh, if set, observes every AssumeRole attempt.
+	OnRefresh func(err error, took time.Duration)
+}
+
+// Status is what operators see.
+type Status struct {
+	Target              string
+	State               snapshot.State
+	Role                snapshot.Role
+	KeySuffix           string
+	Expiration          time.Time
+	LastRefresh         time.Time
+	NextRefresh         time.Time
+	LastError           string
+	LastErrorClass      string
+	LastErrorAt         time.Time
+	ConsecutiveFailures int
+	Refreshes           uint64
+	Failures            uint64
+}
+
+// Manager runs the credential lifecycle.
+type Manager struct {
+	opts Options
+	log  *slog.Logger
+
+	snap   atomic.Pointer[snapshot.Snapshot]
+	status atomic.Pointer[Status]
+	ready  chan struct{}
+	once   sync.Once
+
+	force   chan chan error
+	reload  chan struct{}
+	mu      sync.Mutex // guards pending
+	pending *Settings
+
+	// Loop state, owned by the goroutine in Run.
+	s              Settings
+	clients        *Clients
+	role           snapshot.Role
+	attached       bool
+	resolved       bool
+	creds          *snapshot.Credentials
+	credsRole      string    // ARN of the role creds belong to
+	credsAt        time.Time // wall time they were obtained
+	refreshDue     time.Duration
+	profileDue     time.Duration
+	failures       int
+	profileFails   int
+	lastErr        error
+	lastClass      Class
+	lastErrAt      time.Time
+	duration       time.Duration // asked of STS; may fall back to 1h
+	warnedDuration bool
+	refreshes      uint64
+	failed         uint64
+}
+
+// New returns a manager that has not started; Snapshot reports Pending (or
+// no role) until Run obtains credentials.
+func New(s Settings, o Options) *Manager {
+	if o.Clock == nil {
+		o.Clock = SystemClock()
+	}
+	if o.Rand == nil {
+		o.Rand = rand.Float64
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.CallTimeout == 0 {
+		o.CallTimeout = defaultCallTimeout
+	}
+	m := &Manager{
+		opts:   o,
+		log:    o.Logger,
+		ready:  make(chan struct{}),
+		force:  make(chan chan error),
+		reload: make(chan struct{}, 1),
+	}
+	m.apply(s)
+	if s.Target.RoleARN != "" {
+		m.role, _ = profile.RoleFromARN(s.Target.RoleARN)
+	}
+	if s.Target.None() {
+		m.publish(snapshot.None())
+	} else {
+		m.publish(snapshot.NewPending(m.role))
+	}
+	m.publishStatus()
+	return m
+}
+
+// Snapshot returns the current credential snapshot. It never blocks.
+func (m *Manager) Snapshot() *snapshot.Snapshot { return m.snap.Load() }
+
+// Status returns the operator-facing state.
+func (m *Manager) Status() Status { return *m.status.Load() }
+
+// Ready is closed once the first definitive answer exists: credentials, or
+// "no role attached".
+func (m *Manager) Ready() <-chan struct{} { return m.ready }
+
+// Reload replaces the settings. It never blocks; the loop applies the
+// newest settings as soon as it is free, re-resolving the profile, and a
+// changed role is rotated to at once.
+func (m *Manager) Reload(s Settings) {
+	m.mu.Lock()
+	m.pending = &s
+	m.mu.Unlock()
+	select {
+	case m.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Refresh reconnects with the source credentials, re-resolves the profile
+// and obtains new credentials now, for an operator who just rotated the
+// source credentials. It returns the outcome.
+func (m *Manager) Refresh(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case m.force <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Run drives the lifecycle until ctx is done.
+func (m *Manager) Run(ctx context.Context) error {
+	for {
+		wait := m.step(ctx)
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		case reply := <-m.force:
+			timer.Stop()
+			reply <- m.forced(ctx)
+		case <-m.reload:
+			timer.Stop()
+			m.mu.Lock()
+			s := m.pending
+			m.pending = nil
+			m.mu.Unlock()
+			if s != nil {
+				m.applyReload(*s)
+			}
+		}
+	}
+}
+
+// step does whatever work is due and returns how long to sleep.
+func (m *Manager) step(ctx context.Context) time.Duration {
+	mono := m.opts.Clock.Monotonic()
+	if m.s.Target.NeedsIAM() || !m.resolved {
+		if !m.resolved || mono >= m.profileDue {
+			m.resolve(ctx)
+			mono = m.opts.Clock.Monotonic()
+		}
+	}
+	if m.attached && m.refreshIsDue(mono) {
+		m.refresh(ctx)
+	}
+	m.publishStatus()
+	return m.sleepFor()
+}
+
+// refreshIsDue: the schedule (monotonic) says so, or, while STS is
+// healthy, the wall clock says the credentials are inside the window (the
+// clock jumped forward, or the host was suspended).
+func (m *Manager) refreshIsDue(mono time.Duration) bool {
+	if mono >= m.refreshDue {
+		return true
+	}
+	if m.creds == nil || m.failures > 0 {
+		return false
+	}
+	return !m.opts.Clock.Now().Before(m.creds.Expiration.Add(-m.window(m.creds.Expiration.Sub(m.credsAt))))
+}
+
+func (m *Manager) sleepFor() time.Duration {
+	mono := m.opts.Clock.Monotonic()
+	wait := maxSleep
+	if m.attached {
+		wait = min(wait, m.refreshDue-mono)
+	}
+	if m.s.Target.NeedsIAM() || !m.resolved {
+		wait = min(wait, m.profileDue-mono)
+	}
+	return max(wait, 0)
+}
+
+// resolve looks the role up. A changed role is rotated to at once; a
+// detached one stops being served; an error keeps the previous answer.
+func (m *Manager) resolve(ctx context.Context) {
+	mono := m.opts.Clock.Monotonic()
+	role, attached, err := m.lookup(ctx)
+	if err != nil {
+		m.profileFails++
+		class := Classify(err)
+		delay := m.backoff(m.profileFails, class)
+		m.profileDue = mono + delay
+		m.noteFailure(err, class)
+		m.log.Error("resolving the instance profile failed", "target", m.s.Target.String(), "error", err,
+			"class", class.String(), "failures", m.profileFails, "retry_in", delay.Round(time.Millisecond))
+		if !m.resolved {
+			code, msg := failureCode(class, err)
+			m.publish(snapshot.NewPending(m.role).WithFailure(code, msg, m.opts.Clock.Now()))
+		}
+		return
+	}
+	if m.profileFails > 0 {
+		m.log.Info("instance profile resolved again", "target", m.s.Target.String(), "after_failures", m.profileFails)
+	}
+	m.profileFails = 0
+	m.profileDue = mono + jittered(m.s.ProfileRecheck, m.opts.Rand())
+	first := !m.resolved
+	m.resolved = true
+	switch {
+	case !attached:
+		if m.attached || first {
+			m.log.Warn("no role attached: the iam paths answer 404, as on EC2", "target", m.s.Target.String())
+		}
+		m.attached, m.role, m.creds, m.credsRole = false, role, nil, ""
+		m.publish(snapshot.None())
+		m.signalReady()
+	case !m.attached || role.ARN != m.role.ARN:
+		if m.attached {
+			m.log.Warn("the instance profile's role changed; rotating now", "from", m.role.ARN, "to", role.ARN)
+		} else {
+			m.log.Info("role resolved", "role", role.ARN, "instance_profile", role.ProfileARN)
+		}
+		m.attached, m.role = true, role
+		m.refreshDue = mono
+		m.failures = 0
+	default:
+		if role != m.role {
+			m.role = role
+			if m.creds != nil {
+				m.publish(snapshot.New(m.role, *m.creds, m.credsAt))
+			}
+		}
+	}
+}
+
+func (m *Manager) lookup(ctx context.Context) (snapshot.Role, bool, error) {
+	if !m.s.Target.NeedsIAM() {
+		return profile.Resolve(ctx, nil, m.s.Target)
+	}
+	c, err := m.connect(ctx)
+	if err != nil {
+		return snapshot.Role{}, false, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.opts.CallTimeout)
+	defer cancel()
+	role, attached, err := profile.Resolve(cctx, c.IAM, m.s.Target)
+	if err != nil {
+		m.clients = nil // reconnect next time: the source credentials may have changed
+	}
+	return role, attached, err
+}
+
+func (m *Manager) connect(ctx context.Context) (*Clients, error) {
+	if m.clients != nil {
+		return m.clients, nil
+	}
+	c, err := m.s.Connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m.clients = &c
+	return m.clients, nil
+}
+
+// refresh calls AssumeRole once and publishes the outcome.
+func (m *Manager) refresh(ctx context.Context) {
+	start := m.opts.Clock.Monotonic()
+	creds, err := m.assumeRole(ctx)
+	took := m.opts.Clock.Monotonic() - start
+	if m.opts.OnRefresh != nil {
+		m.opts.OnRefresh(err, took)
+	}
+	now, mono := m.opts.Clock.Now(), m.opts.Clock.Monotonic()
+	if err == nil {
+		m.succeeded(creds, now, mono)
+		return
+	}
+	class := Classify(err)
+	if class == DurationTooLong && m.duration > fallbackDuration {
+		if !m.warnedDuration {
+			m.log.Warn("the role's maximum session duration is below session_duration; asking for 1h instead",
+				"role", m.role.ARN, "session_duration", m.duration, "error", err)
+			m.warnedDuration = true
+		}
+		m.duration = fallbackDuration
+		m.refreshDue = mono
+		return
+	}
+	if class == DurationTooLong {
+		class = Terminal // even one hour is refused: nothing to fall back to
+	}
+	m.failures++
+	m.failed++
+	delay := m.backoff(m.failures, class)
+	m.refreshDue = mono + delay
+	m.noteFailure(err, class)
+	code, msg := failureCode(class, err)
+	attrs := []any{"role", m.role.ARN, "error", err, "class", class.String(),
+		"failures", m.failures, "retry_in", delay.Round(time.Millisecond)}
+	if m.creds != nil && m.credsRole == m.role.ARN {
+		attrs = append(attrs, "credentials_expire_in", m.creds.Expiration.Sub(now).Round(time.Second))
+		m.publish(m.Snapshot().WithFailure(code, msg, now))
+	} else {
+		m.publish(snapshot.NewPending(m.role).WithFailure(code, msg, now))
+	}
+	if class == Terminal {
+		m.log.Error("obtaining role credentials failed; this needs a change in IAM or in the source credentials", attrs...)
+	} else {
+		m.log.Warn("obtaining role credentials failed", attrs...)
+	}
+	m.clients = nil // reconnect next time: the source credentials may have changed
+}
+
+func (m *Manager) assumeRole(ctx context.Context) (snapshot.Credentials, error) {
+	c, err := m.connect(ctx)
+	if err != nil {
+		return snapshot.Credentials{}, err
+	}
+	s := m.s
+	p := stscreds.NewAssumeRoleProvider(c.STS, m.role.ARN, func(o *stscreds.AssumeRoleOptions) {
+		o.RoleSessionName = s.SessionName
+		o.Duration = m.duration
+		if s.ExternalID != "" {
+			o.ExternalID = &s.ExternalID
+		}
+	})
+	cctx, cancel := context.WithTimeout(ctx, m.opts.CallTimeout)
+	defer cancel()
+	v, err := p.Retrieve(cctx)
+	if err != nil {
+		return snapshot.Credentials{}, fmt.Errorf("sts:AssumeRole %s: %w", m.role.ARN, err)
+	}
+	if v.AccessKeyID == "" || v.SecretAccessKey == "" || v.SessionToken == "" || v.Expires.IsZero() {
+		return snapshot.Credentials{}, fmt.Errorf("sts:AssumeRole %s: %w", m.role.ARN, errIncomplete)
+	}
+	return snapshot.Credentials{
+		AccessKeyID:     v.AccessKeyID,
+		SecretAccessKey: v.SecretAccessKey,
+		SessionToken:    v.SessionToken,
+		Expiration:      v.Expires.UTC(),
+	}, nil
+}
+
+var errIncomplete = errors.New("the response lacks part of the credentials")
+
+func (m *Manager) succeeded(creds snapshot.Credentials, now time.Time, mono time.Duration) {
+	if m.failures > 0 {
+		m.log.Info("role credentials obtained again", "role", m.role.ARN, "after_failures", m.failures)
+	}
+	m.failures = 0
+	m.refreshes++
+	m.creds, m.credsAt, m.credsRole = &creds, now, m.role.ARN
+	m.publish(snapshot.New(m.role, creds, now))
+	lifetime := creds.Expiration.Sub(now)
+	w := m.window(lifetime)
+	interval := max(lifetime-w, 0)
+	next := max(time.Duration(float64(interval)*(1-jitterFraction*m.opts.Rand())), minRefreshInterval)
+	m.refreshDue = mono + next
+	m.log.Info("role credentials refreshed", "role", m.role.ARN, "access_key_suffix", snapshot.Suffix(creds.AccessKeyID),
+		"expires", creds.Expiration.Format(time.RFC3339), "next_refresh_in", next.Round(time.Second))
+	m.signalReady()
+}
+
+// window is how long before expiry credentials of the given lifetime are
+// replaced: the configured window, or auto = min(30m, half the lifetime);
+// credentials shorter than a configured window are replaced at half-life.
+func (m *Manager) window(lifetime time.Duration) time.Duration {
+	if w := m.s.Window; w > 0 && w < lifetime {
+		return w
+	}
+	return min(autoWindowCap, lifetime/2)
+}
+
+// backoff is capped exponential backoff: full jitter for transient
+// failures, at least half the step for throttling and terminal ones.
+func (m *Manager) backoff(n int, c Class) time.Duration {
+	base := transientBase
+	switch c {
+	case Throttled:
+		base = throttledBase
+	case Terminal:
+		base = terminalBase
+	}
+	step := backoffCap
+	if n < 30 {
+		step = min(backoffCap, time.Duration(float64(base)*math.Pow(2, float64(n-1))))
+	}
+	r := m.opts.Rand()
+	if c == Transient {
+		return max(time.Duration(float64(step)*r), 100*time.Millisecond)
+	}
+	return step/2 + time.Duration(float64(step/2)*r)
+}
+
+func (m *Manager) noteFailure(err error, c Class) {
+	m.lastErr, m.lastClass, m.lastErrAt = err, c, m.opts.Clock.Now()
+}
+
+// forced serves Refresh: reconnect, re-resolve, AssumeRole now.
+func (m *Manager) forced(ctx context.Context) error {
+	m.log.Info("refresh requested")
+	m.clients = nil
+	if m.s.Target.NeedsIAM() || !m.resolved {
+		m.resolve(ctx)
+		if !m.resolved {
+			m.publishStatus()
+			return m.lastErr
+		}
+	}
+	if !m.attached {
+		m.publishStatus()
+		return nil
+	}
+	m.refreshDue = m.opts.Clock.Monotonic()
+	m.failures = 0
+	before := m.refreshes
+	m.refresh(ctx)
+	m.publishStatus()
+	if m.refreshes == before {
+		if m.lastErr == nil {
+			return errors.New("no credentials were obtained")
+		}
+		return m.lastErr
+	}
+	return nil
+}
+
+func (m *Manager) apply(s Settings) {
+	m.s = s
+	m.duration = s.Duration
+	m.warnedDuration = false
+}
+
+func (m *Manager) applyReload(s Settings) {
+	old := m.s
+	m.apply(s)
+	m.clients = nil
+	m.profileDue = m.opts.Clock.Monotonic()
+	if s.Target != old.Target {
+		m.log.Info("reload: the attached role changed", "from", old.Target.String(), "to", s.Target.String())
+		m.resolved = false
+		if s.Target.None() {
+			m.resolved, m.attached, m.creds, m.credsRole = true, false, nil, ""
+			m.publish(snapshot.None())
+		}
+		return
+	}
+	if m.creds != nil && (s.Window != old.Window || s.Duration != old.Duration) {
+		// Reschedule from the current credentials under the new window.
+		m.refreshDue = m.opts.Clock.Monotonic()
+		if w := m.window(m.creds.Expiration.Sub(m.credsAt)); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
+			m.refreshDue += m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
+		}
+	}
+}
+
+func (m *Manager) publish(s *snapshot.Snapshot) { m.snap.Store(s) }
+
+func (m *Manager) signalReady() { m.once.Do(func() { close(m.ready) }) }
+
+func (m *Manager) publishStatus() {
+	snap := m.Snapshot()
+	st := &Status{
+		Target:              m.s.Target.String(),
+		State:               snap.State,
+		Role:                m.role,
+		KeySuffix:           snap.KeySuffix,
+		Expiration:          snap.Expiration,
+		ConsecutiveFailures: max(m.failures, m.profileFails),
+		Refreshes:           m.refreshes,
+		Failures:            m.failed,
+	}
+	if m.creds != nil {
+		st.LastRefresh = m.credsAt
+	}
+	if m.attached {
+		st.NextRefresh = m.opts.Clock.Now().Add(m.refreshDue - m.opts.Clock.Monotonic())
+	}
+	if m.lastErr != nil {
+		st.LastError, st.LastErrorClass, st.LastErrorAt = m.lastErr.Error(), m.lastClass.String(), m.lastErrAt
+	}
+	m.status.Store(st)
+}
+
+// jittered returns d varied by up to ±10%.
+func jittered(d time.Duration, r float64) time.Duration {
+	return time.Duration(float64(d) * (1 - jitterFraction + 2*jitterFraction*r))
+}

@@ -1,0 +1,99 @@
+// Package source loads the host's own ("source") AWS credentials and the
+// STS and IAM clients the agent calls with them, through the SDK's
+// shared-config machinery: static keys, source_profile chains,
+// web_identity_token_file, credential_process, SSO and the environment all
+// work as they do for any SDK. Two sources are excluded: the instance
+// metadata service (the agent would be asking itself, or a real metadata
+// service on the network) and the container credentials endpoint.
+package source
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
+	"github.com/aws/aws-sdk-go-v2/credentials/endpointcreds"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/imds-agent/imds-agent/internal/refresh"
+)
+
+// Settings say where the source credentials are.
+type Settings struct {
+	Region                 string
+	Profile                string // "" = the SDK's default chain
+	SharedConfigFiles      []string
+	SharedCredentialsFiles []string
+	// Extra load options (tests and dev mode set endpoints and keys).
+	Extra []func(*awsconfig.LoadOptions) error
+}
+
+// ErrExcludedSource is returned when the only credentials the SDK finds
+// would come from the instance metadata service or a container endpoint.
+var ErrExcludedSource = errors.New("the SDK found no source credentials except the instance metadata service or a container endpoint, which the agent never uses")
+
+// Load resolves the source credentials and returns the SDK configuration
+// the agent's own clients are built from. SDK retries are off: the refresh
+// manager owns retrying, with its own backoff.
+func Load(ctx context.Context, s Settings) (aws.Config, error) {
+	opts := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithRegion(s.Region),
+		awsconfig.WithSharedConfigFiles(s.SharedConfigFiles),
+		awsconfig.WithSharedCredentialsFiles(s.SharedCredentialsFiles),
+		awsconfig.WithRetryMaxAttempts(1),
+		awsconfig.WithEC2IMDSClientEnableState(imds.ClientDisabled),
+		awsconfig.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = refuseIMDS{} }),
+		awsconfig.WithEndpointCredentialOptions(func(o *endpointcreds.Options) { o.HTTPClient = refuseHTTP{} }),
+	}
+	if s.Profile != "" {
+		opts = append(opts, awsconfig.WithSharedConfigProfile(s.Profile))
+	}
+	opts = append(opts, s.Extra...)
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("loading source credentials: %w: %w", refresh.ErrNoSourceCredentials, err)
+	}
+	if cfg.Credentials == nil {
+		return aws.Config{}, fmt.Errorf("loading source credentials: %w", refresh.ErrNoSourceCredentials)
+	}
+	if ps, ok := cfg.Credentials.(aws.CredentialProviderSource); ok {
+		srcs := ps.ProviderSources()
+		if slices.Contains(srcs, aws.CredentialSourceIMDS) || slices.Contains(srcs, aws.CredentialSourceHTTP) {
+			return aws.Config{}, fmt.Errorf("loading source credentials from %v and %v: %w: %w",
+				s.SharedCredentialsFiles, s.SharedConfigFiles, refresh.ErrNoSourceCredentials, ErrExcludedSource)
+		}
+	}
+	return cfg, nil
+}
+
+// Connector returns a refresh.Settings.Connect function building STS and
+// IAM clients from freshly loaded source credentials.
+func Connector(s Settings) func(ctx context.Context) (refresh.Clients, error) {
+	return func(ctx context.Context) (refresh.Clients, error) {
+		cfg, err := Load(ctx, s)
+		if err != nil {
+			return refresh.Clients{}, err
+		}
+		return refresh.Clients{STS: sts.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg)}, nil
+	}
+}
+
+// refuseIMDS stands in for the metadata client of the SDK's EC2 role
+// provider, so that no request can ever leave for 169.254.169.254.
+type refuseIMDS struct{}
+
+func (refuseIMDS) GetMetadata(context.Context, *imds.GetMetadataInput, ...func(*imds.Options)) (*imds.GetMetadataOutput, error) {
+	return nil, ErrExcludedSource
+}
+
+// refuseHTTP stands in for the container credential provider's client.
+type refuseHTTP struct{}
+
+func (refuseHTTP) Do(*http.Request) (*http.Response, error) { return nil, ErrExcludedSource }
