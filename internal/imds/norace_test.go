@@ -1,0 +1,5 @@
+//go:build !race
+
+package imds
+
+const raceEnabled = false

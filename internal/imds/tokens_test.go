@@ -1,0 +1,109 @@
+package imds
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTokensRoundTrip(t *testing.T) {
+	now := testNow
+	tk, err := NewTokens(func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := tk.Issue(60, Binding{}), tk.Issue(60, Binding{})
+	if TokenLen != 56 || len(a) != TokenLen {
+		t.Fatalf("token length %d, want 56 (EC2's)", len(a))
+	}
+	if a == b {
+		t.Errorf("two tokens issued together are equal")
+	}
+	if !tokenRe.MatchString(a) {
+		t.Errorf("token %q is not base64url", a)
+	}
+	if s := tk.Verify(a, 0, false); s != TokenValid {
+		t.Errorf("fresh token: %v", s)
+	}
+	now = now.Add(59 * time.Second)
+	if s := tk.Verify(a, 0, false); s != TokenValid {
+		t.Errorf("at 59s: %v", s)
+	}
+	now = now.Add(time.Second)
+	if s := tk.Verify(a, 0, false); s != TokenExpired {
+		t.Errorf("at 60s: %v, want expired", s)
+	}
+}
+
+func TestTokenBinding(t *testing.T) {
+	tk, _ := NewTokens(func() time.Time { return testNow })
+	bound := tk.Issue(60, Binding{Bound: true, UID: 1000})
+	for _, tc := range []struct {
+		uid   uint32
+		known bool
+		want  TokenStatus
+	}{
+		{1000, true, TokenValid},
+		{1001, true, TokenWrongUser},
+		{0, true, TokenWrongUser},
+		{1000, false, TokenWrongUser},
+	} {
+		if s := tk.Verify(bound, tc.uid, tc.known); s != tc.want {
+			t.Errorf("uid %d known %v: %v, want %v", tc.uid, tc.known, s, tc.want)
+		}
+	}
+	free := tk.Issue(60, Binding{})
+	if s := tk.Verify(free, 4242, true); s != TokenValid {
+		t.Errorf("unbound token for any uid: %v", s)
+	}
+}
+
+func TestTokenTampering(t *testing.T) {
+	tk, _ := NewTokens(func() time.Time { return testNow })
+	tok := tk.Issue(60, Binding{})
+	// Flipping any character must invalidate the token.
+	for i := 0; i < len(tok); i++ {
+		c := byte('A')
+		if tok[i] == 'A' {
+			c = 'B'
+		}
+		bad := tok[:i] + string(c) + tok[i+1:]
+		if s := tk.Verify(bad, 0, false); s == TokenValid {
+			t.Fatalf("token altered at %d still valid", i)
+		}
+	}
+	if s := tk.Verify(strings.Repeat("A", TokenLen), 0, false); s == TokenValid {
+		t.Errorf("all-A token valid")
+	}
+}
+
+// TestTokenVerifyAllocations pins the zero-allocation verification path.
+func TestTokenVerifyAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under -race; the test command runs this test without it")
+	}
+	tk, _ := NewTokens(func() time.Time { return testNow })
+	tok := tk.Issue(60, Binding{})
+	if n := testing.AllocsPerRun(1000, func() { tk.Verify(tok, 0, false) }); n != 0 {
+		t.Errorf("Verify allocates %v times per call, want 0", n)
+	}
+}
+
+func BenchmarkTokenIssue(b *testing.B) {
+	tk, _ := NewTokens(time.Now)
+	b.ReportAllocs()
+	for b.Loop() {
+		tk.Issue(21600, Binding{})
+	}
+}
+
+func BenchmarkTokenVerify(b *testing.B) {
+	tk, _ := NewTokens(time.Now)
+	tok := tk.Issue(21600, Binding{})
+	b.ReportAllocs()
+	for b.Loop() {
+		if tk.Verify(tok, 0, false) != TokenValid {
+			b.Fatal("invalid")
+		}
+	}
+}

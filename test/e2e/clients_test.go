@@ -1,0 +1,151 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+)
+
+const devAssumedRole = "arn:aws:sts::123456789012:assumed-role/imds-agent-demo/"
+
+// setClientEnv points this process's SDK at the agent, as clientEnv does
+// for child processes.
+func setClientEnv(t *testing.T, metadataURL string, v1Disabled bool) {
+	t.Helper()
+	for _, kv := range clientEnv(t, metadataURL, v1Disabled) {
+		k, v, _ := strings.Cut(kv, "=")
+		if k != "PATH" {
+			t.Setenv(k, v)
+		}
+	}
+	if !v1Disabled {
+		t.Setenv("AWS_EC2_METADATA_V1_DISABLED", "false")
+	}
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+		"AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_STS",
+		"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		t.Setenv(k, "")
+	}
+}
+
+// TestDevClients runs every mainstream client's default chain against
+// `imds-agent dev`, with IMDSv1 fallback allowed and forbidden.
+func TestDevClients(t *testing.T) {
+	d := startDev(t)
+	for _, v1Disabled := range []bool{false, true} {
+		name := "v1-allowed"
+		if v1Disabled {
+			name = "v1-disabled"
+		}
+		t.Run(name+"/aws-sdk-go-v2", func(t *testing.T) {
+			setClientEnv(t, d.metadataURL, v1Disabled)
+			ctx := context.Background()
+			cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithEC2IMDSRegion())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Region != "us-east-1" {
+				t.Errorf("region from IMDS = %q, want us-east-1", cfg.Region)
+			}
+			creds, err := cfg.Credentials.Retrieve(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(creds.AccessKeyID, "ASIA") || creds.SessionToken == "" || !creds.CanExpire {
+				t.Errorf("credentials = %s (token %d bytes, can expire %v)", creds.AccessKeyID, len(creds.SessionToken), creds.CanExpire)
+			}
+			out, err := sts.NewFromConfig(cfg, func(o *sts.Options) { o.BaseEndpoint = aws.String(d.emulatorURL) }).
+				GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !strings.HasPrefix(*out.Arn, devAssumedRole+"i-") {
+				t.Errorf("caller = %s, want %s<instance id>", *out.Arn, devAssumedRole)
+			}
+		})
+		t.Run(name+"/feature-ec2-imds", func(t *testing.T) {
+			setClientEnv(t, d.metadataURL, v1Disabled)
+			ctx := context.Background()
+			c := imds.New(imds.Options{Endpoint: d.metadataURL + "/"})
+			region, err := c.GetRegion(ctx, nil)
+			if err != nil || region.Region != "us-east-1" {
+				t.Errorf("GetRegion = %+v, %v", region, err)
+			}
+			doc, err := c.GetInstanceIdentityDocument(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if doc.Region != "us-east-1" || doc.AccountID != "123456789012" || !strings.HasPrefix(doc.InstanceID, "i-") ||
+				doc.PendingTime.IsZero() || doc.Architecture == "" {
+				t.Errorf("identity document = %+v", doc)
+			}
+			id, err := c.GetMetadata(ctx, &imds.GetMetadataInput{Path: "instance-id"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer id.Content.Close()
+			b, _ := io.ReadAll(id.Content)
+			if string(b) != doc.InstanceID {
+				t.Errorf("instance-id %q differs from the identity document's %q", b, doc.InstanceID)
+			}
+		})
+		t.Run(name+"/boto3", func(t *testing.T) {
+			py := python(t)
+			_, here, _, _ := runtime.Caller(0)
+			script := filepath.Join(filepath.Dir(here), "testdata", "boto3_client.py")
+			out, err := runClient(t, clientEnv(t, d.metadataURL, v1Disabled), py, script, d.emulatorURL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				Method, Region, Arn string
+			}
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("boto3 output %q: %v", out, err)
+			}
+			if got.Method != "iam-role" || got.Region != "us-east-1" || !strings.HasPrefix(got.Arn, devAssumedRole+"i-") {
+				t.Errorf("boto3 = %+v", got)
+			}
+		})
+		t.Run(name+"/aws-cli", func(t *testing.T) {
+			env := append(clientEnv(t, d.metadataURL, v1Disabled), "AWS_DEFAULT_REGION=us-east-1")
+			out, err := runClient(t, env, "aws", "sts", "get-caller-identity", "--endpoint-url", d.emulatorURL, "--output", "json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct{ Arn string }
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("aws output %q: %v", out, err)
+			}
+			if !strings.HasPrefix(got.Arn, devAssumedRole+"i-") {
+				t.Errorf("aws sts get-caller-identity = %s", got.Arn)
+			}
+		})
+	}
+}
+
+// TestDevStartsAndStops: the README's first command serves credentials
+// and exits cleanly on Ctrl-C.
+func TestDevStartsAndStops(t *testing.T) {
+	d := startDev(t)
+	status, body := imdsGet(d.metadataURL, "/latest/meta-data/iam/security-credentials/imds-agent-demo")
+	if status != 200 || !strings.Contains(body, `"Code":"Success"`) {
+		t.Fatalf("credentials: %d %s", status, body)
+	}
+	if !strings.Contains(d.stdout.String(), "export AWS_EC2_METADATA_SERVICE_ENDPOINT="+d.metadataURL+"/") {
+		t.Errorf("banner lacks the export line:\n%s", d.stdout.String())
+	}
+	d.stop(t)
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code after SIGINT = %d, want 0", code)
+	}
+}
