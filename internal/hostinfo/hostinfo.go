@@ -15,9 +15,10 @@ import (
 	"net"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/imds"
@@ -33,6 +34,7 @@ type Host struct {
 	// Interfaces lists candidate interfaces for local-ipv4 and mac.
 	Interfaces func() ([]net.Interface, error)
 	Addrs      func(net.Interface) ([]net.Addr, error)
+	Uptime     func() (time.Duration, error)
 	Arch       string
 }
 
@@ -43,6 +45,7 @@ func System() Host {
 		Hostname:   os.Hostname,
 		Interfaces: net.Interfaces,
 		Addrs:      func(i net.Interface) ([]net.Addr, error) { return i.Addrs() },
+		Uptime:     uptime,
 		Arch:       runtime.GOARCH,
 	}
 }
@@ -148,20 +151,18 @@ func (h Host) imageID() string {
 	return "ami-" + hex.EncodeToString(sum[:])[:17]
 }
 
-// bootTime reads the host's boot time (EC2's pendingTime is the launch).
+// bootTime is the host's boot time (EC2's pendingTime is the launch),
+// from sysinfo(2): /proc/stat is hidden by the service's ProcSubset=pid.
 func (h Host) bootTime() time.Time {
-	raw, err := h.ReadFile("/proc/stat")
-	if err == nil {
-		sc := bufio.NewScanner(bytes.NewReader(raw))
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "btime "); ok {
-				if n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
-					return time.Unix(n, 0).UTC()
-				}
-			}
-		}
+	now := time.Now().UTC().Truncate(time.Second)
+	if h.Uptime == nil {
+		return now
 	}
-	return time.Now().UTC().Truncate(time.Second)
+	up, err := h.Uptime()
+	if err != nil {
+		return now
+	}
+	return now.Add(-up)
 }
 
 // primaryAddress picks the first up, non-loopback interface with a private
@@ -188,6 +189,14 @@ func (h Host) primaryAddress(skipLink string) (ip, mac string) {
 		}
 	}
 	return "127.0.0.1", "00:00:00:00:00:00"
+}
+
+func uptime() (time.Duration, error) {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 0, err
+	}
+	return time.Duration(si.Uptime) * time.Second, nil
 }
 
 func architecture(goarch string) string {

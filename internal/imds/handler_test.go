@@ -55,7 +55,9 @@ const (
 	metaListing  = "ami-id\nhostname\ninstance-id\ninstance-type\niam/\nlocal-hostname\nlocal-ipv4\nmac\nplacement/"
 )
 
-type fakeCreds struct{ p atomic.Pointer[snapshot.Snapshot] }
+type fakeCreds struct {
+	p atomic.Pointer[snapshot.Snapshot]
+}
 
 func (f *fakeCreds) Snapshot() *snapshot.Snapshot { return f.p.Load() }
 
