@@ -57,6 +57,9 @@ type Role struct {
 	Trusted []string
 	// ExternalID, when set, must be presented by AssumeRole.
 	ExternalID string
+	// IssueFor, when set, is the lifetime of every credential issued,
+	// whatever was asked (STS caps chained sessions this way).
+	IssueFor time.Duration
 }
 
 // ARN returns the role's ARN.
@@ -305,10 +308,12 @@ func (e *Emulator) authenticate(r *http.Request, body []byte, service string) (c
 	if err != nil {
 		return caller{}, errorf(400, "IncompleteSignature", "X-Amz-Date is missing or malformed")
 	}
-	now := e.now()
-	if d := now.Sub(signingTime); d > 15*time.Minute || d < -15*time.Minute {
-		return caller{}, errorf(403, "SignatureDoesNotMatch", "Signature expired: %s is now earlier than %s", signingTime.Format("20060102T150405Z"), now.Add(-15*time.Minute).Format("20060102T150405Z"))
+	// Signatures are dated by the signer's real clock; STS's own clock (now)
+	// may be simulated, so freshness is judged on the real one.
+	if d := time.Since(signingTime); d > 15*time.Minute || d < -15*time.Minute {
+		return caller{}, errorf(403, "SignatureDoesNotMatch", "Signature expired: %s is now earlier than %s", signingTime.Format("20060102T150405Z"), time.Now().UTC().Add(-15*time.Minute).Format("20060102T150405Z"))
 	}
+	now := e.now()
 
 	e.mu.Lock()
 	user, isUser := e.users[keyID]
@@ -408,6 +413,9 @@ func (e *Emulator) assumeRole(c caller, form url.Values) (any, *apiError) {
 	}
 	if duration > limit {
 		return nil, errorf(400, "ValidationError", "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.")
+	}
+	if role.IssueFor > 0 {
+		duration = role.IssueFor
 	}
 	now := e.now()
 	s := Session{

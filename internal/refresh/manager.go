@@ -32,6 +32,9 @@ const (
 	// jitterFraction of the time until a refresh is due is shaved off at
 	// random, so hosts started together do not call STS together.
 	jitterFraction = 0.1
+	// callMargin is how much earlier than the window a refresh starts, to
+	// absorb STS latency (and STS's whole-second expirations).
+	callMargin = 5 * time.Second
 	// minRefreshInterval keeps very short-lived credentials from turning
 	// the schedule into a busy loop.
 	minRefreshInterval = time.Second
@@ -138,6 +141,7 @@ type Manager struct {
 	creds          *snapshot.Credentials
 	credsRole      string    // ARN of the role creds belong to
 	credsAt        time.Time // wall time they were obtained
+	lifetime       time.Duration
 	refreshDue     time.Duration
 	profileDue     time.Duration
 	failures       int
@@ -279,7 +283,7 @@ func (m *Manager) refreshIsDue(mono time.Duration) bool {
 	if m.creds == nil || m.failures > 0 {
 		return false
 	}
-	return !m.opts.Clock.Now().Before(m.creds.Expiration.Add(-m.window(m.creds.Expiration.Sub(m.credsAt))))
+	return !m.opts.Clock.Now().Before(m.creds.Expiration.Add(-m.window(m.lifetime)))
 }
 
 func (m *Manager) sleepFor() time.Duration {
@@ -465,9 +469,15 @@ func (m *Manager) succeeded(creds snapshot.Credentials, now time.Time, mono time
 	m.refreshes++
 	m.creds, m.credsAt, m.credsRole = &creds, now, m.role.ARN
 	m.publish(snapshot.New(m.role, creds, now))
-	lifetime := creds.Expiration.Sub(now)
+	// STS set the expiration by its own clock; a host clock running behind
+	// would make the credentials look longer-lived than they are, so the
+	// lifetime is at most what was asked for.
+	lifetime := min(creds.Expiration.Sub(now), m.duration)
+	m.lifetime = lifetime
 	w := m.window(lifetime)
-	interval := max(lifetime-w, 0)
+	// Start a little early, so the credentials still have the whole window
+	// left when the call returns.
+	interval := max(lifetime-w-min(callMargin, lifetime/100), 0)
 	next := max(time.Duration(float64(interval)*(1-jitterFraction*m.opts.Rand())), minRefreshInterval)
 	m.refreshDue = mono + next
 	m.log.Info("role credentials refreshed", "role", m.role.ARN, "access_key_suffix", snapshot.Suffix(creds.AccessKeyID),
@@ -562,7 +572,7 @@ func (m *Manager) applyReload(s Settings) {
 	if m.creds != nil && (s.Window != old.Window || s.Duration != old.Duration) {
 		// Reschedule from the current credentials under the new window.
 		m.refreshDue = m.opts.Clock.Monotonic()
-		if w := m.window(m.creds.Expiration.Sub(m.credsAt)); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
+		if w := m.window(m.lifetime); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
 			m.refreshDue += m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
 		}
 	}

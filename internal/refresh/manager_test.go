@@ -1,0 +1,108 @@
+package refresh
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/imds-agent/imds-agent/internal/profile"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
+)
+
+// runManager runs the sim's manager on the real clock.
+func runManager(t *testing.T, s *sim) {
+	t.Helper()
+	s.m.opts.Clock = SystemClock()
+	s.clock.advance(time.Since(simOrigin)) // STS's clock: about now
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	select {
+	case <-s.m.Ready():
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready after 10s")
+	}
+}
+
+func TestRunForcedRefresh(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}})
+	runManager(t, s)
+	before := s.m.Snapshot()
+	if before.State != snapshot.Ready {
+		t.Fatalf("state %v", before.State)
+	}
+	if err := s.m.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	after := s.m.Snapshot()
+	if after.KeySuffix == before.KeySuffix && string(after.Credentials.Bytes) == string(before.Credentials.Bytes) {
+		t.Error("forced refresh served the same credentials")
+	}
+	// Rotated source keys: the old key is gone; a forced refresh reports it.
+	s.emu.RemoveUser(s.user.AccessKeyID)
+	err := s.m.Refresh(context.Background())
+	if err == nil || Classify(err) != Terminal {
+		t.Errorf("refresh with revoked source keys: %v", err)
+	}
+	if s.m.Snapshot().Credentials.Bytes == nil {
+		t.Error("a failed forced refresh dropped the credentials")
+	}
+}
+
+func TestRunReloadSwapsRole(t *testing.T) {
+	s := newSim(t, simOptions{})
+	runManager(t, s)
+	if got := s.m.Snapshot().Role.ARN; got != roleA {
+		t.Fatalf("role %s", got)
+	}
+	set := s.settings(simOptions{target: profile.Target{RoleARN: roleB}, duration: time.Hour, recheck: time.Minute})
+	s.m.Reload(set)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.m.Snapshot().Role.ARN != roleB || s.m.Snapshot().State != snapshot.Ready {
+		if time.Now().After(deadline) {
+			t.Fatalf("reload did not rotate to %s: %+v", roleB, s.m.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.m.Reload(Settings{ProfileRecheck: time.Minute})
+	for s.m.Snapshot().State != snapshot.NoRole {
+		if time.Now().After(deadline) {
+			t.Fatalf("reload to no role: %+v", s.m.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestRefreshCancelled(t *testing.T) {
+	s := newSim(t, simOptions{})
+	// Not running: Refresh must give up with its context.
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.m.Refresh(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Refresh without a loop: %v", err)
+	}
+}
+
+func TestClassify(t *testing.T) {
+	if Classify(context.DeadlineExceeded) != Transient {
+		t.Error("deadline not transient")
+	}
+	if Classify(ErrNoSourceCredentials) != Terminal {
+		t.Error("no source credentials not terminal")
+	}
+	if Classify(profile.ErrProfileNotFound) != Terminal {
+		t.Error("profile not found not terminal")
+	}
+}

@@ -1,0 +1,550 @@
+package refresh
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"math/rand/v2"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
+
+	"github.com/imds-agent/imds-agent/internal/awsemu"
+	"github.com/imds-agent/imds-agent/internal/profile"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
+)
+
+const (
+	simAccount = "123456789012"
+	roleA      = "arn:aws:iam::123456789012:role/app"
+	roleB      = "arn:aws:iam::123456789012:role/other"
+)
+
+var simOrigin = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
+
+// simClock models three clocks: true time (what STS sees), the host's wall
+// clock (true time plus any skew from a stepped clock) and its monotonic
+// clock (which stands still while the host is suspended).
+type simClock struct {
+	mu      sync.Mutex
+	elapsed time.Duration // true time since simOrigin
+	skew    time.Duration // wall minus true
+	mono    time.Duration
+}
+
+func (c *simClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return simOrigin.Add(c.elapsed + c.skew)
+}
+
+func (c *simClock) Monotonic() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mono
+}
+
+// True is what STS's clock says.
+func (c *simClock) True() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return simOrigin.Add(c.elapsed)
+}
+
+func (c *simClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.elapsed += d
+	c.mono += d
+}
+
+// suspend: time passes but the monotonic clock does not (a suspended VM).
+func (c *simClock) suspend(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.elapsed += d
+}
+
+// step shifts the wall clock only (an NTP step).
+func (c *simClock) step(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.skew += d
+}
+
+// logBuffer is a concurrency-safe log sink that can count records.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) count(substr string) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return strings.Count(b.buf.String(), substr)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// sim runs a Manager against the emulator on simulated time.
+type sim struct {
+	t        *testing.T
+	clock    *simClock
+	emu      *awsemu.Emulator
+	user     awsemu.User
+	url      string
+	m        *Manager
+	logs     *logBuffer
+	stsCalls func() int
+	wake     time.Duration // monotonic time of the pending wake-up
+}
+
+type simOptions struct {
+	target   profile.Target
+	duration time.Duration
+	window   time.Duration
+	recheck  time.Duration
+	roleMax  time.Duration
+}
+
+func newSim(t *testing.T, o simOptions) *sim {
+	t.Helper()
+	s := &sim{t: t, clock: &simClock{}, logs: &logBuffer{}}
+	s.emu = awsemu.New(s.clock.True, nil)
+	s.user = awsemu.NewUser(simAccount, "host")
+	s.emu.AddUser(s.user)
+	if o.roleMax == 0 {
+		o.roleMax = 12 * time.Hour
+	}
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: o.roleMax})
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: o.roleMax})
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
+	srv := httptest.NewServer(s.emu)
+	t.Cleanup(srv.Close)
+	s.url = srv.URL
+	if o.target.None() {
+		o.target = profile.Target{RoleARN: roleA}
+	}
+	if o.duration == 0 {
+		o.duration = time.Hour
+	}
+	if o.recheck == 0 {
+		o.recheck = 5 * time.Minute
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	s.m = New(s.settings(o), Options{
+		Clock:       s.clock,
+		Rand:        rng.Float64,
+		Logger:      slog.New(slog.NewTextHandler(s.logs, nil)),
+		CallTimeout: 100 * time.Millisecond,
+	})
+	s.stsCalls = func() int { return s.emu.Calls("AssumeRole") }
+	return s
+}
+
+func (s *sim) settings(o simOptions) Settings {
+	user := s.user
+	return Settings{
+		Target: o.target,
+		Connect: func(ctx context.Context) (Clients, error) {
+			cfg := aws.Config{
+				Region:           "eu-west-1",
+				BaseEndpoint:     aws.String(s.url),
+				Credentials:      credentials.NewStaticCredentialsProvider(user.AccessKeyID, user.SecretAccessKey, ""),
+				RetryMaxAttempts: 1,
+			}
+			return Clients{STS: sts.NewFromConfig(cfg), IAM: iam.NewFromConfig(cfg)}, nil
+		},
+		SessionName:    "i-0123456789abcdef0",
+		Duration:       o.duration,
+		Window:         o.window,
+		ProfileRecheck: o.recheck,
+	}
+}
+
+// run lets simulated time pass for d: the manager sleeps until the wake-up
+// its last step asked for, then steps again, as Run does. check is called
+// before every step (the end of each constant-snapshot interval, where the
+// served credentials are oldest) and after it. A wake-up still pending when
+// d is over carries into the next run, so a suspension in between lands in
+// the middle of a sleep, as it would on a real host.
+func (s *sim) run(d time.Duration, check func(phase string)) {
+	s.t.Helper()
+	end := s.clock.True().Add(d)
+	ctx := context.Background()
+	for {
+		if sleep := s.wake - s.clock.Monotonic(); sleep > 0 {
+			if rest := end.Sub(s.clock.True()); sleep > rest {
+				s.clock.advance(rest)
+				return
+			}
+			s.clock.advance(sleep)
+		}
+		if !s.clock.True().Before(end) {
+			return
+		}
+		if check != nil {
+			check("before step")
+		}
+		wait := s.m.step(ctx)
+		if check != nil {
+			check("after step")
+		}
+		s.wake = s.clock.Monotonic() + max(wait, time.Millisecond)
+	}
+}
+
+// remaining is how long the served credentials stay valid, in true time.
+func (s *sim) remaining() time.Duration {
+	return s.m.Snapshot().Expiration.Sub(s.clock.True())
+}
+
+// healthyWindow is the invariant's bound for credentials of lifetime l.
+func healthyWindow(l time.Duration) time.Duration { return min(30*time.Minute, l/2) }
+
+// TestHealthyRotation: over many simulated days with a healthy STS, the
+// served credentials always have at least min(30m, half their lifetime)
+// left, every scheduled refresh is exactly one STS call, and refreshes come
+// about twice an hour for one-hour sessions.
+func TestHealthyRotation(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		duration time.Duration
+		hours    int
+	}{
+		{"1h sessions", time.Hour, 500},
+		{"6h sessions", 6 * time.Hour, 1000},
+		{"15m sessions", 15 * time.Minute, 200},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, simOptions{duration: tc.duration})
+			first := true
+			s.run(time.Duration(tc.hours)*time.Hour, func(phase string) {
+				snap := s.m.Snapshot()
+				if first && snap.State != snapshot.Ready {
+					return // before the first refresh
+				}
+				first = false
+				if snap.State != snapshot.Ready {
+					t.Fatalf("%s: state %v", phase, snap.State)
+				}
+				if r := s.remaining(); r < healthyWindow(tc.duration) {
+					t.Fatalf("%s at %v: %v left, want at least %v", phase, s.clock.True(), r, healthyWindow(tc.duration))
+				}
+			})
+			st := s.m.Status()
+			perHour := float64(st.Refreshes) / float64(tc.hours)
+			t.Logf("%d refreshes in %d simulated hours: %.2f per hour; %d STS calls", st.Refreshes, tc.hours, perHour, s.stsCalls())
+			if uint64(s.stsCalls()) != st.Refreshes {
+				t.Errorf("STS calls %d != refreshes %d: extra calls", s.stsCalls(), st.Refreshes)
+			}
+			// Half the lifetime (or 30m) is left at each refresh, minus up
+			// to 10% jitter of the interval.
+			interval := tc.duration - healthyWindow(tc.duration)
+			lo, hi := float64(time.Hour)/float64(interval), float64(time.Hour)/(0.9*float64(interval))
+			if perHour < lo*0.98 || perHour > hi*1.02 {
+				t.Errorf("%.2f refreshes per hour, want between %.2f and %.2f", perHour, lo, hi)
+			}
+			if st.Failures != 0 || st.ConsecutiveFailures != 0 {
+				t.Errorf("failures reported: %+v", st)
+			}
+		})
+	}
+}
+
+// outage makes AssumeRole fail with f between from and to (true time).
+func (s *sim) outage(from, to time.Duration, f awsemu.Fault) {
+	start := s.clock.True()
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action != "AssumeRole" {
+			return nil
+		}
+		now := s.clock.True().Sub(start)
+		if now >= from && now < to {
+			if f.Hang {
+				s.clock.advance(30 * time.Second) // the call stalls 30 s of simulated time
+			}
+			ff := f
+			return &ff
+		}
+		return nil
+	})
+}
+
+// TestTransientFaults: throttling bursts, 5xx and 30-second stalls shorter
+// than the refresh window never let the served credentials expire, never
+// produce empty credentials, back off (one log line per attempt), and
+// recover within the backoff cap.
+func TestTransientFaults(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		fault   awsemu.Fault
+		class   string
+		outages int
+	}{
+		{"throttling", awsemu.Fault{Status: 400, Code: "Throttling", Message: "Rate exceeded"}, "throttled", 16},
+		{"5xx", awsemu.Fault{Status: 503, Code: "ServiceUnavailable", Message: "Service unavailable"}, "transient", 16},
+		// Each stalled call costs the test its real call timeout.
+		{"stall", awsemu.Fault{Hang: true}, "transient", 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, simOptions{duration: time.Hour})
+			s.run(time.Minute, nil) // first credentials
+			// A 20-minute outage every 3 hours.
+			for i := 0; i < tc.outages; i++ {
+				s.outage(2*time.Hour, 2*time.Hour+20*time.Minute, tc.fault)
+				s.run(3*time.Hour, func(phase string) {
+					snap := s.m.Snapshot()
+					if snap.State != snapshot.Ready || len(snap.Credentials.Bytes) == 0 {
+						t.Fatalf("%s: state %v with %d credential bytes", phase, snap.State, len(snap.Credentials.Bytes))
+					}
+					if s.remaining() <= 0 {
+						t.Fatalf("%s at %v: served credentials expired during a 20-minute outage", phase, s.clock.True())
+					}
+					if !strings.Contains(string(snap.Credentials.Bytes), `"Code":"Success"`) {
+						t.Fatalf("credentials document without Success")
+					}
+				})
+			}
+			st := s.m.Status()
+			if st.Failures == 0 {
+				t.Fatalf("no failures seen: the outage did not hit a refresh")
+			}
+			if st.ConsecutiveFailures != 0 {
+				t.Errorf("still failing after the outages: %+v", st)
+			}
+			if got := s.logs.count(`msg="obtaining role credentials failed"`); uint64(got) != st.Failures {
+				t.Errorf("%d failure log lines for %d failed attempts", got, st.Failures)
+			}
+			if got := s.logs.count("class=" + tc.class); got == 0 {
+				t.Errorf("failures not classed %s:\n%s", tc.class, s.logs.String())
+			}
+			// Backoff keeps the attempts per 20-minute outage modest.
+			if perOutage := float64(st.Failures) / float64(tc.outages); perOutage > 40 {
+				t.Errorf("%.1f attempts per outage: backoff too aggressive", perOutage)
+			}
+			t.Logf("%d refreshes, %d failed attempts over %d outages", st.Refreshes, st.Failures, tc.outages)
+		})
+	}
+}
+
+// TestStallDoesNotBlockReaders: while AssumeRole hangs, the snapshot is
+// still served at once.
+func TestStallDoesNotBlockReaders(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(time.Minute, nil)
+	before := s.m.Snapshot()
+	release := make(chan struct{})
+	s.emu.Inject(func(string) *awsemu.Fault {
+		close(release)
+		return &awsemu.Fault{Hang: true}
+	})
+	s.m.refreshDue = s.clock.Monotonic()
+	done := make(chan struct{})
+	go func() { s.m.step(context.Background()); close(done) }()
+	<-release
+	start := time.Now()
+	for i := 0; i < 1000; i++ {
+		if s.m.Snapshot() != before {
+			t.Fatal("snapshot changed during the stall")
+		}
+	}
+	if took := time.Since(start); took > 100*time.Millisecond {
+		t.Errorf("1000 reads took %v during a stall", took)
+	}
+	<-done
+}
+
+// TestTerminalFailure: the role stops trusting the host for two hours. The
+// credentials run out and keep being served with their true expiration,
+// iam/info stops saying Success, errors are logged once per backoff step as
+// terminal, and the agent recovers on its own once IAM is fixed.
+func TestTerminalFailure(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(time.Minute, nil)
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+	last := s.m.Snapshot()
+	s.run(2*time.Hour, func(phase string) {
+		snap := s.m.Snapshot()
+		if snap.State != snapshot.Ready || len(snap.Credentials.Bytes) == 0 {
+			t.Fatalf("%s: state %v", phase, snap.State)
+		}
+		if !snap.Expiration.Equal(last.Expiration) && s.m.Status().ConsecutiveFailures > 0 {
+			t.Fatalf("expiration changed without a successful refresh")
+		}
+	})
+	snap := s.m.Snapshot()
+	if !snap.Expired(s.clock.Now()) {
+		t.Fatalf("credentials should have expired after two hours of AccessDenied")
+	}
+	if !bytes.Equal(snap.Credentials.Bytes, last.Credentials.Bytes) {
+		t.Errorf("expired credentials were replaced; the last ones must be served with their true expiration")
+	}
+	if snap.FailureCode != "AssumeRoleUnauthorizedAccess" || !strings.Contains(string(snap.Failure.Bytes), `"Code":"AssumeRoleUnauthorizedAccess"`) {
+		t.Errorf("failure document = %s", snap.Failure.Bytes)
+	}
+	st := s.m.Status()
+	if st.LastErrorClass != "terminal" || !strings.Contains(st.LastError, "AccessDenied") {
+		t.Errorf("status = %+v", st)
+	}
+	lines := s.logs.count(`msg="obtaining role credentials failed; this needs a change in IAM`)
+	if lines != st.ConsecutiveFailures || lines > 40 {
+		t.Errorf("%d terminal log lines for %d attempts in 2h: want one per attempt, few attempts", lines, st.ConsecutiveFailures)
+	}
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: 12 * time.Hour})
+	s.run(backoffCap+time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.Expired(s.clock.Now()) || s.m.Status().ConsecutiveFailures != 0 {
+		t.Errorf("not recovered within the backoff cap after IAM was fixed: %+v", s.m.Status())
+	}
+}
+
+// TestBadSourceCredentials: the host's keys are wrong from the start. The
+// agent stays Pending (503), reports the failure distinctly, and logs one
+// line per backoff step.
+func TestBadSourceCredentials(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.emu.RemoveUser(s.user.AccessKeyID)
+	s.run(time.Hour, func(string) {
+		if st := s.m.Snapshot().State; st != snapshot.Pending {
+			t.Fatalf("state %v, want pending", st)
+		}
+	})
+	snap := s.m.Snapshot()
+	if snap.FailureCode != "InvalidSourceCredentials" {
+		t.Errorf("failure code %q", snap.FailureCode)
+	}
+	st := s.m.Status()
+	if st.ConsecutiveFailures < 5 || st.ConsecutiveFailures > 30 {
+		t.Errorf("%d attempts in an hour", st.ConsecutiveFailures)
+	}
+	if got := s.logs.count("level=ERROR"); got != st.ConsecutiveFailures {
+		t.Errorf("%d error lines for %d attempts", got, st.ConsecutiveFailures)
+	}
+}
+
+// TestRoleSwappedAndDetached: the instance profile's role is swapped in
+// IAM; within the recheck interval the new role's credentials are served.
+// Then the role is removed from the profile: the agent answers "no role".
+func TestRoleSwappedAndDetached(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "arn:aws:iam::123456789012:instance-profile/web"}, duration: time.Hour})
+	s.run(time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.Role.ARN != roleA || snap.State != snapshot.Ready {
+		t.Fatalf("role %s state %v", snap.Role.ARN, snap.State)
+	}
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "other"})
+	swapped := time.Duration(-1)
+	start := s.clock.True()
+	s.run(10*time.Minute, func(string) {
+		if snap := s.m.Snapshot(); swapped < 0 && snap.Role.ARN == roleB && snap.State == snapshot.Ready {
+			swapped = s.clock.True().Sub(start)
+		}
+	})
+	if swapped < 0 || swapped > 5*time.Minute*11/10 {
+		t.Fatalf("role swap took %v, want within the 5m recheck (+10%% jitter)", swapped)
+	}
+	if !strings.Contains(s.logs.String(), "role changed; rotating now") {
+		t.Errorf("swap not logged")
+	}
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web"})
+	s.run(6*time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.NoRole {
+		t.Errorf("after detaching: state %v, want no-role", snap.State)
+	}
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
+	s.run(6*time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
+		t.Errorf("after re-attaching: state %v role %s", snap.State, snap.Role.ARN)
+	}
+}
+
+// TestShortCredentials: STS hands out credentials shorter than the
+// configured window; they are replaced at half-life.
+func TestShortCredentials(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour, window: 45 * time.Minute})
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: 12 * time.Hour, IssueFor: 20 * time.Minute})
+	first := true
+	s.run(48*time.Hour, func(phase string) {
+		if first && s.m.Snapshot().State != snapshot.Ready {
+			return
+		}
+		first = false
+		if r := s.remaining(); r < 10*time.Minute {
+			t.Fatalf("%s: %v left of 20-minute credentials", phase, r)
+		}
+	})
+}
+
+// TestClockJumps: a suspended host (the monotonic clock stood still while
+// hours passed) refreshes within a minute of resuming; a wall clock stepped
+// back two hours does not delay refreshes.
+func TestClockJumps(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(10*time.Minute, nil)
+	s.clock.suspend(3 * time.Hour)
+	if s.remaining() > 0 {
+		t.Fatal("credentials should have expired during the suspension")
+	}
+	s.run(maxSleep+time.Second, nil)
+	if r := s.remaining(); r < 50*time.Minute {
+		t.Errorf("a minute after resuming: %v left, want fresh credentials", r)
+	}
+
+	s.clock.step(-2 * time.Hour)
+	s.run(24*time.Hour, func(phase string) {
+		if r := s.remaining(); r < healthyWindow(time.Hour) {
+			t.Fatalf("%s after the wall clock stepped back: %v left", phase, r)
+		}
+	})
+}
+
+// TestDurationFallback: the role allows one hour but six are asked for;
+// the agent falls back to one hour, says so once, and carries on.
+func TestDurationFallback(t *testing.T) {
+	s := newSim(t, simOptions{duration: 6 * time.Hour, roleMax: time.Hour})
+	s.run(24*time.Hour, nil)
+	st := s.m.Status()
+	if st.State != snapshot.Ready || st.ConsecutiveFailures != 0 {
+		t.Fatalf("status %+v", st)
+	}
+	if n := s.logs.count("maximum session duration is below session_duration"); n != 1 {
+		t.Errorf("fallback warned %d times, want once", n)
+	}
+	if l := st.Expiration.Sub(st.LastRefresh); l <= time.Hour-time.Second || l > time.Hour {
+		t.Errorf("lifetime after fallback = %v, want 1h", l)
+	}
+}
+
+// TestNoRole: nothing attached means "no role", at once, and no AWS calls.
+func TestNoRole(t *testing.T) {
+	s := newSim(t, simOptions{})
+	s.m = New(Settings{ProfileRecheck: time.Minute}, Options{Clock: s.clock})
+	if s.m.Snapshot().State != snapshot.NoRole {
+		t.Fatalf("state %v", s.m.Snapshot().State)
+	}
+	s.run(time.Hour, nil)
+	select {
+	case <-s.m.Ready():
+	default:
+		t.Error("not ready without a role")
+	}
+	if s.emu.Calls("AssumeRole")+s.emu.Calls("GetInstanceProfile") != 0 {
+		t.Error("AWS called without a role")
+	}
+}
