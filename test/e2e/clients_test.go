@@ -37,6 +37,31 @@ func setClientEnv(t *testing.T, metadataURL string, v1Disabled bool) {
 	}
 }
 
+// goCallerARN loads the SDK's default configuration in this process (the
+// caller set the environment), checks the credentials it finds, and asks
+// STS at stsURL who they belong to.
+func goCallerARN(t *testing.T, stsURL string) string {
+	t.Helper()
+	ctx := context.Background()
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion("us-east-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := cfg.Credentials.Retrieve(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(creds.AccessKeyID, "ASIA") || creds.SessionToken == "" || !creds.CanExpire {
+		t.Errorf("credentials = %s (token %d bytes, can expire %v)", creds.AccessKeyID, len(creds.SessionToken), creds.CanExpire)
+	}
+	out, err := sts.NewFromConfig(cfg, func(o *sts.Options) { o.BaseEndpoint = aws.String(stsURL) }).
+		GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return *out.Arn
+}
+
 // TestDevClients runs every mainstream client's default chain against
 // `imds-agent dev`, with IMDSv1 fallback allowed and forbidden.
 func TestDevClients(t *testing.T) {
@@ -56,20 +81,8 @@ func TestDevClients(t *testing.T) {
 			if cfg.Region != "us-east-1" {
 				t.Errorf("region from IMDS = %q, want us-east-1", cfg.Region)
 			}
-			creds, err := cfg.Credentials.Retrieve(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.HasPrefix(creds.AccessKeyID, "ASIA") || creds.SessionToken == "" || !creds.CanExpire {
-				t.Errorf("credentials = %s (token %d bytes, can expire %v)", creds.AccessKeyID, len(creds.SessionToken), creds.CanExpire)
-			}
-			out, err := sts.NewFromConfig(cfg, func(o *sts.Options) { o.BaseEndpoint = aws.String(d.emulatorURL) }).
-				GetCallerIdentity(ctx, &sts.GetCallerIdentityInput{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !strings.HasPrefix(*out.Arn, devAssumedRole+"i-") {
-				t.Errorf("caller = %s, want %s<instance id>", *out.Arn, devAssumedRole)
+			if got := goCallerARN(t, d.emulatorURL); !strings.HasPrefix(got, devAssumedRole+"i-") {
+				t.Errorf("caller = %s, want %s<instance id>", got, devAssumedRole)
 			}
 		})
 		t.Run(name+"/feature-ec2-imds", func(t *testing.T) {
