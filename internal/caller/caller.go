@@ -1,0 +1,191 @@
+// Package caller finds who is on the other end of an accepted TCP
+// connection: it asks the kernel (NETLINK_SOCK_DIAG) for the client's socket
+// and reports its owner's UID, the socket inode, and the cgroup v2 path and
+// systemd unit the socket was created in. A client whose socket is not in
+// the resolver's network namespace (a container, another namespace, another
+// host) is reported as not local.
+//
+// One lookup is one exact sock_diag request answered from the kernel's hash
+// tables (microseconds), not a dump of every socket on the host, so it can
+// run once per accepted connection. It needs no privilege, only AF_NETLINK.
+package caller
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"runtime"
+	"sync"
+	"time"
+)
+
+// Info describes the local owner of a connection's client socket. When
+// Local is false the client is elsewhere (a container, another namespace,
+// another host): it counts as one hop away for the metadata hop limit and
+// has no local UID, and every other field is zero.
+type Info struct {
+	Local    bool   // the client socket was found in this network namespace
+	UID      uint32 // the socket owner's UID (meaningful only when Local)
+	Inode    uint32 // the socket's inode; 0 once its owner closed it
+	CgroupID uint64 // cgroup v2 id of the socket; 0 if unknown
+	Cgroup   string // cgroup v2 path, "" if unknown
+	Unit     string // systemd unit from the cgroup path, "" if none
+}
+
+// Options configure a Resolver. The zero value is ready to use.
+type Options struct {
+	// CgroupRoot is where cgroup v2 is mounted. Default /sys/fs/cgroup,
+	// or /sys/fs/cgroup/unified on a hybrid (v1 + v2) host. When no
+	// cgroup v2 is found there, Cgroup and Unit stay empty.
+	CgroupRoot string
+	// Logger receives debug and warning records; nil discards them.
+	Logger *slog.Logger
+	// Sockets is how many netlink sockets lookups share; default
+	// GOMAXPROCS, at most 4. The kernel serialises sock_diag requests,
+	// so more sockets buy nothing.
+	Sockets int
+	// Timeout bounds the wait for one kernel answer; default 100 ms.
+	// A lookup that times out reports "not local".
+	Timeout time.Duration
+}
+
+// DefaultTimeout is the default bound on one lookup's wait for the kernel.
+const DefaultTimeout = 100 * time.Millisecond
+
+const maxDefaultSockets = 4
+
+// ErrClosed is returned by Lookup after Close.
+var ErrClosed = errors.New("caller: resolver closed")
+
+// errBadAddr is preallocated: Lookup must not allocate, even to fail.
+var errBadAddr = errors.New("caller: local and remote must be valid addresses of one family")
+
+// Resolver looks up the owners of client sockets. It is safe for concurrent
+// use. Its netlink sockets live in the network namespace of the thread that
+// called NewResolver, and lookups answer for that namespace only.
+type Resolver struct {
+	log     *slog.Logger
+	timeout time.Duration
+	cgroups *cgroupCache // nil when no cgroup v2 hierarchy is mounted
+
+	conns     chan *diagConn // idle sockets; all of them when none is in use
+	size      int
+	done      chan struct{} // closed by Close
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// NewResolver opens the netlink sockets. It fails only when sock_diag is
+// unavailable (for example, AF_NETLINK is not allowed to this process).
+func NewResolver(opts Options) (*Resolver, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	n := opts.Sockets
+	if n <= 0 {
+		n = min(runtime.GOMAXPROCS(0), maxDefaultSockets)
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	r := &Resolver{
+		log:     log,
+		timeout: timeout,
+		conns:   make(chan *diagConn, n),
+		size:    n,
+		done:    make(chan struct{}),
+	}
+	for range n {
+		c, err := openDiagConn(timeout)
+		if err != nil {
+			close(r.conns)
+			for c := range r.conns {
+				c.close()
+			}
+			return nil, err
+		}
+		r.conns <- c
+	}
+
+	root := opts.CgroupRoot
+	if root == "" {
+		root = defaultCgroupRoot
+	}
+	if dir, ok := findCgroup2(root); ok {
+		r.cgroups = newCgroupCache(dir, log, time.Now, maxCgroups)
+	} else {
+		log.Warn("no cgroup v2 hierarchy found: callers' cgroups and units stay unknown", "root", root)
+	}
+	return r, nil
+}
+
+// Lookup finds the client socket of the TCP connection whose agent side is
+// local and whose client side is remote (as net.Conn's LocalAddr and
+// RemoteAddr say). IPv4-mapped IPv6 addresses are treated as IPv4. A client
+// socket not found in this network namespace gives Info{Local: false} and
+// no error, and so does a kernel that does not answer within the timeout;
+// an error means the lookup itself failed (or the addresses are invalid).
+//
+// It does not allocate. A cgroup id not yet in the cache makes it walk the
+// cgroup hierarchy, at most once a second; until the walk finds the
+// cgroup, Cgroup and Unit stay empty.
+func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
+	q, ok := newQuery(remote, local)
+	if !ok {
+		return Info{}, errBadAddr
+	}
+	var c *diagConn
+	select {
+	case c = <-r.conns:
+	case <-r.done:
+		return Info{}, ErrClosed
+	}
+	select {
+	case <-r.done:
+		r.conns <- c
+		return Info{}, ErrClosed
+	default:
+	}
+	var info Info
+	v, err := c.exchange(&q, &info, r.timeout)
+	r.conns <- c
+	switch {
+	case errors.Is(err, errTimeout):
+		r.log.Debug("caller lookup timed out; treating the client as not local",
+			"local", local, "remote", remote, "timeout", r.timeout)
+		return Info{}, nil
+	case err != nil:
+		return Info{}, err
+	case v != verdictFound:
+		return Info{}, nil
+	}
+	info.Local = true
+	if info.CgroupID != 0 && r.cgroups != nil {
+		if e, ok := r.cgroups.lookup(info.CgroupID); ok {
+			info.Cgroup, info.Unit = e.path, e.unit
+		}
+	}
+	return info, nil
+}
+
+// Close waits for lookups in progress (each bounded by the timeout), then
+// closes the netlink sockets. Lookups after Close return ErrClosed.
+func (r *Resolver) Close() error {
+	r.closeOnce.Do(func() {
+		close(r.done)
+		var errs []error
+		for range r.size {
+			c := <-r.conns
+			if err := c.close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if err := errors.Join(errs...); err != nil {
+			r.closeErr = fmt.Errorf("caller: close: %w", err)
+		}
+	})
+	return r.closeErr
+}

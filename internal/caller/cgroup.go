@@ -1,0 +1,186 @@
+package caller
+
+import (
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	defaultCgroupRoot = "/sys/fs/cgroup"
+	// maxCgroups bounds the id → path cache. Hosts run hundreds of
+	// cgroups; tens of thousands means something is churning them, and
+	// past the bound the rest are reported as unknown.
+	maxCgroups = 1 << 16
+	// cgroupRefreshEvery limits walks of the hierarchy: an id not in the
+	// cache triggers a walk at most this often.
+	cgroupRefreshEvery = time.Second
+)
+
+// findCgroup2 returns the cgroup v2 mount at root, or under root/unified
+// (the hybrid layout, where root holds the v1 hierarchies).
+func findCgroup2(root string) (string, bool) {
+	for _, dir := range []string{root, filepath.Join(root, "unified")} {
+		var st unix.Statfs_t
+		if unix.Statfs(dir, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC {
+			return dir, true
+		}
+	}
+	return "", false
+}
+
+type cgroupEntry struct {
+	path string // relative to the hierarchy's root, "/" for the root
+	unit string
+}
+
+// cgroupCache maps cgroup v2 ids to paths. A cgroup's id is the inode
+// number of its directory (on 64-bit kernels), so a walk of the hierarchy
+// builds the map. Readers never lock: each walk publishes a new map.
+type cgroupCache struct {
+	root string
+	log  *slog.Logger
+	now  func() time.Time
+	max  int
+
+	m        atomic.Pointer[map[uint64]cgroupEntry]
+	lastWalk atomic.Int64 // unix nanoseconds of the last walk's start; 0 = never
+	walkMu   sync.Mutex   // one walk at a time
+	walks    atomic.Int64 // walks done, for tests
+}
+
+func newCgroupCache(root string, log *slog.Logger, now func() time.Time, max int) *cgroupCache {
+	return &cgroupCache{root: root, log: log, now: now, max: max}
+}
+
+// lookup returns the cgroup with this id. On a miss it walks the hierarchy
+// again, unless a walk started less than cgroupRefreshEvery ago.
+func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
+	if m := c.m.Load(); m != nil {
+		if e, ok := (*m)[id]; ok {
+			return e, true
+		}
+	}
+	if !c.due() {
+		return cgroupEntry{}, false
+	}
+	c.walkMu.Lock()
+	defer c.walkMu.Unlock()
+	// Another lookup may have walked while this one waited.
+	if m := c.m.Load(); m != nil {
+		if e, ok := (*m)[id]; ok {
+			return e, true
+		}
+	}
+	if !c.due() {
+		return cgroupEntry{}, false
+	}
+	c.refresh()
+	e, ok := (*c.m.Load())[id]
+	return e, ok
+}
+
+func (c *cgroupCache) due() bool {
+	last := c.lastWalk.Load()
+	return last == 0 || c.now().UnixNano()-last >= int64(cgroupRefreshEvery)
+}
+
+// refresh walks the hierarchy and publishes the new map. Cgroups that come
+// and go during the walk are simply missed or kept until the next one.
+func (c *cgroupCache) refresh() {
+	start := c.now()
+	c.lastWalk.Store(start.UnixNano())
+	c.walks.Add(1)
+	m := make(map[uint64]cgroupEntry)
+	if prev := c.m.Load(); prev != nil {
+		m = make(map[uint64]cgroupEntry, len(*prev))
+	}
+	full := false
+	err := filepath.WalkDir(c.root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == c.root {
+				return err
+			}
+			return nil // removed while we walked
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if len(m) >= c.max {
+			full = true
+			return fs.SkipAll
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return nil
+		}
+		rel := "/"
+		if path != c.root {
+			rel = "/" + filepath.ToSlash(strings.TrimPrefix(path, c.root+string(filepath.Separator)))
+		}
+		m[st.Ino] = cgroupEntry{path: rel, unit: unitFromCgroup(rel)}
+		return nil
+	})
+	if err != nil {
+		c.log.Warn("cannot read the cgroup hierarchy", "root", c.root, "err", err)
+	}
+	if full {
+		c.log.Warn("cgroup cache full: further cgroups are reported as unknown", "root", c.root, "max", c.max)
+	}
+	c.m.Store(&m)
+	c.log.Debug("cgroup cache refreshed", "root", c.root, "cgroups", len(m), "took", c.now().Sub(start))
+}
+
+// unitSuffixes are the unit types whose processes run in a cgroup of their
+// own. Slices only group other units.
+var unitSuffixes = [...]string{".service", ".scope", ".socket", ".mount", ".swap"}
+
+func isUnit(name string) bool {
+	for _, s := range unitSuffixes {
+		if len(name) > len(s) && strings.HasSuffix(name, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// unitFromCgroup names the systemd unit a cgroup v2 path belongs to, as
+// systemd lays the tree out: slices, then the unit; sub-cgroups below a
+// unit (Delegate=) still belong to it, whatever they are called. Under a
+// user manager (user@UID.service) the answer is the user's unit, which
+// that user named: an access rule on a unit name should pair it with a UID.
+func unitFromCgroup(path string) string {
+	unit := ""
+	rest := strings.TrimPrefix(path, "/")
+	for rest != "" {
+		var name string
+		name, rest, _ = strings.Cut(rest, "/")
+		switch {
+		case strings.HasSuffix(name, ".slice"):
+			continue
+		case !isUnit(name):
+			return unit
+		case unit == "":
+			unit = name
+			if !strings.HasPrefix(name, "user@") || !strings.HasSuffix(name, ".service") {
+				return unit
+			}
+		case name == "init.scope":
+			return unit // the user manager itself
+		default:
+			return name // a unit of the user manager
+		}
+	}
+	return unit
+}

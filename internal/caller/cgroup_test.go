@@ -1,0 +1,282 @@
+package caller
+
+import (
+	"bufio"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestUnitFromCgroup(t *testing.T) {
+	for _, tc := range []struct{ path, want string }{
+		{"", ""},
+		{"/", ""},
+		{"/system.slice", ""},
+		{"/system.slice/nginx.service", "nginx.service"},
+		{"/system.slice/system-getty.slice/getty@tty1.service", "getty@tty1.service"},
+		{"/init.scope", "init.scope"},
+		{"/system.slice/docker-0123abcd.scope", "docker-0123abcd.scope"},
+		{"/system.slice/sshd.socket", "sshd.socket"},
+		{"/system.slice/boot.mount", "boot.mount"},
+		{"/machine.slice/machine-qemu\\x2d1.scope/libvirt/vcpu0", "machine-qemu\\x2d1.scope"},
+		// Sub-cgroups of a unit (Delegate=) belong to it, whatever their
+		// names: a delegated tree cannot claim another system unit.
+		{"/system.slice/nginx.service/worker", "nginx.service"},
+		{"/system.slice/containerd.service/sshd.service", "containerd.service"},
+		// Login sessions.
+		{"/user.slice/user-1000.slice/session-3.scope", "session-3.scope"},
+		// A user manager's units.
+		{"/user.slice/user-1000.slice/user@1000.service/app.slice/foo.scope", "foo.scope"},
+		{"/user.slice/user-1000.slice/user@1000.service/app.slice/app-gnome.slice/bar.service", "bar.service"},
+		{"/user.slice/user-1000.slice/user@1000.service/app.slice/foo.scope/sub", "foo.scope"},
+		{"/user.slice/user-1000.slice/user@1000.service/init.scope", "user@1000.service"},
+		{"/user.slice/user-1000.slice/user@1000.service", "user@1000.service"},
+		{"/user.slice/user-1000.slice/user@1000.service/other", "user@1000.service"},
+		// Trees systemd did not lay out have no unit.
+		{"/kubepods/burstable/pod0123/abcdef", ""},
+		{"/docker/0123abcd", ""},
+		{"/.service", ""},
+		{"/system.slice/.scope", ""},
+	} {
+		if got := unitFromCgroup(tc.path); got != tc.want {
+			t.Errorf("unitFromCgroup(%q) = %q, want %q", tc.path, got, tc.want)
+		}
+	}
+}
+
+// cgroupSelf is the test process's own cgroup v2 membership.
+type cgroupSelf struct {
+	root string // the cgroup v2 mount, "" if none
+	path string // from /proc/self/cgroup
+	id   uint64 // inode of root+path
+}
+
+func selfCgroup(t testing.TB) cgroupSelf {
+	t.Helper()
+	f, err := os.Open("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var s cgroupSelf
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if p, ok := strings.CutPrefix(sc.Text(), "0::"); ok {
+			s.path = p
+		}
+	}
+	root, ok := findCgroup2(defaultCgroupRoot)
+	if !ok || s.path == "" {
+		return s
+	}
+	s.root = root
+	fi, err := os.Stat(filepath.Join(root, s.path))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.id = fi.Sys().(*syscall.Stat_t).Ino
+	return s
+}
+
+// checkCgroup: with a cgroup id from the kernel, the path and unit are the
+// test process's own; without one, they are empty rather than wrong.
+func checkCgroup(t testing.TB, got Info, self cgroupSelf) {
+	t.Helper()
+	switch {
+	case got.CgroupID == 0:
+		t.Log("the kernel reports no cgroup id for sockets")
+		if got.Cgroup != "" || got.Unit != "" {
+			t.Errorf("no cgroup id, yet Cgroup %q Unit %q", got.Cgroup, got.Unit)
+		}
+	case self.root == "":
+		if got.Cgroup != "" || got.Unit != "" {
+			t.Errorf("no cgroup v2 mount, yet Cgroup %q Unit %q", got.Cgroup, got.Unit)
+		}
+	default:
+		if got.CgroupID != self.id || got.Cgroup != self.path || got.Unit != unitFromCgroup(self.path) {
+			t.Errorf("cgroup id %d path %q unit %q, want %d %q %q (/proc/self/cgroup)",
+				got.CgroupID, got.Cgroup, got.Unit, self.id, self.path, unitFromCgroup(self.path))
+		}
+	}
+}
+
+// A client started in a cgroup of its own (created for the test, named as
+// systemd names a scope) is reported with that cgroup and unit.
+func TestLookupCgroupOfChild(t *testing.T) {
+	requireRoot(t)
+	root, ok := findCgroup2(defaultCgroupRoot)
+	if !ok {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	r := newResolver(t, Options{})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+
+	name := "imds-caller-test-" + strconv.Itoa(os.Getpid()) + ".scope"
+	dir := filepath.Join(root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Skipf("cannot create a cgroup: %v", err)
+	}
+	t.Cleanup(func() { removeCgroup(t, dir) }) // after the helper exits
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+
+	ino, server := startClient(t, selfBinary(t), ln, &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd})
+	local, remote := ends(server)
+	got := lookup(t, r, local, remote)
+	if got.CgroupID == 0 {
+		t.Skip("the kernel reports no cgroup id for sockets")
+	}
+	want := Info{Local: true, UID: 0, Inode: ino, CgroupID: st.Ino, Cgroup: "/" + name, Unit: name}
+	if got != want {
+		t.Errorf("Lookup = %+v, want %+v", got, want)
+	}
+}
+
+func selfBinary(t *testing.T) string {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return self
+}
+
+// removeCgroup removes an empty cgroup; its last process may take a moment
+// to leave after exiting.
+func removeCgroup(t *testing.T, dir string) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := os.Remove(dir)
+		if err == nil || errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			t.Errorf("remove cgroup: %v", err)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// fakeClock is a clock the test moves by hand.
+type fakeClock struct{ t time.Time }
+
+func (c *fakeClock) now() time.Time { return c.t }
+
+func inodeOf(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+func TestCgroupCache(t *testing.T) {
+	root := t.TempDir()
+	for _, d := range []string{"system.slice/nginx.service", "user.slice"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "system.slice/cgroup.procs"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 100)
+
+	check := func(path string, want cgroupEntry, wantOK bool, wantWalks int64) {
+		t.Helper()
+		got, ok := c.lookup(inodeOf(t, filepath.Join(root, path)))
+		if got != want || ok != wantOK {
+			t.Errorf("lookup(%s) = %+v, %v; want %+v, %v", path, got, ok, want, wantOK)
+		}
+		if n := c.walks.Load(); n != wantWalks {
+			t.Errorf("after lookup(%s): %d walks, want %d", path, n, wantWalks)
+		}
+	}
+	// The first lookup walks; hits after it do not.
+	check("system.slice/nginx.service", cgroupEntry{"/system.slice/nginx.service", "nginx.service"}, true, 1)
+	check("", cgroupEntry{"/", ""}, true, 1)
+	check("user.slice", cgroupEntry{"/user.slice", ""}, true, 1)
+
+	// A cgroup created after the walk is missed until a second has passed,
+	// however often it is asked for.
+	if err := os.Mkdir(filepath.Join(root, "init.scope"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	check("init.scope", cgroupEntry{}, false, 1)
+	clock.t = clock.t.Add(999 * time.Millisecond)
+	check("init.scope", cgroupEntry{}, false, 1)
+	clock.t = clock.t.Add(time.Millisecond)
+	check("init.scope", cgroupEntry{"/init.scope", "init.scope"}, true, 2)
+
+	// Removed cgroups leave the cache at the next walk.
+	if err := os.Remove(filepath.Join(root, "user.slice")); err != nil {
+		t.Fatal(err)
+	}
+	clock.t = clock.t.Add(time.Second)
+	if _, ok := c.lookup(1 << 62); ok { // a miss forces a walk
+		t.Error("lookup of an unknown id succeeded")
+	}
+	if n := len(*c.m.Load()); n != 4 {
+		t.Errorf("cache holds %d cgroups after the walk, want 4", n)
+	}
+}
+
+func TestCgroupCacheBounded(t *testing.T) {
+	root := t.TempDir()
+	for i := range 10 {
+		if err := os.Mkdir(filepath.Join(root, "c"+strconv.Itoa(i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock := &fakeClock{t: time.Unix(1, 0)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 4)
+	c.lookup(0)
+	if n := len(*c.m.Load()); n != 4 {
+		t.Errorf("cache holds %d cgroups, want the bound 4", n)
+	}
+}
+
+// The resolver maps the cgroup id of the test's own connection to the path
+// /proc/self/cgroup names.
+func TestLookupOwnCgroup(t *testing.T) {
+	self := selfCgroup(t)
+	r := newResolver(t, Options{})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	_, server := connect(t, "tcp4", ln)
+	local, remote := ends(server)
+	got := lookup(t, r, local, remote)
+	t.Logf("cgroup id %d path %q unit %q (cgroup v2 at %q)", got.CgroupID, got.Cgroup, got.Unit, self.root)
+	checkCgroup(t, got, self)
+}
+
+// Without a cgroup v2 hierarchy the id is still reported, the path is not.
+func TestLookupNoCgroupRoot(t *testing.T) {
+	r := newResolver(t, Options{CgroupRoot: t.TempDir()})
+	if r.cgroups != nil {
+		t.Fatal("a plain directory was taken for a cgroup v2 hierarchy")
+	}
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	_, server := connect(t, "tcp4", ln)
+	local, remote := ends(server)
+	got := lookup(t, r, local, remote)
+	if !got.Local || got.Cgroup != "" || got.Unit != "" {
+		t.Errorf("Lookup = %+v, want local with no cgroup path", got)
+	}
+}
