@@ -33,6 +33,10 @@ Usage:
   imds-agent run [--config PATH] [--force]   run the daemon (default config ` + config.DefaultPath + `)
   imds-agent dev [--listen ADDR]             everything on loopback with a built-in AWS emulator
   imds-agent check-config [--config PATH]    validate the config and print the effective one
+  imds-agent status [--config PATH | --socket PATH] [--json]
+                                             show the running agent's role, credentials and errors
+  imds-agent refresh [--config PATH | --socket PATH]
+                                             make the running agent obtain new credentials now
   imds-agent version                         print version, commit and Go version
 `
 
@@ -73,6 +77,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 		err = checkConfig(*configPath, stdout)
+	case "status":
+		asJSON := fs.Bool("json", false, "print the status as JSON")
+		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = showStatus(*configPath, *socket, *asJSON, stdout)
+	case "refresh":
+		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = requestRefresh(*configPath, *socket, stdout)
 	case "version":
 		if !parse(fs, args) {
 			return exitUsage
@@ -168,6 +185,7 @@ func runDaemon(path string, stderr io.Writer) error {
 		Logger:     log,
 		LogLevel:   level,
 		Host:       hostinfo.System(),
+		Version:    version,
 	})
 	if err != nil {
 		return err
@@ -206,6 +224,7 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 		LogLevel:      level,
 		Host:          hostinfo.System(),
 		SourceOptions: dev.SourceOptions,
+		Version:       version,
 	})
 	if err != nil {
 		return err
@@ -224,7 +243,8 @@ Instance profile %[3]s, role %[4]s, account %[5]s. Ctrl-C stops.
 In another shell:
   export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s NO_PROXY='*'
   aws sts get-caller-identity --endpoint-url %[2]s
-`, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region)
+Status: imds-agent status --socket %[7]s
+`, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region, dev.Config.Admin.Socket)
 	err = <-done
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -1,14 +1,20 @@
 // Package agent wires the parts of the daemon together: configuration,
 // host facts, the credential manager, the metadata handler and its
-// listeners, and reloads. It owns their goroutines and their shutdown.
+// listeners, caller identification and policy, metrics, the audit trail,
+// the admin socket, systemd notification and reloads. It owns their
+// goroutines and their shutdown.
 package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -16,9 +22,13 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/imds-agent/imds-agent/internal/admin"
+	"github.com/imds-agent/imds-agent/internal/audit"
+	"github.com/imds-agent/imds-agent/internal/caller"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
 	"github.com/imds-agent/imds-agent/internal/imds"
+	"github.com/imds-agent/imds-agent/internal/metrics"
 	"github.com/imds-agent/imds-agent/internal/profile"
 	"github.com/imds-agent/imds-agent/internal/refresh"
 	"github.com/imds-agent/imds-agent/internal/source"
@@ -36,13 +46,17 @@ type Options struct {
 	Logger     *slog.Logger
 	// LogLevel, if set, follows log.level across reloads.
 	LogLevel *slog.LevelVar
-	Host     hostinfo.Host
+	// AuditOutput receives audit records (default: standard error, where
+	// journald collects them with the log).
+	AuditOutput io.Writer
+	Host        hostinfo.Host
 	// SourceOptions are added to the SDK options the source credentials are
 	// loaded with (dev mode points them at its emulator).
 	SourceOptions []func(*awsconfig.LoadOptions) error
 	Clock         refresh.Clock
 	// CallTimeout bounds each STS and IAM call (0: the manager's default).
 	CallTimeout time.Duration
+	Version     string
 }
 
 // Agent is the running daemon.
@@ -53,11 +67,19 @@ type Agent struct {
 	handler *imds.Handler
 	manager *refresh.Manager
 	server  *imds.Server
+	metrics *metrics.Metrics
+	audit   *audit.Logger
+	gate    *gate
+	started time.Time
 
-	mu        sync.Mutex
-	cfg       *config.Config
-	listeners []net.Listener
-	listening chan struct{}
+	statusChanged chan refresh.Status
+	probeClient   *http.Client
+
+	mu          sync.Mutex
+	cfg         *config.Config
+	listeners   []net.Listener
+	metricsAddr string
+	listening   chan struct{}
 }
 
 // New builds an agent from its configuration; nothing runs until Run.
@@ -68,7 +90,17 @@ func New(o Options) (*Agent, error) {
 	if o.Clock == nil {
 		o.Clock = refresh.SystemClock()
 	}
-	a := &Agent{o: o, log: o.Logger, cfg: o.Config, listening: make(chan struct{})}
+	if o.AuditOutput == nil {
+		o.AuditOutput = os.Stderr
+	}
+	a := &Agent{
+		o:             o,
+		log:           o.Logger,
+		cfg:           o.Config,
+		listening:     make(chan struct{}),
+		statusChanged: make(chan refresh.Status, 1),
+		started:       o.Clock.Now(),
+	}
 	meta, err := a.metadata(o.Config)
 	if err != nil {
 		return nil, err
@@ -81,9 +113,37 @@ func New(o Options) (*Agent, error) {
 		Clock:       o.Clock,
 		Logger:      o.Logger.With("component", "refresh"),
 		CallTimeout: o.CallTimeout,
+		OnRefresh: func(err error, class refresh.Class, took time.Duration) {
+			a.metrics.Refresh(err, class.String(), took)
+		},
+		OnStatus: func(st refresh.Status) {
+			select {
+			case <-a.statusChanged: // keep only the newest
+			default:
+			}
+			a.statusChanged <- st
+		},
 	})
-	a.handler = imds.NewHandler(meta, a.manager, a.tokens, o.Clock.Now, nil)
-	a.server = imds.NewServer(a.handler, o.Logger.With("component", "http"), nil)
+	a.gate = &gate{now: o.Clock.Now, log: o.Logger.With("component", "http")}
+	a.gate.probe, a.probeClient = newProbe()
+	a.metrics = metrics.New(metrics.Sources{
+		Snapshot:    a.manager.Snapshot,
+		Now:         o.Clock.Now,
+		Connections: func() int64 { return a.server.Connections() },
+		Version:     o.Version,
+	})
+	a.gate.metrics = a.metrics
+	if o.Config.Log.Audit {
+		a.audit = audit.New(o.AuditOutput, o.Config.Log.Format, a.metrics.AuditDropped)
+		a.gate.audit = a.audit
+	}
+	rules, err := compileRules(o.Config, o.Config.ListenAddrPorts(), o.Logger)
+	if err != nil {
+		return nil, err
+	}
+	a.gate.rules.Store(rules)
+	a.handler = imds.NewHandler(meta, a.manager, a.tokens, o.Clock.Now, a.gate)
+	a.server = imds.NewServer(a.handler, o.Logger.With("component", "http"), a.gate.connContext)
 	return a, nil
 }
 
@@ -110,11 +170,21 @@ func (a *Agent) Addrs() []net.Addr {
 // Run binds the listen addresses, then serves and refreshes until ctx is
 // done, and shuts down gracefully.
 func (a *Agent) Run(ctx context.Context) error {
+	resolver, err := caller.NewResolver(caller.Options{Logger: a.log.With("component", "caller")})
+	if err != nil {
+		a.log.Warn("callers cannot be identified: access rules by user, group or unit and the hop limit for containers do not apply", "error", err)
+	} else {
+		a.gate.resolver = resolver
+		defer resolver.Close()
+	}
 	if err := a.listen(); err != nil {
 		return err
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.manager.Run(ctx) })
+	if a.audit != nil {
+		g.Go(func() error { return a.audit.Run(ctx) })
+	}
 	a.mu.Lock()
 	for _, ln := range a.listeners {
 		g.Go(func() error {
@@ -125,19 +195,43 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	a.mu.Unlock()
+	if srv := a.startAdmin(); srv != nil {
+		g.Go(srv.Serve)
+		g.Go(func() error {
+			<-ctx.Done()
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	if addr := a.cfg.Metrics.Listen; addr != "" {
+		ln, err := metrics.Listen(addr, a.log)
+		if err != nil {
+			a.log.Warn("metrics are off", "error", err)
+		} else {
+			a.mu.Lock()
+			a.metricsAddr = ln.Addr().String()
+			a.mu.Unlock()
+			g.Go(func() error { return a.metrics.Serve(ctx, ln, a.log.With("component", "metrics")) })
+		}
+	}
+	g.Go(func() error { return a.superviseSystemd(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
+		a.notify("STOPPING=1")
+		a.log.Info("stopping")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 		defer cancel()
 		return a.server.Shutdown(sctx)
 	})
-	err := g.Wait()
+	err = g.Wait()
 	a.log.Info("stopped")
 	return err
 }
 
 func (a *Agent) listen() error {
 	var lns []net.Listener
+	var bound []netip.AddrPort
 	for _, ap := range a.cfg.ListenAddrPorts() {
 		ln, err := net.Listen("tcp", ap.String())
 		if err != nil {
@@ -147,14 +241,78 @@ func (a *Agent) listen() error {
 			return fmt.Errorf("listening on %s: %w", ap, err)
 		}
 		lns = append(lns, ln)
+		bound = append(bound, ln.Addr().(*net.TCPAddr).AddrPort())
 		a.log.Info("serving instance metadata", "address", ln.Addr().String())
 	}
 	a.mu.Lock()
 	a.listeners = lns
 	a.mu.Unlock()
+	rules, err := compileRules(a.cfg, bound, a.log)
+	if err != nil {
+		return err
+	}
+	a.gate.rules.Store(rules)
 	close(a.listening)
 	return nil
 }
+
+// startAdmin opens the admin socket; trouble is a warning, never fatal.
+func (a *Agent) startAdmin() *admin.Server {
+	srv, err := admin.Listen(a.cfg.Admin.Socket, a, a.log.With("component", "admin"))
+	if err != nil {
+		a.log.Warn("the admin socket is unavailable; status and refresh will not reach this agent", "error", err)
+		return nil
+	}
+	a.log.Info("admin socket open", "path", a.cfg.Admin.Socket)
+	return srv
+}
+
+// Status implements admin.Backend.
+func (a *Agent) Status() admin.Status {
+	st := a.manager.Status()
+	a.mu.Lock()
+	cfg, metricsAddr := a.cfg, a.metricsAddr
+	a.mu.Unlock()
+	in := a.handler.Metadata().Instance()
+	opts := a.handler.Metadata().Options()
+	out := admin.Status{
+		Version:             a.o.Version,
+		PID:                 os.Getpid(),
+		Started:             a.started,
+		InstanceID:          in.ID,
+		Region:              in.Region,
+		Target:              st.Target,
+		State:               st.State.String(),
+		Role:                st.Role.Name,
+		RoleARN:             st.Role.ARN,
+		InstanceProfile:     st.Role.ProfileARN,
+		AccessKeySuffix:     st.KeySuffix,
+		Expiration:          st.Expiration,
+		LastRefresh:         st.LastRefresh,
+		NextRefresh:         st.NextRefresh,
+		LastError:           st.LastError,
+		LastErrorClass:      st.LastErrorClass,
+		LastErrorAt:         st.LastErrorAt,
+		ConsecutiveFailures: st.ConsecutiveFailures,
+		Refreshes:           st.Refreshes,
+		Failures:            st.Failures,
+		Link:                cfg.Listen.Link,
+		Clients:             a.server.Connections(),
+		TokensRequired:      opts.TokensRequired,
+		EndpointEnabled:     opts.Enabled,
+		Metrics:             metricsAddr,
+	}
+	for _, ad := range a.Addrs() {
+		out.Listen = append(out.Listen, ad.String())
+	}
+	if a.audit != nil {
+		out.AuditDropped = a.audit.Dropped()
+	}
+	return out
+}
+
+// Refresh implements admin.Backend.
+func (a *Agent) Refresh(ctx context.Context) error { return a.manager.Refresh(ctx) }
 
 // Reload re-reads the configuration file. An invalid file is reported and
 // the running configuration stays.
@@ -162,6 +320,8 @@ func (a *Agent) Reload() error {
 	if a.o.ConfigPath == "" {
 		return errors.New("this agent was not started from a configuration file")
 	}
+	a.reloading()
+	defer func() { a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now())) }()
 	cfg, err := config.Load(a.o.ConfigPath)
 	if err == nil {
 		err = a.apply(cfg)
@@ -179,13 +339,23 @@ func (a *Agent) apply(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	var bound []netip.AddrPort
+	for _, ad := range a.Addrs() {
+		bound = append(bound, ad.(*net.TCPAddr).AddrPort())
+	}
+	rules, err := compileRules(cfg, bound, a.log)
+	if err != nil {
+		return err
+	}
 	a.mu.Lock()
 	old := a.cfg
 	a.cfg = cfg
 	a.mu.Unlock()
-	if !slices.Equal(old.Listen.Addresses, cfg.Listen.Addresses) || old.Listen.Link != cfg.Listen.Link {
-		a.log.Warn("listen settings change only on restart", "running", old.Listen.Addresses, "configured", cfg.Listen.Addresses)
+	if !slices.Equal(old.Listen.Addresses, cfg.Listen.Addresses) || old.Listen.Link != cfg.Listen.Link ||
+		old.Admin.Socket != cfg.Admin.Socket || old.Metrics.Listen != cfg.Metrics.Listen || old.Log.Audit != cfg.Log.Audit {
+		a.log.Warn("listen, link, admin, metrics and audit settings change only on restart")
 	}
+	a.gate.rules.Store(rules)
 	a.handler.SetMetadata(meta)
 	a.manager.Reload(a.settings(cfg, meta.Instance().ID))
 	if a.o.LogLevel != nil {

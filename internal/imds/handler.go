@@ -5,6 +5,7 @@
 package imds
 
 import (
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -316,7 +317,19 @@ func (h *Handler) write(w http.ResponseWriter, req *Request, ctype []string, b b
 	h.hooks.Served(req, http.StatusOK)
 }
 
+// StatusDrop, returned by Hooks.Admit, sends no answer at all: the
+// connection is held silent until the client gives up, as if the response
+// had been lost on the way (a token beyond the hop limit).
+const StatusDrop = -1
+
+// dropHold is how long a dropped request's connection is held open.
+const dropHold = 10 * time.Second
+
 func (h *Handler) refuse(w http.ResponseWriter, req *Request, status int, reason Reason) {
+	if status == StatusDrop {
+		h.drop(w, req, reason)
+		return
+	}
 	req.Reason = reason
 	b := errorPages[status]
 	hdr := w.Header()
@@ -325,6 +338,21 @@ func (h *Handler) refuse(w http.ResponseWriter, req *Request, status int, reason
 	w.WriteHeader(status)
 	_, _ = w.Write(b.Bytes)
 	h.hooks.Served(req, status)
+}
+
+func (h *Handler) drop(w http.ResponseWriter, req *Request, reason Reason) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		h.refuse(w, req, http.StatusForbidden, reason)
+		return
+	}
+	req.Reason = reason
+	h.hooks.Served(req, 0)
+	go func() {
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(dropHold))
+		_, _ = io.Copy(io.Discard, conn)
+	}()
 }
 
 // collapseSlashes replaces each run of slashes with one, so that

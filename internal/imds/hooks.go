@@ -86,6 +86,15 @@ var reasonNames = [reasonCount]string{
 
 func (r Reason) String() string { return reasonNames[r] }
 
+// Reasons lists every refusal reason, ReasonNone first.
+func Reasons() []Reason {
+	out := make([]Reason, reasonCount)
+	for i := range out {
+		out[i] = Reason(i)
+	}
+	return out
+}
+
 // Request is one request as the handler understood it, handed to Hooks.
 type Request struct {
 	HTTP   *http.Request

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 )
 
@@ -21,13 +22,15 @@ const (
 
 // Server is the HTTP server of the metadata service.
 type Server struct {
-	http *http.Server
+	http  *http.Server
+	conns atomic.Int64
 }
 
 // NewServer returns a server for h. connContext, if not nil, derives each
 // connection's context (the caller lookup hangs its answer there).
 func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Context, net.Conn) context.Context) *Server {
-	return &Server{http: &http.Server{
+	s := &Server{}
+	s.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		ReadTimeout:       ReadTimeout,
@@ -36,8 +39,20 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext:       connContext,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-	}}
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			switch st {
+			case http.StateNew:
+				s.conns.Add(1)
+			case http.StateClosed, http.StateHijacked:
+				s.conns.Add(-1)
+			}
+		},
+	}
+	return s
 }
+
+// Connections returns the number of open client connections.
+func (s *Server) Connections() int64 { return s.conns.Load() }
 
 // Serve accepts connections on ln until Shutdown; it then returns nil.
 func (s *Server) Serve(ln net.Listener) error {

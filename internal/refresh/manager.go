@@ -97,7 +97,10 @@ type Options struct {
 	Logger      *slog.Logger
 	CallTimeout time.Duration
 	// OnRefresh, if set, observes every AssumeRole attempt.
-	OnRefresh func(err error, took time.Duration)
+	OnRefresh func(err error, class Class, took time.Duration)
+	// OnStatus, if set, is called (on the manager's goroutine; it must not
+	// block) whenever the status changes.
+	OnStatus func(Status)
 }
 
 // Status is what operators see.
@@ -124,6 +127,7 @@ type Manager struct {
 
 	snap   atomic.Pointer[snapshot.Snapshot]
 	status atomic.Pointer[Status]
+	active atomic.Int64 // monotonic nanoseconds of the loop's last iteration
 	ready  chan struct{}
 	once   sync.Once
 
@@ -231,10 +235,20 @@ func (m *Manager) Refresh(ctx context.Context) error {
 	}
 }
 
+// LastActive returns the monotonic time (Clock.Monotonic) at which the loop
+// last ran; a watchdog uses it to tell a sleeping loop from a wedged one.
+func (m *Manager) LastActive() time.Duration { return time.Duration(m.active.Load()) }
+
+// MaxInactive is the longest the loop legitimately goes without running: a
+// full sleep plus a profile look-up and an AssumeRole at their timeouts.
+func (m *Manager) MaxInactive() time.Duration { return maxSleep + 2*m.opts.CallTimeout + 30*time.Second }
+
 // Run drives the lifecycle until ctx is done.
 func (m *Manager) Run(ctx context.Context) error {
 	for {
+		m.active.Store(int64(m.opts.Clock.Monotonic()))
 		wait := m.step(ctx)
+		m.active.Store(int64(m.opts.Clock.Monotonic()))
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -386,7 +400,7 @@ func (m *Manager) refresh(ctx context.Context) {
 	creds, err := m.assumeRole(ctx)
 	took := m.opts.Clock.Monotonic() - start
 	if m.opts.OnRefresh != nil {
-		m.opts.OnRefresh(err, took)
+		m.opts.OnRefresh(err, Classify(err), took)
 	}
 	now, mono := m.opts.Clock.Now(), m.opts.Clock.Monotonic()
 	if err == nil {
@@ -603,7 +617,11 @@ func (m *Manager) publishStatus() {
 	if m.lastErr != nil {
 		st.LastError, st.LastErrorClass, st.LastErrorAt = m.lastErr.Error(), m.lastClass.String(), m.lastErrAt
 	}
-	m.status.Store(st)
+	old := m.status.Swap(st)
+	if m.opts.OnStatus != nil && (old == nil || old.State != st.State || old.KeySuffix != st.KeySuffix ||
+		old.LastError != st.LastError || old.ConsecutiveFailures != st.ConsecutiveFailures || old.Role.ARN != st.Role.ARN) {
+		m.opts.OnStatus(*st)
+	}
 }
 
 // jittered returns d varied by up to ±10%.

@@ -124,17 +124,14 @@ func (m *moto) seed(t *testing.T) {
 // runAgent writes source credentials and a config serving on a loopback
 // port, and starts `imds-agent run`. Its STS and IAM endpoint is moto,
 // given through the SDK's standard AWS_ENDPOINT_URL setting.
-func runAgent(t *testing.T, m *moto, keyID, secret, extraConfig string) (*process, string) {
+func runAgent(t *testing.T, m *moto, keyID, secret, extraCredentials string) (*process, string) {
 	t.Helper()
-	dir := t.TempDir()
-	creds := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(creds, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", keyID, secret)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	port := freePort(t)
-	cfg := filepath.Join(dir, "config.yaml")
-	body := fmt.Sprintf(`version: 1
-instance:
+	a := runConfig(t, append(baseEnv(t), "AWS_ENDPOINT_URL="+m.url), func(dir string) string {
+		creds := filepath.Join(dir, "credentials")
+		if err := os.WriteFile(creds, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", keyID, secret)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf(`instance:
   id: %s
   region: us-east-1
 credentials:
@@ -142,25 +139,9 @@ credentials:
   shared_config_files: [%s]
   shared_credentials_files: [%s]
 %s
-listen:
-  link: ""
-  addresses: ["127.0.0.1:%d"]
-admin:
-  socket: %s
-log:
-  level: debug
-`, motoInstanceID, motoAccount, motoProfile, filepath.Join(dir, "aws-config"), creds, extraConfig, port, filepath.Join(dir, "admin.sock"))
-	if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	env := append(baseEnv(t), "AWS_ENDPOINT_URL="+m.url)
-	p := start(t, env, "run", "--config", cfg)
-	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	waitFor(t, 20*time.Second, "the agent to listen", func() bool {
-		status, _ := imdsGet(url, "/latest/meta-data/instance-id")
-		return status == http.StatusOK
+`, motoInstanceID, motoAccount, motoProfile, filepath.Join(dir, "aws-config"), creds, extraCredentials)
 	})
-	return p, url
+	return a.process, a.url
 }
 
 const motoAssumedRole = "arn:aws:sts::" + motoAccount + ":assumed-role/" + motoRole + "/" + motoInstanceID

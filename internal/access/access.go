@@ -1,0 +1,237 @@
+// Package access owns the local access policy: which callers on this host
+// may read the role's credentials, and which the rest of the metadata tree,
+// by local user, group, systemd unit, cgroup or source network. EC2 lets
+// every process on an instance read its role's credentials; the default
+// policy keeps that, and operators narrow it (typically by denying the
+// web-facing service users that SSRF bugs turn into proxies).
+package access
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/user"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/imds-agent/imds-agent/internal/config"
+)
+
+// Caller is who is asking, as far as the agent could tell.
+type Caller struct {
+	Addr netip.Addr // the client's address
+	// Local: the client socket was found in the agent's network namespace,
+	// so UID, Unit and Cgroup describe it. A container caller is not local.
+	Local  bool
+	UID    uint32
+	Unit   string
+	Cgroup string
+}
+
+// Class is the part of the metadata tree a rule set governs.
+type Class uint8
+
+const (
+	Metadata    Class = iota // everything but the iam tree (token issuance included)
+	Credentials              // meta-data/iam/...
+)
+
+// Policy is a compiled access configuration. It is immutable; a reload
+// compiles a new one.
+type Policy struct {
+	rules  [2]ruleSet
+	groups *groupCache
+	open   bool // no rules at all: everyone is allowed, as on EC2
+}
+
+type ruleSet struct {
+	allow, deny []matcher
+}
+
+type matcher struct {
+	sel config.Selector
+	uid uint32 // resolved user
+	gid uint32 // resolved group
+	ok  bool   // the name resolved on this host
+}
+
+// Compile resolves the configured rules against this host's users and
+// groups. A name that does not exist here is logged and can never match
+// (a fleet-wide policy may name users some hosts lack).
+func Compile(c config.Access, log *slog.Logger) (*Policy, error) {
+	p := &Policy{groups: newGroupCache()}
+	for i, r := range []config.Rules{c.Metadata, c.Credentials} {
+		var rs ruleSet
+		var err error
+		if rs.allow, err = compile(r.Allow, log); err != nil {
+			return nil, err
+		}
+		if rs.deny, err = compile(r.Deny, log); err != nil {
+			return nil, err
+		}
+		p.rules[i] = rs
+	}
+	p.open = len(p.rules[0].allow)+len(p.rules[0].deny)+len(p.rules[1].allow)+len(p.rules[1].deny) == 0
+	return p, nil
+}
+
+func compile(sels []string, log *slog.Logger) ([]matcher, error) {
+	var out []matcher
+	for _, s := range sels {
+		sel, err := config.ParseSelector(s)
+		if err != nil {
+			return nil, err
+		}
+		m := matcher{sel: sel, ok: true}
+		switch sel.Kind {
+		case config.SelectUser:
+			u, err := user.Lookup(sel.Value)
+			if err != nil {
+				log.Warn("access rule names a user this host does not have; it matches no one", "rule", s)
+				m.ok = false
+				break
+			}
+			n, _ := strconv.ParseUint(u.Uid, 10, 32)
+			m.uid = uint32(n)
+		case config.SelectGroup:
+			g, err := user.LookupGroup(sel.Value)
+			if err != nil {
+				log.Warn("access rule names a group this host does not have; it matches no one", "rule", s)
+				m.ok = false
+				break
+			}
+			n, _ := strconv.ParseUint(g.Gid, 10, 32)
+			m.gid = uint32(n)
+		case config.SelectUID:
+			m.uid = sel.ID
+		case config.SelectGID:
+			m.gid = sel.ID
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Open reports whether the policy allows everyone everything (no rules).
+func (p *Policy) Open() bool { return p.open }
+
+// Decide says whether c may read the given class. When a rule decided,
+// rule names it ("deny user:www-data", or "allow list" when no allow rule
+// matched).
+func (p *Policy) Decide(class Class, c Caller) (allowed bool, rule string) {
+	if p.open {
+		return true, ""
+	}
+	rs := p.rules[class]
+	for _, m := range rs.deny {
+		if p.matches(m, c) {
+			return false, "deny " + m.sel.String()
+		}
+	}
+	if len(rs.allow) == 0 {
+		return true, ""
+	}
+	for _, m := range rs.allow {
+		if p.matches(m, c) {
+			return true, "allow " + m.sel.String()
+		}
+	}
+	return false, "not in the allow list"
+}
+
+func (p *Policy) matches(m matcher, c Caller) bool {
+	if !m.ok {
+		return false
+	}
+	switch m.sel.Kind {
+	case config.SelectAll:
+		return true
+	case config.SelectCIDR:
+		return c.Addr.IsValid() && m.sel.Prefix.Contains(c.Addr.Unmap())
+	}
+	if !c.Local {
+		return false // user, group, unit and cgroup describe local processes only
+	}
+	switch m.sel.Kind {
+	case config.SelectUser, config.SelectUID:
+		return c.UID == m.uid
+	case config.SelectGroup, config.SelectGID:
+		return p.groups.member(c.UID, m.gid)
+	case config.SelectUnit:
+		// Only system units: a user may name their own units anything,
+		// so a unit under user.slice never matches a unit rule.
+		return c.Unit == m.sel.Value && !strings.HasPrefix(c.Cgroup, "/user.slice/")
+	case config.SelectCgroup:
+		prefix := strings.TrimSuffix(m.sel.Value, "/")
+		return c.Cgroup == prefix || strings.HasPrefix(c.Cgroup, prefix+"/")
+	}
+	return false
+}
+
+// groupCache remembers each user's groups (primary and supplementary) for
+// a minute, so group rules cost a map look-up per connection.
+type groupCache struct {
+	mu      sync.Mutex
+	entries map[uint32]groupEntry
+	lookup  func(uid uint32) ([]uint32, error)
+	now     func() time.Time
+}
+
+type groupEntry struct {
+	gids []uint32
+	at   time.Time
+}
+
+const (
+	groupTTL        = time.Minute
+	groupCacheLimit = 4096
+)
+
+func newGroupCache() *groupCache {
+	return &groupCache{entries: map[uint32]groupEntry{}, lookup: userGroups, now: time.Now}
+}
+
+func (g *groupCache) member(uid, gid uint32) bool {
+	g.mu.Lock()
+	e, ok := g.entries[uid]
+	g.mu.Unlock()
+	if !ok || g.now().Sub(e.at) > groupTTL {
+		gids, err := g.lookup(uid)
+		if err != nil {
+			gids = nil
+		}
+		e = groupEntry{gids: gids, at: g.now()}
+		g.mu.Lock()
+		if len(g.entries) >= groupCacheLimit {
+			clear(g.entries)
+		}
+		g.entries[uid] = e
+		g.mu.Unlock()
+	}
+	for _, id := range e.gids {
+		if id == gid {
+			return true
+		}
+	}
+	return false
+}
+
+func userGroups(uid uint32) ([]uint32, error) {
+	u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10))
+	if err != nil {
+		return nil, fmt.Errorf("looking up uid %d: %w", uid, err)
+	}
+	ids, err := u.GroupIds()
+	if err != nil {
+		return nil, fmt.Errorf("groups of %s: %w", u.Username, err)
+	}
+	out := make([]uint32, 0, len(ids))
+	for _, s := range ids {
+		if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+			out = append(out, uint32(n))
+		}
+	}
+	return out, nil
+}

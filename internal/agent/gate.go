@@ -1,0 +1,303 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/imds-agent/imds-agent/internal/access"
+	"github.com/imds-agent/imds-agent/internal/audit"
+	"github.com/imds-agent/imds-agent/internal/caller"
+	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/imds"
+	"github.com/imds-agent/imds-agent/internal/metrics"
+)
+
+// gate is the agent's imds.Hooks: it finds out who is calling (once per
+// connection), applies the Host check, the hop limit, the access policy
+// and the optional token rate limit, and feeds metrics and the audit trail.
+type gate struct {
+	now      func() time.Time
+	resolver *caller.Resolver // nil: callers cannot be identified
+	metrics  *metrics.Metrics
+	audit    *audit.Logger // nil: audit off
+	log      *slog.Logger
+	probe    string // the watchdog's own requests carry this header value
+	rules    atomic.Pointer[gateRules]
+	warned   atomic.Bool
+}
+
+// gateRules is the reloadable part of the gate.
+type gateRules struct {
+	policy     *access.Policy
+	hosts      map[string]bool
+	bindTokens bool
+	limiter    *access.TokenLimiter // nil: unlimited
+}
+
+const probeHeader = "X-Imds-Agent-Probe"
+
+// connKey keys the per-connection caller record in a connection's context.
+type connKey struct{}
+
+// connInfo is what the agent knows about one client connection. Requests
+// on a connection are handled one at a time, but metrics may look from
+// elsewhere, hence the Once.
+type connInfo struct {
+	conn          net.Conn
+	local, remote netip.AddrPort
+	once          sync.Once
+	caller        access.Caller
+	uidKnown      bool
+	ttl           int // the IP TTL / hop limit set on the socket; 0 = the system default
+}
+
+// connContext is the server's ConnContext: it records the connection; the
+// caller look-up waits until a request needs it.
+func (g *gate) connContext(ctx context.Context, c net.Conn) context.Context {
+	ci := &connInfo{conn: c}
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		ci.remote = a.AddrPort()
+	}
+	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		ci.local = a.AddrPort()
+	}
+	return context.WithValue(ctx, connKey{}, ci)
+}
+
+// connOf returns the record of r's connection, without identifying the
+// caller.
+func (g *gate) connOf(r *http.Request) *connInfo {
+	if ci, ok := r.Context().Value(connKey{}).(*connInfo); ok {
+		return ci
+	}
+	ci := &connInfo{}
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		ci.remote = ap
+	}
+	return ci
+}
+
+// callerOf identifies the caller of r, looking it up once per connection.
+func (g *gate) callerOf(r *http.Request) *connInfo {
+	ci := g.connOf(r)
+	ci.once.Do(func() { g.identify(ci) })
+	return ci
+}
+
+func (g *gate) identify(ci *connInfo) {
+	ci.caller.Addr = ci.remote.Addr().Unmap()
+	if g.resolver != nil && ci.remote.IsValid() {
+		info, err := g.resolver.Lookup(ci.local, ci.remote)
+		if err == nil {
+			ci.caller.Local, ci.caller.UID, ci.caller.Unit, ci.caller.Cgroup = info.Local, info.UID, info.Unit, info.Cgroup
+			ci.uidKnown = info.Local
+			return
+		}
+		if g.warned.CompareAndSwap(false, true) {
+			g.log.Warn("cannot identify callers; treating them as local with unknown user", "error", err)
+		}
+	}
+	// Without an answer, count the caller as local: refusing tokens to
+	// everyone would be worse than not enforcing the hop limit.
+	ci.caller.Local = true
+}
+
+// CallerUID implements imds.Hooks.
+func (g *gate) CallerUID(r *http.Request) (uint32, bool) {
+	ci := g.callerOf(r)
+	return ci.caller.UID, ci.uidKnown
+}
+
+// TokenBinding implements imds.Hooks.
+func (g *gate) TokenBinding(r *http.Request) imds.Binding {
+	if !g.rules.Load().bindTokens {
+		return imds.Binding{}
+	}
+	ci := g.callerOf(r)
+	return imds.Binding{Bound: ci.uidKnown, UID: ci.caller.UID}
+}
+
+// Admit implements imds.Hooks.
+func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
+	r := req.HTTP
+	rules := g.rules.Load()
+	if r.Host != "" && !rules.hosts[r.Host] {
+		return http.StatusForbidden, imds.ReasonBadHost
+	}
+	if req.Route == imds.RouteToken {
+		return g.admitToken(r, rules, opts)
+	}
+	if ci := g.connOf(r); !req.Token && ci.ttl != 0 {
+		// An IMDSv1 request on a connection whose socket was set to the
+		// hop limit for an earlier token answer: EC2 answers it normally.
+		g.setTTL(ci, 0)
+	}
+	if rules.policy.Open() {
+		return 0, imds.ReasonNone
+	}
+	class := access.Metadata
+	if req.Route.Credentials() {
+		class = access.Credentials
+	}
+	if ok, _ := rules.policy.Decide(class, g.callerOf(r).caller); !ok {
+		return http.StatusForbidden, imds.ReasonAccessDenied
+	}
+	return 0, imds.ReasonNone
+}
+
+// admitToken applies the hop limit with EC2's meaning. The token answer
+// leaves with IP TTL (IPv6 hop limit) = http_put_response_hop_limit, so a
+// client a routed hop away gets nothing. A caller whose socket is not in the
+// agent's network namespace (a container) is one hop away, as it is from
+// EC2's metadata service, even though its packets are delivered locally: at
+// hop limit 1 it gets no answer, at 2 it does (and its answer leaves with a
+// TTL one lower, so further routed hops count too).
+func (g *gate) admitToken(r *http.Request, rules *gateRules, opts imds.Options) (int, imds.Reason) {
+	ci := g.callerOf(r)
+	ttl := opts.HopLimit
+	if !ci.caller.Local {
+		ttl--
+	}
+	if ttl < 1 {
+		return imds.StatusDrop, imds.ReasonHopLimit
+	}
+	if !rules.policy.Open() {
+		if ok, _ := rules.policy.Decide(access.Metadata, ci.caller); !ok {
+			return http.StatusForbidden, imds.ReasonAccessDenied
+		}
+	}
+	if rules.limiter != nil && !rules.limiter.Allow(ci.caller, g.now()) {
+		return http.StatusTooManyRequests, imds.ReasonRateLimited
+	}
+	if ci.ttl != ttl {
+		g.setTTL(ci, ttl)
+	}
+	return 0, imds.ReasonNone
+}
+
+// setTTL sets the socket's IP TTL (IPv6 unicast hop limit); 0 restores
+// the system default.
+func (g *gate) setTTL(ci *connInfo, ttl int) {
+	tc, ok := ci.conn.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	raw, err := tc.SyscallConn()
+	if err != nil {
+		return
+	}
+	v := ttl
+	if v == 0 {
+		v = -1 // the kernel's default
+	}
+	level, opt := syscall.IPPROTO_IP, syscall.IP_TTL
+	if ci.local.Addr().Is6() && !ci.local.Addr().Is4In6() {
+		level, opt = syscall.IPPROTO_IPV6, syscall.IPV6_UNICAST_HOPS
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), level, opt, v) }); err != nil || serr != nil {
+		g.log.Debug("setting the hop limit on a connection failed", "error", serr, "control_error", err)
+		return
+	}
+	ci.ttl = ttl
+}
+
+// Served implements imds.Hooks: metrics for every request, an audit record
+// for every credential answer and every refusal.
+func (g *gate) Served(req *imds.Request, status int) {
+	if g.probe != "" {
+		if v := req.HTTP.Header[probeHeader]; len(v) == 1 && v[0] == g.probe {
+			return
+		}
+	}
+	g.metrics.Request(req.Route, status, req.Reason)
+	if g.audit == nil {
+		return
+	}
+	secret := req.Route.Secret() && status == http.StatusOK
+	if !secret && !refusal(req.Reason) {
+		return
+	}
+	ci := g.callerOf(req.HTTP)
+	rec := audit.Record{
+		Time:     g.now(),
+		Decision: "deny",
+		Route:    req.Route.String(),
+		Status:   status,
+		Remote:   req.HTTP.RemoteAddr,
+		Local:    ci.caller.Local,
+		UID:      ci.caller.UID,
+		UIDKnown: ci.uidKnown,
+		Unit:     ci.caller.Unit,
+		Cgroup:   ci.caller.Cgroup,
+	}
+	if secret {
+		rec.Decision = "allow"
+	} else {
+		rec.Reason = req.Reason.String()
+	}
+	if s := req.Snapshot; s != nil {
+		rec.Role = s.Role.Name
+		if secret {
+			rec.KeySuffix = s.KeySuffix
+		}
+	}
+	g.audit.Record(rec)
+}
+
+// refusal reports whether a reason is a refusal worth auditing (as opposed
+// to a missing path or a malformed request).
+func refusal(r imds.Reason) bool {
+	switch r {
+	case imds.ReasonTokenMissing, imds.ReasonTokenInvalid, imds.ReasonTokenExpired, imds.ReasonTokenWrongUser,
+		imds.ReasonHopLimit, imds.ReasonAccessDenied, imds.ReasonRateLimited, imds.ReasonBadHost,
+		imds.ReasonForwarded, imds.ReasonEndpointDisabled:
+		return true
+	}
+	return false
+}
+
+// compileRules builds the reloadable rules from a configuration and the
+// addresses actually listened on.
+func compileRules(cfg *config.Config, listening []netip.AddrPort, log *slog.Logger) (*gateRules, error) {
+	p, err := access.Compile(cfg.Access, log)
+	if err != nil {
+		return nil, err
+	}
+	r := &gateRules{policy: p, hosts: allowedHosts(listening), bindTokens: cfg.Access.BindTokensToUID}
+	if cfg.Access.TokenRateLimit > 0 {
+		r.limiter = access.NewTokenLimiter(cfg.Access.TokenRateLimit)
+	}
+	return r, nil
+}
+
+// allowedHosts are the Host header values a legitimate client sends: the
+// addresses served, with and without the port (and without it only where
+// the port is 80), and EC2's instance-data names. A browser lured into a
+// DNS-rebinding attack sends the attacker's host name instead.
+func allowedHosts(listening []netip.AddrPort) map[string]bool {
+	hosts := map[string]bool{"instance-data": true, "instance-data.ec2.internal": true}
+	for _, ap := range listening {
+		host := ap.Addr().Unmap().String()
+		if ap.Addr().Is6() && !ap.Addr().Is4In6() {
+			host = "[" + host + "]"
+		}
+		port := strconv.Itoa(int(ap.Port()))
+		hosts[host+":"+port] = true
+		if ap.Port() == 80 {
+			hosts[host] = true
+		}
+		if ap.Addr().IsLoopback() {
+			hosts["localhost:"+port] = true
+		}
+	}
+	return hosts
+}

@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
+	"github.com/imds-agent/imds-agent/internal/refresh"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
+)
+
+// StartupWait bounds how long READY=1 waits for the first credentials:
+// units ordered after the agent then find working credentials, but a dead
+// STS does not hold the boot.
+const StartupWait = 20 * time.Second
+
+// notify sends a state to systemd. Outside systemd (no NOTIFY_SOCKET) it
+// does nothing. The environment variable is kept, so watchdog pings keep
+// working after the first message.
+func (a *Agent) notify(state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		a.log.Debug("sd_notify failed", "error", err)
+	}
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, as RELOADING=1 wants.
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Sec*1_000_000 + ts.Nsec/1_000
+}
+
+// statusLine is the one-line STATUS= systemctl shows.
+func statusLine(st refresh.Status, now time.Time) string {
+	switch st.State {
+	case snapshot.NoRole:
+		return "serving metadata; no role attached (" + st.Target + ")"
+	case snapshot.Pending:
+		if st.LastError != "" {
+			return fmt.Sprintf("waiting for credentials of %s; %d failures, last: %s", st.Target, st.ConsecutiveFailures, st.LastError)
+		}
+		return "waiting for credentials of " + st.Target
+	}
+	line := fmt.Sprintf("serving role %s; credentials expire %s (in %s)", st.Role.Name,
+		st.Expiration.UTC().Format(time.RFC3339), st.Expiration.Sub(now).Round(time.Second))
+	if st.ConsecutiveFailures > 0 {
+		line += fmt.Sprintf("; refresh failing (%d): %s", st.ConsecutiveFailures, st.LastError)
+	}
+	return line
+}
+
+// superviseSystemd sends READY=1 once listening and holding credentials
+// (or once StartupWait has passed, saying what is missing), keeps STATUS=
+// current, and pings the watchdog while the agent is really healthy.
+func (a *Agent) superviseSystemd(ctx context.Context) error {
+	select {
+	case <-a.manager.Ready():
+	case <-time.After(StartupWait):
+	case <-ctx.Done():
+		return nil
+	}
+	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	var tick <-chan time.Time
+	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
+		t := time.NewTicker(interval / 2)
+		defer t.Stop()
+		tick = t.C
+		a.log.Info("watchdog enabled", "interval", interval)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case st := <-a.statusChanged:
+			a.notify("STATUS=" + statusLine(st, a.o.Clock.Now()))
+		case <-tick:
+			if err := a.healthy(ctx); err != nil {
+				a.log.Error("health check failed; not pinging the watchdog", "error", err)
+				continue
+			}
+			a.notify("WATCHDOG=1")
+		}
+	}
+}
+
+// healthy checks the agent the way a client would see it: a request through
+// the real listener and handler answers, and the credential loop is not
+// wedged.
+func (a *Agent) healthy(ctx context.Context) error {
+	mono := a.o.Clock.Monotonic()
+	if idle := mono - a.manager.LastActive(); idle > a.manager.MaxInactive() {
+		return fmt.Errorf("the credential loop has not run for %v", idle.Round(time.Second))
+	}
+	addrs := a.Addrs()
+	if len(addrs) == 0 {
+		return fmt.Errorf("not listening")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addrs[0].String()+"/", nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(probeHeader, a.gate.probe)
+	res, err := a.probeClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("probing %s: %w", addrs[0], err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK && res.StatusCode != http.StatusUnauthorized {
+		return fmt.Errorf("probing %s: %s", addrs[0], res.Status)
+	}
+	return nil
+}
+
+func newProbe() (string, *http.Client) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     time.Minute,
+	}
+	return hex.EncodeToString(b), &http.Client{Transport: tr, Timeout: 2 * time.Second}
+}
+
+// reloading tells systemd a reload has begun.
+func (a *Agent) reloading() {
+	a.notify("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
+}
