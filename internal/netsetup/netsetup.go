@@ -1,0 +1,617 @@
+// Package netsetup owns the host side of the metadata address: the link the
+// agent manages (a dummy link, or a bridge with no ports where the kernel has
+// no dummy type), marked as the agent's by its alias, and the addresses on it
+// (169.254.169.254/32 and, when asked, fd00:ec2::254/128). Before it changes
+// anything it checks that it takes the address from nobody: not from another
+// link, not from a route that leads to a real metadata service, and not on a
+// real EC2 instance (detected from DMI and hypervisor files, never by asking
+// the network). Every change goes through netlink, through the narrow Netlink
+// interface.
+//
+// When the agent stops or restarts, the link and its addresses stay. While
+// the address is on a local link, a local client whose agent is down gets
+// "connection refused" at once; without it, the client's packets would follow
+// the routing table off the host to whatever answers 169.254.169.254 on the
+// network, and could be handed another machine's credentials. Only Cleanup
+// (`imds-agent cleanup`, which the package's pre-removal script runs) removes
+// them.
+package netsetup
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// Alias marks a link as the agent's. A link of the configured name without
+// it is never changed or removed.
+const Alias = "imds-agent managed"
+
+// Link kinds the agent creates, in order of preference.
+const (
+	KindDummy  = "dummy"
+	KindBridge = "bridge"
+)
+
+var (
+	// ErrConflict: the address is already on another link, or a route sends
+	// it elsewhere.
+	ErrConflict = errors.New("address conflict")
+	// ErrEC2: the host looks like a real EC2 instance, whose own metadata
+	// service the agent would hide.
+	ErrEC2 = errors.New("this host looks like a real EC2 instance")
+	// ErrNotOurs: a link of the configured name exists and is not the
+	// agent's.
+	ErrNotOurs = errors.New("link not managed by imds-agent")
+	// ErrNotReady (from Check only): the link or an address is missing or
+	// differs from what Ensure would make.
+	ErrNotReady = errors.New("host network not set up")
+)
+
+// Netlink lists the netlink calls this package makes; *netlink.Handle
+// implements it, and tests use a fake.
+type Netlink interface {
+	LinkByName(name string) (netlink.Link, error)
+	LinkByIndex(index int) (netlink.Link, error)
+	LinkAdd(link netlink.Link) error
+	LinkDel(link netlink.Link) error
+	LinkSetUp(link netlink.Link) error
+	LinkSetAlias(link netlink.Link, alias string) error
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+	AddrReplace(link netlink.Link, addr *netlink.Addr) error
+	AddrDel(link netlink.Link, addr *netlink.Addr) error
+	RouteListFiltered(family int, filter *netlink.Route, filterMask uint64) ([]netlink.Route, error)
+}
+
+var _ Netlink = (*netlink.Handle)(nil)
+
+// Options say which link and addresses to claim.
+type Options struct {
+	Link string     // e.g. "imds0"
+	IPv4 netip.Addr // 169.254.169.254
+	IPv6 netip.Addr // fd00:ec2::254; the zero Addr = do not claim IPv6
+	// Force claims the address even on what looks like a real EC2 instance
+	// and despite conflicting routes (each with a warning). An address
+	// already on another link is refused even so.
+	Force bool
+	// SysRoot is where the DMI and hypervisor files of the EC2 guard, and
+	// the IPv6 sysctls Check reads, are found: "" means "/". Tests point it
+	// at a temporary directory.
+	SysRoot string
+	Logger  *slog.Logger
+}
+
+// Result describes the link after Ensure or Check.
+type Result struct {
+	Link string
+	Kind string // KindDummy or KindBridge
+	// Addrs are the addresses now on the link, without the IPv6 link-local
+	// address the kernel may give it.
+	Addrs []netip.Addr
+	// IPv6 is true when fd00:ec2::254 is on the link; false when IPv6 was not
+	// asked for or is unavailable (then one warning says why).
+	IPv6    bool
+	Created bool // the link did not exist before
+	Changed bool // anything at all was changed
+}
+
+// Ensure makes the link exist, be up, be marked as the agent's and hold
+// exactly the asked addresses. It checks everything before it changes
+// anything, and changes nothing when all is already right, so it is safe to
+// call on every start.
+func Ensure(h Netlink, o Options) (Result, error) {
+	o, log, err := o.normalize()
+	res := Result{Link: o.Link}
+	if err != nil {
+		return res, err
+	}
+	if err := guardEC2(o, log); err != nil {
+		return res, err
+	}
+	st, err := inspect(h, o, log)
+	if err != nil {
+		return res, err
+	}
+
+	link := st.link
+	if link == nil {
+		if link, err = create(h, o.Link, log); err != nil {
+			return res, err
+		}
+		res.Created, res.Changed = true, true
+	}
+	res.Kind = link.Type()
+	if link.Attrs().Alias != Alias {
+		if err := h.LinkSetAlias(link, Alias); err != nil {
+			return res, netlinkErr("LinkSetAlias", o.Link, err)
+		}
+		res.Changed = true
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(link); err != nil {
+			return res, netlinkErr("LinkSetUp", o.Link, err)
+		}
+		res.Changed = true
+		log.Info("link up", "link", o.Link, "kind", res.Kind)
+	}
+
+	have := st.addrs
+	wantV6 := o.IPv6.IsValid() && st.ipv6
+	for _, want := range st.wanted(o) {
+		if slices.ContainsFunc(have, want.equal) {
+			continue
+		}
+		err := h.AddrReplace(link, want.netlinkAddr())
+		if err != nil && want.addr.Is6() && ipv6Unavailable(err) {
+			log.Warn("IPv6 is unavailable on this host; serving IPv4 only",
+				"link", o.Link, "address", want.addr, "reason", err)
+			wantV6 = false
+			continue
+		}
+		if err != nil {
+			return res, netlinkErr("AddrReplace", want.String()+" on "+o.Link, err)
+		}
+		res.Changed = true
+		log.Info("address added", "link", o.Link, "address", want.prefix())
+	}
+	for _, a := range have {
+		if a.keep(o, wantV6) {
+			continue
+		}
+		// The link is ours, so an address on it that the configuration no
+		// longer asks for (IPv6 turned off, an old prefix) goes.
+		if err := h.AddrDel(link, a.nl); err != nil {
+			return res, netlinkErr("AddrDel", a.String()+" on "+o.Link, err)
+		}
+		res.Changed = true
+		log.Info("address removed", "link", o.Link, "address", a.prefix(), "why", "not in the configuration")
+	}
+
+	addrs, err := listAddrs(h, link, netlink.FAMILY_ALL)
+	if err != nil {
+		return res, netlinkErr("AddrList", o.Link, err)
+	}
+	res.Addrs = managedAddrs(addrs)
+	res.IPv6 = wantV6 && slices.Contains(res.Addrs, o.IPv6)
+	return res, nil
+}
+
+// Check reports whether everything is already as Ensure would make it,
+// without changing anything; it needs no privilege. It applies the same EC2
+// guard and conflict checks as Ensure. ErrNotReady says what is missing.
+// When the IPv6 address is missing because IPv6 is disabled (read from
+// SysRoot/proc/sys/net/ipv6, which shows the calling thread's network
+// namespace) Check degrades to IPv4 with a warning, as Ensure does.
+func Check(h Netlink, o Options) (Result, error) {
+	o, log, err := o.normalize()
+	res := Result{Link: o.Link}
+	if err != nil {
+		return res, err
+	}
+	if err := guardEC2(o, log); err != nil {
+		return res, err
+	}
+	st, err := inspect(h, o, log)
+	if err != nil {
+		return res, err
+	}
+	if st.link == nil {
+		return res, fmt.Errorf("%w: link %s does not exist (run imds-agent setup-link)", ErrNotReady, o.Link)
+	}
+	res.Kind = st.link.Type()
+	res.Addrs = managedAddrs(st.addrs)
+
+	var missing []string
+	if st.link.Attrs().Flags&net.FlagUp == 0 {
+		missing = append(missing, "the link is down")
+	}
+	wantV6 := o.IPv6.IsValid() && st.ipv6
+	for _, want := range st.wanted(o) {
+		if slices.ContainsFunc(st.addrs, want.equal) {
+			continue
+		}
+		if want.addr.Is6() {
+			if why := ipv6Disabled(o.SysRoot, o.Link); why != "" {
+				log.Warn("IPv6 is unavailable on this host; serving IPv4 only",
+					"link", o.Link, "address", want.addr, "reason", why)
+				wantV6 = false
+				continue
+			}
+		}
+		missing = append(missing, want.String()+" is not on it")
+	}
+	for _, a := range st.addrs {
+		if !a.keep(o, wantV6) {
+			missing = append(missing, a.String()+" is on it but not in the configuration")
+		}
+	}
+	if len(missing) > 0 {
+		return res, fmt.Errorf("%w: link %s: %s (run imds-agent setup-link)", ErrNotReady, o.Link, strings.Join(missing, "; "))
+	}
+	res.IPv6 = wantV6
+	return res, nil
+}
+
+// Cleanup removes the agent's link and with it its addresses. A missing link
+// is not an error; a link of that name that is not the agent's is refused
+// with ErrNotOurs and left alone.
+func Cleanup(h Netlink, link string, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := validLinkName(link); err != nil {
+		return err
+	}
+	l, err := lookupLink(h, link)
+	if err != nil {
+		return err
+	}
+	if l == nil {
+		log.Info("link already absent; nothing to remove", "link", link)
+		return nil
+	}
+	if err := ours(l); err != nil {
+		return err
+	}
+	if err := h.LinkDel(l); err != nil {
+		return netlinkErr("LinkDel", link, err)
+	}
+	log.Info("link removed with its addresses", "link", link, "kind", l.Type())
+	return nil
+}
+
+func (o Options) normalize() (Options, *slog.Logger, error) {
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if o.SysRoot == "" {
+		o.SysRoot = "/"
+	}
+	if err := validLinkName(o.Link); err != nil {
+		return o, log, err
+	}
+	o.IPv4 = o.IPv4.Unmap()
+	if !o.IPv4.Is4() {
+		return o, log, fmt.Errorf("netsetup: the IPv4 address %q is not an IPv4 address", o.IPv4)
+	}
+	if o.IPv6.IsValid() && (!o.IPv6.Is6() || o.IPv6.Is4In6()) {
+		return o, log, fmt.Errorf("netsetup: the IPv6 address %q is not an IPv6 address", o.IPv6)
+	}
+	o.IPv6 = o.IPv6.WithZone("")
+	return o, log, nil
+}
+
+// validLinkName applies the kernel's rules (dev_valid_name).
+func validLinkName(name string) error {
+	if name == "" || len(name) > unix.IFNAMSIZ-1 || name == "." || name == ".." ||
+		strings.ContainsFunc(name, func(r rune) bool { return r == '/' || r == ':' || r <= ' ' || r == 0x7f }) {
+		return fmt.Errorf("netsetup: %q is not a link name", name)
+	}
+	return nil
+}
+
+func guardEC2(o Options, log *slog.Logger) error {
+	isEC2, evidence := DetectEC2(o.SysRoot)
+	if !isEC2 {
+		return nil
+	}
+	if o.Force {
+		log.Warn("this host looks like a real EC2 instance; claiming the metadata address anyway (forced)",
+			"evidence", evidence, "address", o.IPv4)
+		return nil
+	}
+	return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
+		ErrEC2, evidence, o.IPv4)
+}
+
+// state is what inspect read: the link (nil when missing) and its addresses.
+type state struct {
+	link  netlink.Link
+	addrs []addr
+	ipv6  bool // IPv6 can be used, as far as reading can tell
+}
+
+// inspect reads the link and checks, without changing anything, that the
+// link (if it exists) is ours and that nothing else holds or routes the
+// addresses.
+func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
+	var st state
+	l, err := lookupLink(h, o.Link)
+	if err != nil {
+		return st, err
+	}
+	ourIndex := 0
+	if l != nil {
+		if err := ours(l); err != nil {
+			return st, err
+		}
+		st.link, ourIndex = l, l.Attrs().Index
+	}
+
+	all4, err := listAddrs(h, nil, netlink.FAMILY_V4)
+	if err != nil {
+		return st, netlinkErr("AddrList", "IPv4", err)
+	}
+	all := all4
+	st.ipv6 = true
+	all6, err := listAddrs(h, nil, netlink.FAMILY_V6)
+	switch {
+	case err != nil && ipv6Unavailable(err):
+		st.ipv6 = false
+		if o.IPv6.IsValid() {
+			log.Warn("IPv6 is unavailable on this host; serving IPv4 only", "link", o.Link, "reason", err)
+		}
+	case err != nil:
+		return st, netlinkErr("AddrList", "IPv6", err)
+	default:
+		all = append(all, all6...)
+	}
+	for _, a := range all {
+		if ourIndex != 0 && a.link == ourIndex {
+			st.addrs = append(st.addrs, a)
+		}
+	}
+
+	targets := []netip.Addr{o.IPv4}
+	if o.IPv6.IsValid() && st.ipv6 {
+		targets = append(targets, o.IPv6)
+	}
+	var conflicts []string
+	for _, target := range targets {
+		for _, a := range all {
+			if a.addr == target && (ourIndex == 0 || a.link != ourIndex) {
+				conflicts = append(conflicts, fmt.Sprintf("%s is already on link %s", target, linkName(h, a.link)))
+			}
+		}
+	}
+	if len(conflicts) > 0 {
+		return st, fmt.Errorf("%w: %s; remove it there or choose another address", ErrConflict, strings.Join(conflicts, "; "))
+	}
+
+	var routed []string
+	for _, target := range targets {
+		family := netlink.FAMILY_V4
+		if target.Is6() {
+			family = netlink.FAMILY_V6
+		}
+		routes, err := listRoutes(h, family)
+		if err != nil {
+			return st, netlinkErr("RouteListFiltered", familyName(family), err)
+		}
+		for _, r := range routes {
+			v, why := classifyRoute(r, target, ourIndex)
+			switch v {
+			case routeConflict:
+				routed = append(routed, fmt.Sprintf("route %s sends %s elsewhere (%s)", describeRoute(h, r), target, why))
+			case routeHarmless:
+				log.Debug("route covers the metadata address; not a conflict", "route", describeRoute(h, r), "why", why)
+			}
+		}
+	}
+	if len(routed) > 0 {
+		msg := strings.Join(routed, "; ")
+		if !o.Force {
+			return st, fmt.Errorf("%w: %s; the host seems to reach a real metadata service this way: remove the route, or pass --force to claim the address anyway",
+				ErrConflict, msg)
+		}
+		log.Warn("claiming the metadata address despite a conflicting route (forced)", "conflict", msg)
+	}
+	return st, nil
+}
+
+func lookupLink(h Netlink, name string) (netlink.Link, error) {
+	l, err := h.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		return nil, nil
+	case err != nil:
+		return nil, netlinkErr("LinkByName", name, err)
+	}
+	return l, nil
+}
+
+// ours refuses a link the agent did not create: the alias marks it, and the
+// agent only ever creates dummy and bridge links.
+func ours(l netlink.Link) error {
+	a := l.Attrs()
+	if a.Alias != Alias {
+		return fmt.Errorf("%w: link %s (type %s, alias %q) exists and was not created by imds-agent; remove it or set listen.link to another name",
+			ErrNotOurs, a.Name, l.Type(), a.Alias)
+	}
+	if t := l.Type(); t != KindDummy && t != KindBridge {
+		return fmt.Errorf("%w: link %s has imds-agent's alias but is of type %s, and imds-agent only creates dummy and bridge links",
+			ErrNotOurs, a.Name, t)
+	}
+	return nil
+}
+
+// create adds the link: a dummy where the kernel has that type, otherwise a
+// bridge with no ports, which holds local addresses just as well.
+func create(h Netlink, name string, log *slog.Logger) (netlink.Link, error) {
+	err := h.LinkAdd(&netlink.Dummy{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	kind := KindDummy
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		log.Info("the kernel has no dummy link type; using a bridge with no ports instead", "link", name)
+		kind = KindBridge
+		err = h.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: name}})
+	}
+	if err != nil {
+		return nil, netlinkErr("LinkAdd", kind+" "+name, err)
+	}
+	log.Info("link created", "link", name, "kind", kind)
+	// Read it back for its index and flags.
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil, netlinkErr("LinkByName", name, err)
+	}
+	return l, nil
+}
+
+// addr is an address as this package compares it: the IP, the prefix length,
+// and the netlink form it came in.
+type addr struct {
+	addr netip.Addr
+	bits int
+	link int // index of the link holding it
+	nl   *netlink.Addr
+}
+
+func newAddr(a netlink.Addr) addr {
+	ip, _ := netip.AddrFromSlice(a.IP)
+	ones, _ := a.Mask.Size()
+	return addr{addr: ip.Unmap(), bits: ones, link: a.LinkIndex, nl: &a}
+}
+
+func (a addr) prefix() netip.Prefix { return netip.PrefixFrom(a.addr, a.bits) }
+func (a addr) String() string       { return a.prefix().String() }
+func (a addr) equal(b addr) bool    { return a.addr == b.addr && a.bits == b.bits }
+
+// linkLocal6 addresses are the kernel's own on an IPv6 link; they are left
+// alone and not reported.
+func (a addr) linkLocal6() bool { return a.addr.Is6() && a.addr.IsLinkLocalUnicast() }
+
+// keep says whether an address found on our link belongs there.
+func (a addr) keep(o Options, wantV6 bool) bool {
+	switch {
+	case a.linkLocal6():
+		return true
+	case a.addr == o.IPv4 && a.bits == 32:
+		return true
+	case wantV6 && a.addr == o.IPv6 && a.bits == 128:
+		return true
+	}
+	return false
+}
+
+// netlinkAddr is the form Ensure adds: IPv4 with link scope, so the kernel
+// never picks 169.254.169.254 as the source of traffic leaving through
+// another link; IPv6 with IFA_F_NODAD, else the address stays tentative for
+// about 2 s and binding to it fails with EADDRNOTAVAIL.
+func (a addr) netlinkAddr() *netlink.Addr {
+	n := &netlink.Addr{IPNet: &net.IPNet{IP: a.addr.AsSlice(), Mask: net.CIDRMask(a.bits, a.addr.BitLen())}}
+	if a.addr.Is4() {
+		n.Scope = unix.RT_SCOPE_LINK
+	} else {
+		n.Flags = unix.IFA_F_NODAD
+	}
+	return n
+}
+
+// wanted lists the addresses the link should hold.
+func (st state) wanted(o Options) []addr {
+	w := []addr{{addr: o.IPv4, bits: 32}}
+	if o.IPv6.IsValid() && st.ipv6 {
+		w = append(w, addr{addr: o.IPv6, bits: 128})
+	}
+	return w
+}
+
+// managedAddrs are the addresses reported in Result: all but the kernel's
+// IPv6 link-local one, sorted.
+func managedAddrs(as []addr) []netip.Addr {
+	var out []netip.Addr
+	for _, a := range as {
+		if !a.linkLocal6() && !slices.Contains(out, a.addr) {
+			out = append(out, a.addr)
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	return out
+}
+
+// listAddrs returns the addresses, retrying a dump the kernel interrupted
+// because the table changed under it.
+func listAddrs(h Netlink, link netlink.Link, family int) ([]addr, error) {
+	var (
+		as  []netlink.Addr
+		err error
+	)
+	for range 3 {
+		if as, err = h.AddrList(link, family); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make([]addr, 0, len(as))
+	for _, a := range as {
+		if a.IPNet == nil {
+			continue
+		}
+		out = append(out, newAddr(a))
+	}
+	return out, nil
+}
+
+// listRoutes returns the routes of every table.
+func listRoutes(h Netlink, family int) ([]netlink.Route, error) {
+	var (
+		rs  []netlink.Route
+		err error
+	)
+	for range 3 {
+		rs, err = h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	return rs, err
+}
+
+// ipv6Unavailable says whether a failed IPv6 call means the host has no
+// usable IPv6: disabled on the link (EACCES), or absent from the kernel.
+func ipv6Unavailable(err error) bool {
+	return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EAFNOSUPPORT) ||
+		errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPROTONOSUPPORT)
+}
+
+// ipv6Disabled reads the sysctls that say IPv6 is off for link, and returns
+// why, or "" when IPv6 is on (or the files cannot tell).
+func ipv6Disabled(sysRoot, link string) string {
+	base := filepath.Join(sysRoot, "proc/sys/net/ipv6")
+	if _, err := os.Stat(base); errors.Is(err, os.ErrNotExist) {
+		return base + " does not exist: the kernel has no IPv6"
+	}
+	for _, dev := range []string{link, "all"} {
+		p := filepath.Join(base, "conf", dev, "disable_ipv6")
+		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == "1" {
+			return p + " is 1"
+		}
+	}
+	return ""
+}
+
+func netlinkErr(call, what string, err error) error {
+	if errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("netlink %s %s (needs CAP_NET_ADMIN): %w", call, what, err)
+	}
+	return fmt.Errorf("netlink %s %s: %w", call, what, err)
+}
+
+func familyName(family int) string {
+	if family == netlink.FAMILY_V6 {
+		return "IPv6"
+	}
+	return "IPv4"
+}
+
+// linkName names a link by index for messages: "eth0 (type veth)".
+func linkName(h Netlink, index int) string {
+	l, err := h.LinkByIndex(index)
+	if err != nil {
+		return fmt.Sprintf("index %d", index)
+	}
+	return fmt.Sprintf("%s (type %s)", l.Attrs().Name, l.Type())
+}

@@ -1,0 +1,206 @@
+package netsetup
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+type routeVerdict int
+
+const (
+	routeUnrelated routeVerdict = iota // does not cover the address, or leads to our link
+	routeHarmless                      // covers it, but is not aimed at it
+	routeConflict                      // aimed at it: refuse unless forced
+)
+
+var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
+
+// Prefix lengths from which a route covering the address counts as aimed at
+// it: longer than the IPv4 link-local /16; /64 or longer for IPv6.
+const (
+	specific4 = 17
+	specific6 = 64
+)
+
+// classifyRoute decides whether route r stands in the way of claiming target.
+//
+// Once the address is on a local link the kernel delivers traffic for it
+// locally whatever the routing tables say (the local table is consulted
+// first), so no route is a technical obstacle. A route aimed at the address
+// is evidence instead: something on this host reaches a real metadata
+// service through it (some clouds install a host route to 169.254.169.254
+// for their own service, used by cloud-init and the cloud's agents), and
+// claiming the address would silently cut that off. The rule:
+//
+//   - Routes that do not cover target, routes in the local table (they
+//     mirror addresses, which the address check covers), routes of the
+//     local, broadcast, multicast and anycast types, and routes that lead
+//     only to our own link (such as the kernel's route for our IPv6 /128)
+//     are unrelated.
+//   - A default route is never a conflict.
+//   - IPv4: a route covering target with a prefix longer than /16 (a /32
+//     host route, a /24) is a conflict, on-link or via a gateway, of any
+//     type (a blackhole or prohibit route is someone's policy for the
+//     address too). The 169.254.0.0/16 route is a conflict when it goes
+//     through a gateway (link-local addresses are never routed, RFC 3927,
+//     so one that is routed goes somewhere on purpose) or is not a plain
+//     unicast route; the plain on-link 169.254.0.0/16 route that zeroconf
+//     and many distributions install is harmless. Shorter prefixes (a VPN's
+//     128.0.0.0/1) are general routes, not aimed at the address: harmless.
+//   - IPv6: a route covering target with a prefix of /64 or longer is a
+//     conflict; shorter ones (fc00::/7, fd00::/8 site routes) are harmless.
+//
+// The reason returned says which clause applied.
+func classifyRoute(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdict, string) {
+	if r.Table == unix.RT_TABLE_LOCAL {
+		return routeUnrelated, "local table"
+	}
+	switch r.Type {
+	case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_MULTICAST, unix.RTN_ANYCAST:
+		return routeUnrelated, "not a forwarding route"
+	}
+	dst := routeDst(r, target)
+	if !dst.IsValid() || !dst.Contains(target) {
+		return routeUnrelated, "does not cover the address"
+	}
+	if ourIndex != 0 && onlyVia(r, ourIndex) {
+		return routeUnrelated, "leads to our link"
+	}
+	bits := dst.Bits()
+	switch {
+	case bits == 0:
+		return routeHarmless, "a default route is never a conflict"
+	case target.Is6() && bits >= specific6:
+		return routeConflict, fmt.Sprintf("a /%d route is aimed at the address", bits)
+	case target.Is6():
+		return routeHarmless, fmt.Sprintf("a /%d route is too broad to be aimed at the address", bits)
+	case bits >= specific4:
+		return routeConflict, fmt.Sprintf("a route more specific than %s is aimed at the address", linkLocal4)
+	case dst == linkLocal4 && hasGateway(r):
+		return routeConflict, "link-local addresses are never routed through a gateway unless on purpose"
+	case dst == linkLocal4 && r.Type != unix.RTN_UNICAST:
+		return routeConflict, "a " + routeType(r.Type) + " route for the link-local range"
+	case dst == linkLocal4:
+		return routeHarmless, "the on-link zeroconf route; the local address takes precedence"
+	default:
+		return routeHarmless, fmt.Sprintf("a /%d route is too broad to be aimed at the address", bits)
+	}
+}
+
+// routeDst is the route's destination; a route without one is a default
+// route of target's family.
+func routeDst(r netlink.Route, target netip.Addr) netip.Prefix {
+	if r.Dst == nil {
+		if target.Is4() {
+			return netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+		}
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+	}
+	ip, ok := netip.AddrFromSlice(r.Dst.IP)
+	if !ok {
+		return netip.Prefix{}
+	}
+	ones, size := r.Dst.Mask.Size()
+	ip = ip.Unmap()
+	if size != ip.BitLen() {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(ip, ones).Masked()
+}
+
+// onlyVia says whether every next hop of r uses the link ourIndex.
+func onlyVia(r netlink.Route, ourIndex int) bool {
+	if len(r.MultiPath) == 0 {
+		return r.LinkIndex == ourIndex
+	}
+	for _, nh := range r.MultiPath {
+		if nh.LinkIndex != ourIndex {
+			return false
+		}
+	}
+	return true
+}
+
+func hasGateway(r netlink.Route) bool {
+	if len(r.Gw) > 0 || r.Via != nil {
+		return true
+	}
+	for _, nh := range r.MultiPath {
+		if len(nh.Gw) > 0 || nh.Via != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// describeRoute writes a route as `ip route` would, enough to find it:
+// "169.254.169.254/32 via 10.0.0.1 dev eth0 table main".
+func describeRoute(h Netlink, r netlink.Route) string {
+	var b strings.Builder
+	if r.Type != unix.RTN_UNICAST {
+		b.WriteString(routeType(r.Type) + " ")
+	}
+	if r.Dst == nil {
+		b.WriteString("default")
+	} else {
+		b.WriteString(r.Dst.String())
+	}
+	hop := func(gw net.IP, index int) {
+		if len(gw) > 0 {
+			fmt.Fprintf(&b, " via %s", gw)
+		}
+		if index > 0 {
+			fmt.Fprintf(&b, " dev %s", linkNameOnly(h, index))
+		}
+	}
+	hop(r.Gw, r.LinkIndex)
+	for _, nh := range r.MultiPath {
+		b.WriteString(" nexthop")
+		hop(nh.Gw, nh.LinkIndex)
+	}
+	b.WriteString(" table " + tableName(r.Table))
+	return b.String()
+}
+
+func linkNameOnly(h Netlink, index int) string {
+	l, err := h.LinkByIndex(index)
+	if err != nil {
+		return fmt.Sprintf("index %d", index)
+	}
+	return l.Attrs().Name
+}
+
+func tableName(t int) string {
+	switch t {
+	case unix.RT_TABLE_MAIN:
+		return "main"
+	case unix.RT_TABLE_DEFAULT:
+		return "default"
+	case unix.RT_TABLE_LOCAL:
+		return "local"
+	}
+	return fmt.Sprint(t)
+}
+
+func routeType(t int) string {
+	switch t {
+	case unix.RTN_UNICAST:
+		return "unicast"
+	case unix.RTN_BLACKHOLE:
+		return "blackhole"
+	case unix.RTN_UNREACHABLE:
+		return "unreachable"
+	case unix.RTN_PROHIBIT:
+		return "prohibit"
+	case unix.RTN_THROW:
+		return "throw"
+	case unix.RTN_NAT:
+		return "nat"
+	}
+	return fmt.Sprintf("type-%d", t)
+}
