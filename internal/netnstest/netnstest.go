@@ -140,23 +140,29 @@ func onLockedThread(fn func() error) error {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
+			runtime.UnlockOSThread() // not moved yet
 			errc <- fmt.Errorf("netnstest: netns.Get: %w", err)
 			return
 		}
 		defer orig.Close()
-		defer func() {
-			if err := netns.Set(orig); err == nil {
-				runtime.UnlockOSThread()
-			}
-		}()
-		defer func() {
-			if p := recover(); p != nil {
-				errc <- fmt.Errorf("netnstest: panic in a namespace: %v", p)
-			}
-		}()
-		errc <- fn()
+		err = runRecovering(fn)
+		// Back home before the caller hears the result, so that when Do
+		// returns no thread is in the namespace any more.
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
+}
+
+func runRecovering(fn func() error) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("netnstest: panic in a namespace: %v", p)
+		}
+	}()
+	return fn()
 }
 
 // Listen listens inside the namespace; address must have an IP literal or
