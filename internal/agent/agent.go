@@ -171,6 +171,12 @@ func (a *Agent) Addrs() []net.Addr {
 // done, and shuts down gracefully.
 func (a *Agent) Run(ctx context.Context) error {
 	resolver, err := caller.NewResolver(caller.Options{Logger: a.log.With("component", "caller")})
+	if err == nil {
+		err = selfTest(resolver)
+		if err != nil {
+			resolver.Close()
+		}
+	}
 	if err != nil {
 		a.log.Warn("callers cannot be identified: access rules by user, group or unit and the hop limit for containers do not apply", "error", err)
 	} else {
@@ -227,6 +233,35 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = g.Wait()
 	a.log.Info("stopped")
 	return err
+}
+
+// selfTest checks that the resolver finds the agent's own loopback
+// connection: a kernel without TCP sock_diag would report every caller as
+// not local, and the hop limit would then refuse everyone.
+func selfTest(r *caller.Resolver) error {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("caller self-test: %w", err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return fmt.Errorf("caller self-test: %w", err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		return fmt.Errorf("caller self-test: %w", err)
+	}
+	defer s.Close()
+	info, err := r.Lookup(s.LocalAddr().(*net.TCPAddr).AddrPort(), s.RemoteAddr().(*net.TCPAddr).AddrPort())
+	if err != nil {
+		return fmt.Errorf("caller self-test: %w", err)
+	}
+	if !info.Local || info.UID != uint32(os.Getuid()) {
+		return fmt.Errorf("caller self-test: the kernel did not report the agent's own connection (sock_diag for TCP missing?)")
+	}
+	return nil
 }
 
 func (a *Agent) listen() error {
