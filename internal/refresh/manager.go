@@ -241,7 +241,9 @@ func (m *Manager) LastActive() time.Duration { return time.Duration(m.active.Loa
 
 // MaxInactive is the longest the loop legitimately goes without running: a
 // full sleep plus a profile look-up and an AssumeRole at their timeouts.
-func (m *Manager) MaxInactive() time.Duration { return maxSleep + 2*m.opts.CallTimeout + 30*time.Second }
+func (m *Manager) MaxInactive() time.Duration {
+	return maxSleep + 2*m.opts.CallTimeout + 30*time.Second
+}
 
 // Run drives the lifecycle until ctx is done.
 func (m *Manager) Run(ctx context.Context) error {

@@ -144,8 +144,8 @@ func TestStatusMetricsAudit(t *testing.T) {
 	}
 	var st struct {
 		State, Role, AccessKeySuffix, Metrics string
-		InstanceID                           string `json:"instance_id"`
-		Refreshes                            int
+		InstanceID                            string `json:"instance_id"`
+		Refreshes                             int
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
