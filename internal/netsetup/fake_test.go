@@ -21,7 +21,13 @@ type fakeNetlink struct {
 	routes  []netlink.Route
 	nextIdx int
 
-	noDummy   bool  // LinkAdd of a dummy fails as on a kernel without the type
+	noDummy bool // LinkAdd of a dummy fails as on a kernel without the type
+	// localLag is how many listings of the local table go by before the
+	// local route of an added address appears (the kernel adds IPv6 ones
+	// asynchronously); -1: never.
+	localLag  int
+	pending   []netlink.Route // local routes still to appear
+	lagLeft   int
 	v6AddErr  error // AddrReplace of an IPv6 address fails with this
 	v6ListErr error // AddrList of IPv6 fails with this
 	fail      map[string]error
@@ -213,6 +219,21 @@ func (f *fakeNetlink) AddrReplace(l netlink.Link, a *netlink.Addr) error {
 		}
 	}
 	f.addrs = append(f.addrs, c)
+	bits := 8 * len(c.IP.To16())
+	if c.IP.To4() != nil {
+		bits = 32
+	}
+	local := netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, LinkIndex: c.LinkIndex,
+		Dst: &net.IPNet{IP: c.IP, Mask: net.CIDRMask(bits, bits)}, Family: netlink.FAMILY_V4}
+	if bits == 128 {
+		local.Family = netlink.FAMILY_V6
+	}
+	if f.localLag == 0 {
+		f.routes = append(f.routes, local)
+	} else {
+		f.pending = append(f.pending, local)
+		f.lagLeft = f.localLag
+	}
 	return nil
 }
 
@@ -227,16 +248,25 @@ func (f *fakeNetlink) AddrDel(l netlink.Link, a *netlink.Addr) error {
 	if len(f.addrs) == n {
 		return syscall.EADDRNOTAVAIL
 	}
+	f.routes = slices.DeleteFunc(f.routes, func(r netlink.Route) bool {
+		return r.Table == unix.RT_TABLE_LOCAL && r.LinkIndex == l.Attrs().Index && r.Dst.IP.Equal(a.IP)
+	})
 	return nil
 }
 
 func (f *fakeNetlink) RouteListFiltered(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
-	if mask != netlink.RT_FILTER_TABLE || filter.Table != unix.RT_TABLE_UNSPEC {
-		return nil, fmt.Errorf("fake: only the all-tables listing is implemented")
+	if mask != netlink.RT_FILTER_TABLE || (filter.Table != unix.RT_TABLE_UNSPEC && filter.Table != unix.RT_TABLE_LOCAL) {
+		return nil, fmt.Errorf("fake: only listings of all tables or the local table are implemented")
+	}
+	if filter.Table == unix.RT_TABLE_LOCAL && len(f.pending) > 0 && f.localLag > 0 {
+		if f.lagLeft--; f.lagLeft <= 0 {
+			f.routes = append(f.routes, f.pending...)
+			f.pending = nil
+		}
 	}
 	var out []netlink.Route
 	for _, r := range f.routes {
-		if r.Family == family {
+		if r.Family == family && (filter.Table == unix.RT_TABLE_UNSPEC || r.Table == filter.Table) {
 			out = append(out, r)
 		}
 	}

@@ -86,6 +86,9 @@ func TestKernelEnsureServeCheckCleanup(t *testing.T) {
 		t.Fatalf("Ensure: %v", err)
 	}
 	t.Logf("kernel gave a %s link; result %+v", res.Kind, res)
+	if logs.count("waited for the kernel's local routes") > 0 {
+		t.Log("Ensure waited for the kernel to install a local route")
+	}
 	if !res.Created || !res.Changed || !res.IPv6 || (res.Kind != KindDummy && res.Kind != KindBridge) ||
 		len(res.Addrs) != 2 || res.Addrs[0] != v4 || res.Addrs[1] != v6 {
 		t.Fatalf("result %+v", res)

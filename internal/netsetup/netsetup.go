@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -88,7 +89,19 @@ type Options struct {
 	// at a temporary directory.
 	SysRoot string
 	Logger  *slog.Logger
+
+	sleep func(time.Duration) // tests shorten the wait for local routes
 }
+
+// Ensure waits this long, polling, for the kernel to install the local
+// route of an address it added. The kernel adds an IPv6 address's local
+// route asynchronously, even with IFA_F_NODAD; until it does, a local
+// client's packets follow the link's prefix route out of the link and fail
+// with "no route to host" after neighbour discovery gives up.
+const (
+	localRouteWait = 2 * time.Second
+	localRoutePoll = 5 * time.Millisecond
+)
 
 // Result describes the link after Ensure or Check.
 type Result struct {
@@ -107,7 +120,8 @@ type Result struct {
 // Ensure makes the link exist, be up, be marked as the agent's and hold
 // exactly the asked addresses. It checks everything before it changes
 // anything, and changes nothing when all is already right, so it is safe to
-// call on every start.
+// call on every start. When it added an address it returns once the kernel
+// delivers to it locally (at most localRouteWait later).
 func Ensure(h Netlink, o Options) (Result, error) {
 	o, log, err := o.normalize()
 	res := Result{Link: o.Link}
@@ -146,6 +160,7 @@ func Ensure(h Netlink, o Options) (Result, error) {
 
 	have := st.addrs
 	wantV6 := o.IPv6.IsValid() && st.ipv6
+	var added []netip.Addr
 	for _, want := range st.wanted(o) {
 		if slices.ContainsFunc(have, want.equal) {
 			continue
@@ -161,7 +176,11 @@ func Ensure(h Netlink, o Options) (Result, error) {
 			return res, netlinkErr("AddrReplace", want.String()+" on "+o.Link, err)
 		}
 		res.Changed = true
+		added = append(added, want.addr)
 		log.Info("address added", "link", o.Link, "address", want.prefix())
+	}
+	if err := waitLocalRoutes(h, link, added, o.sleep, log); err != nil {
+		return res, err
 	}
 	for _, a := range have {
 		if a.keep(o, wantV6) {
@@ -276,6 +295,9 @@ func (o Options) normalize() (Options, *slog.Logger, error) {
 	}
 	if o.SysRoot == "" {
 		o.SysRoot = "/"
+	}
+	if o.sleep == nil {
+		o.sleep = time.Sleep
 	}
 	if err := validLinkName(o.Link); err != nil {
 		return o, log, err
@@ -528,6 +550,67 @@ func managedAddrs(as []addr) []netip.Addr {
 	}
 	slices.SortFunc(out, netip.Addr.Compare)
 	return out
+}
+
+// waitLocalRoutes waits until the kernel has a local route on link for
+// every address in addrs, so that a client connecting as soon as Ensure
+// returns is served. If the routes do not appear in time it warns and
+// returns: the addresses are there, and the kernel may yet catch up.
+func waitLocalRoutes(h Netlink, link netlink.Link, addrs []netip.Addr, sleep func(time.Duration), log *slog.Logger) error {
+	waited := time.Duration(0)
+	for len(addrs) > 0 {
+		var missing []netip.Addr
+		for _, a := range addrs {
+			ok, err := hasLocalRoute(h, link.Attrs().Index, a)
+			if err != nil {
+				return netlinkErr("RouteListFiltered", "local table", err)
+			}
+			if !ok {
+				missing = append(missing, a)
+			}
+		}
+		addrs = missing
+		if len(addrs) == 0 {
+			break
+		}
+		if waited >= localRouteWait {
+			log.Warn("the kernel has not installed the local route of an address yet; local clients may fail until it does",
+				"link", link.Attrs().Name, "addresses", addrs, "waited", waited)
+			return nil
+		}
+		sleep(localRoutePoll)
+		waited += localRoutePoll
+	}
+	if waited > 0 {
+		log.Debug("waited for the kernel's local routes", "link", link.Attrs().Name, "waited", waited)
+	}
+	return nil
+}
+
+func hasLocalRoute(h Netlink, index int, a netip.Addr) (bool, error) {
+	family := netlink.FAMILY_V4
+	if a.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	var (
+		rs  []netlink.Route
+		err error
+	)
+	for range 3 {
+		rs, err = h.RouteListFiltered(family, &netlink.Route{Table: unix.RT_TABLE_LOCAL}, netlink.RT_FILTER_TABLE)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rs {
+		if r.Type == unix.RTN_LOCAL && r.LinkIndex == index && r.Dst != nil && routeDst(r, a) == netip.PrefixFrom(a, a.BitLen()) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // listAddrs returns the addresses, retrying a dump the kernel interrupted

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
@@ -171,6 +172,45 @@ func TestEnsureReusesOurLink(t *testing.T) {
 	}
 	if d := cmp.Diff([]string{"fe80::1/64", "169.254.169.254/32"}, left); d != "" {
 		t.Errorf("addresses left (-want +got):\n%s", d)
+	}
+}
+
+// Ensure returns only once the kernel has the local routes of the addresses
+// it added, and warns (without failing) if they never come.
+func TestEnsureWaitsForLocalRoutes(t *testing.T) {
+	tests := []struct {
+		name      string
+		lag       int
+		wantSleep int
+		wantWarn  int
+	}{
+		{"routes at once", 0, 0, 0},
+		{"routes after a few polls", 7, 3, 0}, // two listings (one per address) per round: the 7th is in round 4
+		{"routes never come", -1, int(localRouteWait / localRoutePoll), 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFake()
+			f.localLag = tc.lag
+			o, logs := testOptions(t)
+			slept := 0
+			o.sleep = func(d time.Duration) {
+				if d != localRoutePoll {
+					t.Errorf("slept %v", d)
+				}
+				slept++
+			}
+			res, err := Ensure(f, o)
+			if err != nil || !res.IPv6 {
+				t.Fatalf("Ensure = %+v, %v", res, err)
+			}
+			if slept != tc.wantSleep {
+				t.Errorf("polled %d times, want %d", slept, tc.wantSleep)
+			}
+			if n := logs.count("has not installed the local route"); n != tc.wantWarn {
+				t.Errorf("%d warnings, want %d:\n%s", n, tc.wantWarn, logs)
+			}
+		})
 	}
 }
 
