@@ -24,12 +24,13 @@ const (
 type Server struct {
 	http  *http.Server
 	conns atomic.Int64
+	shed  *shedder
 }
 
 // NewServer returns a server for h. connContext, if not nil, derives each
 // connection's context (the caller lookup hangs its answer there).
 func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Context, net.Conn) context.Context) *Server {
-	s := &Server{}
+	s := &Server{shed: newShedder(MaxIdleConns)}
 	s.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -39,7 +40,8 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext:       connContext,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnState: func(_ net.Conn, st http.ConnState) {
+		ConnState: func(c net.Conn, st http.ConnState) {
+			s.shed.track(c, st)
 			switch st {
 			case http.StateNew:
 				s.conns.Add(1)
@@ -50,6 +52,10 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 	}
 	return s
 }
+
+// Shed returns how many idle or incomplete connections were closed to make
+// room for new ones.
+func (s *Server) Shed() uint64 { return s.shed.Shed() }
 
 // Connections returns the number of open client connections.
 func (s *Server) Connections() int64 { return s.conns.Load() }

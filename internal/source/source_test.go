@@ -1,0 +1,114 @@
+package source
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imds-agent/imds-agent/internal/refresh"
+)
+
+const keys = "[default]\naws_access_key_id = AKIAEXAMPLE000000001\naws_secret_access_key = secret-value\n"
+
+func write(t *testing.T, name, body string, mode os.FileMode) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(body), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, mode); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckFiles(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		body string
+		mode os.FileMode
+		want string
+	}{
+		{"root only", keys, 0o600, ""},
+		{"group of the agent", keys, 0o640, ""},
+		{"world readable", keys, 0o644, "readable by every user on this host (mode 0644)"},
+		{"settings only, world readable", "[default]\nregion = eu-west-1\n", 0o644, ""},
+		{"session token, world readable", "[default]\naws_session_token = x\n", 0o604, "every user"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(t, "credentials", tc.body, tc.mode)
+			err := CheckFiles([]string{p})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrExposedSecret) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			for _, fix := range []string{p, "chmod 0640"} {
+				if !strings.Contains(err.Error(), fix) {
+					t.Errorf("error does not name %q: %v", fix, err)
+				}
+			}
+		})
+	}
+	if err := CheckFiles([]string{filepath.Join(t.TempDir(), "missing")}); err != nil {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func TestGroupReadableByAnotherGroup(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give the file to another group")
+	}
+	p := write(t, "credentials", keys, 0o640)
+	if err := os.Chown(p, 0, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFiles([]string{p}); err == nil || !strings.Contains(err.Error(), "readable by the members of group") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// TestLoadNeverUsesIMDS: with no source credentials configured, loading
+// fails clearly instead of falling back to the instance metadata service
+// or a container endpoint (whose clients are replaced by refusals, so no
+// request could leave anyway).
+func TestLoadNeverUsesIMDS(t *testing.T) {
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds")
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
+		t.Setenv(k, "")
+	}
+	dir := t.TempDir()
+	s := Settings{Region: "us-east-1", SharedConfigFiles: []string{filepath.Join(dir, "config")}, SharedCredentialsFiles: []string{filepath.Join(dir, "credentials")}}
+	_, err := Load(context.Background(), s)
+	if err == nil || !errors.Is(err, refresh.ErrNoSourceCredentials) {
+		t.Fatalf("Load = %v, want no source credentials", err)
+	}
+
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "")
+	cfg, err := Load(context.Background(), s)
+	if err == nil {
+		_, err = cfg.Credentials.Retrieve(context.Background())
+	}
+	if err == nil || !errors.Is(err, refresh.ErrNoSourceCredentials) && !errors.Is(err, ErrExcludedSource) {
+		t.Fatalf("without any source: %v, want a refusal to use IMDS", err)
+	}
+
+	creds := write(t, "credentials", keys, 0o600)
+	s.SharedCredentialsFiles = []string{creds}
+	cfg, err = Load(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := cfg.Credentials.Retrieve(context.Background())
+	if err != nil || v.AccessKeyID != "AKIAEXAMPLE000000001" {
+		t.Errorf("static keys: %+v %v", v, err)
+	}
+}
