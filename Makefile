@@ -15,3 +15,18 @@ test:
 
 dev:
 	go run ./cmd/imds-agent dev
+
+# .deb and .rpm packages for each of PKG_ARCHES, written to dist/ by the
+# packaging program (packaging/, a Go module of its own). VERSION=x.y.z
+# overrides the version taken from git.
+PKG_ARCHES ?= amd64 arm64
+PKG_DATE ?= $(shell git log -1 --format=%ct 2>/dev/null)
+
+.PHONY: packages
+packages:
+	rm -rf dist/build dist/imds-agent_*.deb dist/imds-agent-*.rpm
+	for arch in $(PKG_ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags '$(LDFLAGS)' -o dist/build/linux_$$arch/imds-agent ./cmd/imds-agent || exit 1; \
+	done
+	cd packaging && go run . -root .. -version '$(VERSION)' -commit '$(COMMIT)' -date '$(or $(PKG_DATE),0)' \
+		-bindir ../dist/build -out ../dist -arch '$(PKG_ARCHES)'
