@@ -30,6 +30,11 @@ if ! command -v staticcheck >/dev/null; then
 	go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fi
 
+echo "== gofmt"
+unformatted=$(gofmt -l cmd internal test)
+if [[ -n $unformatted ]]; then
+	echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
+fi
 echo "== go vet"
 go vet ./...
 echo "== staticcheck"

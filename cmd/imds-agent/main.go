@@ -31,6 +31,9 @@ credentials, for any Linux host.
 
 Usage:
   imds-agent run [--config PATH] [--force]   run the daemon (default config ` + config.DefaultPath + `)
+  imds-agent setup-link [--config PATH] [--force]
+                                             create the link and addresses, then exit (needs CAP_NET_ADMIN)
+  imds-agent cleanup [--config PATH]         remove the link and its addresses
   imds-agent dev [--listen ADDR]             everything on loopback with a built-in AWS emulator
   imds-agent check-config [--config PATH]    validate the config and print the effective one
   imds-agent status [--config PATH | --socket PATH] [--json]
@@ -64,8 +67,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !parse(fs, args) {
 			return exitUsage
 		}
-		_ = force // used by the host link setup
-		err = runDaemon(*configPath, stderr)
+		err = runDaemon(*configPath, *force, stderr)
+	case "setup-link":
+		force := fs.Bool("force", false, "claim the metadata address even on what looks like a real EC2 instance")
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = setupLink(*configPath, *force, stdout, stderr)
+	case "cleanup":
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = cleanup(*configPath, stdout, stderr)
 	case "dev":
 		listen := fs.String("listen", "127.0.0.1:1338", "address to serve instance metadata on")
 		if !parse(fs, args) {
@@ -136,6 +149,50 @@ func versionString() string {
 	return fmt.Sprintf("imds-agent %s (commit %s, %s, %s/%s)", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 }
 
+func setupLink(path string, force bool, stdout, stderr io.Writer) error {
+	cfg, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen.Link == "" {
+		fmt.Fprintln(stdout, "listen.link is empty: no link to set up")
+		return nil
+	}
+	res, err := agent.SetupLink(cfg, force, newLogger(stderr, cfg.Log.Format, levelOf(cfg.Log.Level)))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "link %s (%s) holds %v; changed: %v\n", res.Link, res.Kind, res.Addrs, res.Changed)
+	return nil
+}
+
+// cleanup removes the link. It works without a readable config (a package
+// being purged): the default link name is used then.
+func cleanup(path string, stdout, stderr io.Writer) error {
+	link := config.DefaultLink
+	cfg, err := config.Load(path)
+	switch {
+	case err != nil:
+		fmt.Fprintf(stderr, "imds-agent cleanup: %v; removing the default link %s\n", err, link)
+	case cfg.Listen.Link == "":
+		fmt.Fprintln(stdout, "listen.link is empty: no link to remove")
+		return nil
+	default:
+		link = cfg.Listen.Link
+	}
+	if err := agent.CleanupLink(link, newLogger(stderr, "text", levelOf("info"))); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "link %s removed (or was not there)\n", link)
+	return nil
+}
+
+func levelOf(s string) *slog.LevelVar {
+	v := new(slog.LevelVar)
+	v.Set(agent.Level(s))
+	return v
+}
+
 func checkConfig(path string, stdout io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -169,15 +226,14 @@ func signals() (context.Context, context.CancelFunc, <-chan os.Signal) {
 	return ctx, func() { stop(); signal.Stop(hup) }, hup
 }
 
-func runDaemon(path string, stderr io.Writer) error {
+func runDaemon(path string, force bool, stderr io.Writer) error {
 	ctx, stop, hup := signals()
 	defer stop()
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	level := new(slog.LevelVar)
-	level.Set(agent.Level(cfg.Log.Level))
+	level := levelOf(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log.Format, level)
 	a, err := agent.New(agent.Options{
 		Config:     cfg,
@@ -186,6 +242,7 @@ func runDaemon(path string, stderr io.Writer) error {
 		LogLevel:   level,
 		Host:       hostinfo.System(),
 		Version:    version,
+		Force:      force,
 	})
 	if err != nil {
 		return err

@@ -57,6 +57,9 @@ type Options struct {
 	// CallTimeout bounds each STS and IAM call (0: the manager's default).
 	CallTimeout time.Duration
 	Version     string
+	// Force claims the metadata address even where it looks taken (a real
+	// EC2 instance, a route sending it elsewhere).
+	Force bool
 }
 
 // Agent is the running daemon.
@@ -265,9 +268,13 @@ func selfTest(r *caller.Resolver) error {
 }
 
 func (a *Agent) listen() error {
+	addrs, err := a.prepareLink(a.cfg)
+	if err != nil {
+		return err
+	}
 	var lns []net.Listener
 	var bound []netip.AddrPort
-	for _, ap := range a.cfg.ListenAddrPorts() {
+	for _, ap := range addrs {
 		ln, err := net.Listen("tcp", ap.String())
 		if err != nil {
 			for _, l := range lns {

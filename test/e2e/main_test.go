@@ -21,8 +21,9 @@ import (
 	"time"
 )
 
-// binary is the imds-agent built for this test run.
-var binary string
+// binary is the imds-agent built for this test run; goclient is an
+// application using the Go SDK's default chain (test/goclient).
+var binary, goclient string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "imds-agent-e2e-")
@@ -33,12 +34,15 @@ func TestMain(m *testing.M) {
 	binary = filepath.Join(dir, "imds-agent")
 	_, here, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(here), "..", "..")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/imds-agent")
-	build.Dir = root
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building imds-agent:", err)
-		os.Exit(1)
+	goclient = filepath.Join(dir, "goclient")
+	for out, pkg := range map[string]string{binary: "./cmd/imds-agent", goclient: "./test/goclient"} {
+		build := exec.Command("go", "build", "-o", out, pkg)
+		build.Dir = root
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -48,18 +48,24 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startMoto starts moto_server and seeds a host user with keys and a policy
-// allowing sts:AssumeRole and iam:GetInstanceProfile, a role trusting that
-// user, and an instance profile holding the role.
+// startMoto starts moto_server on this host's loopback and seeds a host
+// user with keys and a policy allowing sts:AssumeRole and
+// iam:GetInstanceProfile, a role trusting that user, and an instance
+// profile holding the role.
 func startMoto(t *testing.T) *moto {
+	return startMotoWith(t, exec.Command, http.DefaultClient, freePort(t))
+}
+
+// startMotoWith starts moto with command (which may start it inside a
+// network namespace) and seeds it through client.
+func startMotoWith(t *testing.T, command func(string, ...string) *exec.Cmd, client *http.Client, port int) *moto {
 	t.Helper()
 	bin, err := exec.LookPath("moto_server")
 	if err != nil {
 		t.Fatalf("moto_server not found: %v (the test command installs it)", err)
 	}
-	port := freePort(t)
 	m := &moto{url: fmt.Sprintf("http://127.0.0.1:%d", port), logs: &syncBuffer{}}
-	m.cmd = exec.Command(bin, "-H", "127.0.0.1", "-p", fmt.Sprint(port))
+	m.cmd = command(bin, "-H", "127.0.0.1", "-p", fmt.Sprint(port))
 	m.cmd.Env = append(baseEnv(t), fmt.Sprintf("INITIAL_NO_AUTH_ACTION_COUNT=%d", motoSeedCalls))
 	m.cmd.Stdout, m.cmd.Stderr = m.logs, m.logs
 	m.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -75,23 +81,27 @@ func startMoto(t *testing.T) *moto {
 		}
 	})
 	waitFor(t, 30*time.Second, "moto_server", func() bool {
-		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, m.url+"/moto-api/", nil)
+		res, err := client.Do(req)
 		if err == nil {
-			c.Close()
+			res.Body.Close()
 		}
 		return err == nil
 	})
-	m.seed(t)
+	m.seed(t, client)
 	return m
 }
 
-func (m *moto) seed(t *testing.T) {
+func (m *moto) seed(t *testing.T, client *http.Client) {
 	t.Helper()
 	ctx := context.Background()
 	c := iam.NewFromConfig(aws.Config{
 		Region:       "us-east-1",
 		BaseEndpoint: aws.String(m.url),
 		Credentials:  credentials.NewStaticCredentialsProvider("AKIASEEDING000000000", "seeding", ""),
+		HTTPClient:   client,
 	})
 	must := func(_ any, err error) {
 		t.Helper()
