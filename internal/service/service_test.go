@@ -1,0 +1,276 @@
+package service
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	kservice "github.com/kardianos/service"
+
+	"github.com/imds-agent/imds-agent/systemd"
+)
+
+func TestUnitTemplateIsThePackagedUnit(t *testing.T) {
+	tmpl := UnitTemplate()
+	if got := strings.ReplaceAll(tmpl, "{{Path | cmdEscape}}", systemd.BinaryPath); got != systemd.Unit {
+		t.Errorf("the template with the packaged binary path is not the packaged unit:\n%s", cmp.Diff(systemd.Unit, got))
+	}
+	if n, want := strings.Count(tmpl, "{{"), strings.Count(systemd.Unit, systemd.BinaryPath); n != want || n < 2 {
+		t.Errorf("%d template actions, want one per binary path in the unit (%d)", n, want)
+	}
+}
+
+// fakeService records the calls Control makes to kardianos/service.
+type fakeService struct {
+	platform string
+	calls    []string
+	cfg      *kservice.Config
+}
+
+func (f *fakeService) Run() error       { f.calls = append(f.calls, "run"); return nil }
+func (f *fakeService) Start() error     { f.calls = append(f.calls, "start"); return nil }
+func (f *fakeService) Stop() error      { f.calls = append(f.calls, "stop"); return nil }
+func (f *fakeService) Restart() error   { f.calls = append(f.calls, "restart"); return nil }
+func (f *fakeService) Install() error   { f.calls = append(f.calls, "install"); return nil }
+func (f *fakeService) Uninstall() error { f.calls = append(f.calls, "uninstall"); return nil }
+func (f *fakeService) Logger(chan<- error) (kservice.Logger, error) {
+	return nil, nil
+}
+func (f *fakeService) SystemLogger(chan<- error) (kservice.Logger, error) {
+	return nil, nil
+}
+func (f *fakeService) String() string                   { return "imds-agent" }
+func (f *fakeService) Platform() string                 { return f.platform }
+func (f *fakeService) Status() (kservice.Status, error) { return kservice.StatusUnknown, nil }
+
+// fakeHost is a host rooted in a temporary directory, with systemd
+// running, as root, and a fake service manager.
+type fakeHost struct {
+	*host
+	dir   string
+	svc   *fakeService
+	users []string // sysusers files createUser was given
+}
+
+func newFakeHost(t *testing.T) *fakeHost {
+	t.Helper()
+	dir := t.TempDir()
+	f := &fakeHost{dir: dir, svc: &fakeService{platform: "linux-systemd"}}
+	mkdir(t, filepath.Join(dir, "run/systemd/system"))
+	mkdir(t, filepath.Join(dir, "etc"))
+	f.host = &host{
+		etc:            filepath.Join(dir, "etc"),
+		packagedUnits:  []string{filepath.Join(dir, "usr/lib/systemd/system", systemd.UnitName), filepath.Join(dir, "lib/systemd/system", systemd.UnitName)},
+		systemdRuntime: filepath.Join(dir, "run/systemd/system"),
+		euid:           func() int { return 0 },
+		createUser: func(file string, _ io.Writer) error {
+			f.users = append(f.users, file)
+			return nil
+		},
+		groupID: func(string) (int, error) { return os.Getgid(), nil },
+		newService: func(c *kservice.Config) (kservice.Service, error) {
+			f.svc.cfg = c
+			return f.svc, nil
+		},
+	}
+	return f
+}
+
+func mkdir(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		action  string
+		setup   func(t *testing.T, f *fakeHost)
+		exe     string
+		wantErr string
+	}{
+		{name: "unknown action", action: "restart", wantErr: `unknown action "restart"; use one of install, uninstall, start, stop`},
+		{name: "not root", action: "install", setup: func(t *testing.T, f *fakeHost) { f.euid = func() int { return 1000 } }, wantErr: "install needs root"},
+		{name: "no systemd", action: "start", setup: func(t *testing.T, f *fakeHost) {
+			os.Remove(f.systemdRuntime)
+		}, wantErr: "systemd does not run this host"},
+		{name: "packaged unit in /usr/lib", action: "install", setup: func(t *testing.T, f *fakeHost) {
+			writeTestFile(t, f.packagedUnits[0], systemd.Unit)
+		}, wantErr: "a package installed " + "%DIR%/usr/lib/systemd/system/imds-agent.service, so the package manages the service"},
+		{name: "packaged unit in /lib", action: "install", setup: func(t *testing.T, f *fakeHost) {
+			writeTestFile(t, f.packagedUnits[1], systemd.Unit)
+		}, wantErr: "which would shadow the package's unit forever"},
+		{name: "uninstall over a packaged unit", action: "uninstall", setup: func(t *testing.T, f *fakeHost) {
+			writeTestFile(t, f.packagedUnits[0], systemd.Unit)
+		}, wantErr: "uninstall: a package installed"},
+		{name: "binary in a home directory", action: "install", exe: "/home/me/imds-agent", wantErr: "/home/me/imds-agent is under /home/, which the service's sandbox hides"},
+		{name: "binary in /tmp", action: "install", exe: "/tmp/x/imds-agent", wantErr: "copy it to /usr/bin/imds-agent first"},
+		{name: "binary path with a quote", action: "install", exe: "/opt/it's/imds-agent", wantErr: "must not hold quotes"},
+		{name: "not systemd after all", action: "install", setup: func(t *testing.T, f *fakeHost) {
+			f.svc.platform = "unix-systemv"
+		}, wantErr: "the service manager found is unix-systemv"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeHost(t)
+			if tc.setup != nil {
+				tc.setup(t, f)
+			}
+			exe := tc.exe
+			if exe == "" {
+				exe = "/usr/local/bin/imds-agent"
+			}
+			err := f.control(tc.action, Options{Executable: exe})
+			want := strings.ReplaceAll(tc.wantErr, "%DIR%", f.dir)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %v, want one containing %q", err, want)
+			}
+			if len(f.svc.calls) > 0 || len(f.users) > 0 {
+				t.Errorf("acted before refusing: service calls %v, users %v", f.svc.calls, f.users)
+			}
+			if ents, _ := os.ReadDir(f.etc); len(ents) > 0 {
+				t.Errorf("wrote to etc before refusing: %v", ents)
+			}
+		})
+	}
+}
+
+func TestStartAndStopWorkWithAPackagedUnit(t *testing.T) {
+	f := newFakeHost(t)
+	writeTestFile(t, f.packagedUnits[0], systemd.Unit)
+	for _, action := range []string{"start", "stop"} {
+		if err := f.control(action, Options{Executable: "/usr/bin/imds-agent"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := cmp.Diff([]string{"start", "stop"}, f.svc.calls); d != "" {
+		t.Errorf("calls (-want +got):\n%s", d)
+	}
+}
+
+func TestInstallLaysOutTheHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("install gives /etc/imds-agent/aws to root: needs root")
+	}
+	f := newFakeHost(t)
+	mkdir(t, filepath.Join(f.etc, "NetworkManager"))
+	var out bytes.Buffer
+	if err := f.control("install", Options{Executable: "/opt/imds agent/imds-agent", Out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(out.String())
+	if d := cmp.Diff([]string{"install"}, f.svc.calls); d != "" {
+		t.Errorf("calls (-want +got):\n%s", d)
+	}
+	if f.svc.cfg.Executable != "/opt/imds agent/imds-agent" || f.svc.cfg.Option["SystemdScript"] != UnitTemplate() || f.svc.cfg.Name != "imds-agent" {
+		t.Errorf("service config: %+v", f.svc.cfg)
+	}
+	sysusers := filepath.Join(f.etc, "sysusers.d/imds-agent.conf")
+	if d := cmp.Diff([]string{sysusers}, f.users); d != "" {
+		t.Errorf("createUser (-want +got):\n%s", d)
+	}
+	for path, want := range map[string]string{
+		sysusers: systemd.Sysusers,
+		filepath.Join(f.etc, "systemd/network/10-imds-agent.network"):    systemd.Network,
+		filepath.Join(f.etc, "NetworkManager/conf.d/90-imds-agent.conf"): systemd.NetworkManager,
+		filepath.Join(f.etc, "modules-load.d/imds-agent.conf"):           systemd.ModulesLoad,
+		filepath.Join(f.etc, "imds-agent/config.yaml"):                   systemd.Config,
+	} {
+		checkFile(t, path, want, 0o644)
+	}
+	checkDir(t, filepath.Join(f.etc, "imds-agent"), 0o755, 0)
+	checkDir(t, filepath.Join(f.etc, "imds-agent/aws"), 0o750, os.Getgid())
+
+	// A second install keeps the operator's config and credentials.
+	cfg := filepath.Join(f.etc, "imds-agent/config.yaml")
+	writeTestFile(t, cfg, "version: 1\n")
+	writeTestFile(t, filepath.Join(f.etc, "imds-agent/aws/credentials"), "[default]\n")
+	if err := os.Chmod(filepath.Join(f.etc, "imds-agent/aws"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	checkFile(t, cfg, "version: 1\n", 0o644)
+	checkFile(t, filepath.Join(f.etc, "imds-agent/aws/credentials"), "[default]\n", 0o644)
+	checkDir(t, filepath.Join(f.etc, "imds-agent/aws"), 0o700, os.Getgid())
+}
+
+func TestUninstallKeepsConfigurationAndUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (install first)")
+	}
+	f := newFakeHost(t)
+	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent"}); err != nil {
+		t.Fatal(err)
+	}
+	f.svc.calls = nil
+	cleaned := 0
+	var out bytes.Buffer
+	err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out, Cleanup: func() error {
+		cleaned++
+		f.svc.calls = append(f.svc.calls, "cleanup")
+		return nil
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"stop", "cleanup", "uninstall"}, f.svc.calls); d != "" {
+		t.Errorf("calls (-want +got):\n%s", d)
+	}
+	for _, gone := range []string{"sysusers.d/imds-agent.conf", "systemd/network/10-imds-agent.network", "modules-load.d/imds-agent.conf"} {
+		if _, err := os.Stat(filepath.Join(f.etc, gone)); err == nil {
+			t.Errorf("uninstall left %s", gone)
+		}
+	}
+	for _, kept := range []string{"imds-agent/config.yaml", "imds-agent/aws"} {
+		if _, err := os.Stat(filepath.Join(f.etc, kept)); err != nil {
+			t.Errorf("uninstall removed %s", kept)
+		}
+	}
+	if !strings.Contains(out.String(), "userdel imds-agent") {
+		t.Errorf("uninstall does not say how to remove what it kept:\n%s", out.String())
+	}
+}
+
+func writeTestFile(t *testing.T, path, text string) {
+	t.Helper()
+	mkdir(t, filepath.Dir(path))
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func checkFile(t *testing.T, path, want string, mode os.FileMode) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	if string(got) != want {
+		t.Errorf("%s:\n%s", path, cmp.Diff(want, string(got)))
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != mode {
+		t.Errorf("%s: mode %v, want %v", path, st.Mode().Perm(), mode)
+	}
+}
+
+func checkDir(t *testing.T, path string, mode os.FileMode, gid int) {
+	t.Helper()
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	if !st.IsDir() || st.Mode().Perm() != mode || sys.Uid != 0 || int(sys.Gid) != gid {
+		t.Errorf("%s: %v %d:%d, want a directory %v 0:%d", path, st.Mode(), sys.Uid, sys.Gid, mode, gid)
+	}
+}
