@@ -126,7 +126,7 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 		tokens = "endpoint disabled"
 	}
 	row("tokens", "%s", tokens)
-	row("clients", "%d open connections", st.Clients)
+	row("clients", "%d open connections; %d idle or incomplete ones shed under load", st.Clients, st.ClientsShed)
 	if st.Metrics != "" {
 		row("metrics", "http://%s/metrics", st.Metrics)
 	}

@@ -49,6 +49,7 @@ type Status struct {
 	Listen              []string  `json:"listen"`
 	Link                string    `json:"link,omitempty"`
 	Clients             int64     `json:"clients"`
+	ClientsShed         uint64    `json:"clients_shed"`
 	TokensRequired      bool      `json:"tokens_required"`
 	EndpointEnabled     bool      `json:"endpoint_enabled"`
 	Metrics             string    `json:"metrics,omitempty"`

@@ -340,6 +340,7 @@ func (a *Agent) Status() admin.Status {
 		Failures:            st.Failures,
 		Link:                cfg.Listen.Link,
 		Clients:             a.server.Connections(),
+		ClientsShed:         a.server.Shed(),
 		TokensRequired:      opts.TokensRequired,
 		EndpointEnabled:     opts.Enabled,
 		Metrics:             metricsAddr,
