@@ -94,6 +94,7 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 			if tc.exe == systemd.BinaryPath && string(got) != systemd.Unit {
 				t.Error("with the binary at /usr/bin the installed unit is not byte for byte the packaged one")
 			}
+			verifyUnit(t, string(got), tc.exe)
 			calls, err := os.ReadFile(log)
 			if err != nil {
 				t.Fatal(err)
@@ -114,6 +115,40 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 				t.Errorf("systemctl calls (-want +got):\n%s", d)
 			}
 		})
+	}
+}
+
+// verifyUnit runs `systemd-analyze verify` on an installed unit in a scratch
+// root that holds the host's units, /bin/kill and a stand-in for the binary
+// at exe (verify checks that each command exists; nothing is run).
+func verifyUnit(t *testing.T, unit, exe string) {
+	t.Helper()
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Log("systemd-analyze is not installed: not verifying the unit")
+		return
+	}
+	root := t.TempDir()
+	mkdir(t, filepath.Join(root, "usr/lib/systemd"))
+	if out, err := exec.Command("cp", "-a", "/usr/lib/systemd/system", filepath.Join(root, "usr/lib/systemd/")).CombinedOutput(); err != nil {
+		t.Fatalf("copying the host's units: %v\n%s", err, out)
+	}
+	os.Remove(filepath.Join(root, "usr/lib/systemd/system", systemd.UnitName)) // a packaged one, if this host has it
+	writeTestFile(t, filepath.Join(root, "etc/systemd/system", systemd.UnitName), unit)
+	writeTestFile(t, filepath.Join(root, exe), "#!/bin/sh\n")
+	if err := os.Chmod(filepath.Join(root, exe), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	kill, err := os.ReadFile("/bin/kill")
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeTestFile(t, filepath.Join(root, "bin/kill"), string(kill))
+	if err := os.Chmod(filepath.Join(root, "bin/kill"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, systemd.UnitName).CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify of the installed unit: %v\n%s", err, out)
 	}
 }
 

@@ -81,7 +81,7 @@ func TestRPMScripts(t *testing.T) {
 		"systemctl --no-reload preset imds-agent.service",
 		"preuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper remove-system-units imds-agent.service",
-		"/usr/bin/imds-agent cleanup --config /etc/imds-agent/config.yaml",
+		"imds-agent cleanup --config /etc/imds-agent/config.yaml",
 		"postuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper mark-restart-system-units imds-agent.service",
 		"systemctl try-restart imds-agent.service",

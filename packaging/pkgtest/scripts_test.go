@@ -1,0 +1,293 @@
+package pkgtest
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// stubScript stands in for every program a maintainer script runs: it
+// records its name and arguments (and, for systemd-sysusers, its input) and
+// exits with the code in exit.NAME.ARG1 or else exit.NAME, if one exists.
+const stubScript = `#!/bin/sh
+name=${0##*/}
+echo "$name $*" >> "$STUB_DIR/log"
+[ "$name" = systemd-sysusers ] && /bin/cat >> "$STUB_DIR/log"
+[ -f "$STUB_DIR/exit.$name.$1" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name.$1")"
+[ -f "$STUB_DIR/exit.$name" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name")"
+exit 0
+`
+
+// runScript runs a maintainer script the way dpkg or rpm does, with PATH
+// holding only stubs (so nothing on this machine is touched: not the user
+// database, not /etc, not systemd) and in a network namespace of its own.
+// It returns the stubs' log.
+func runScript(t *testing.T, script string, stubs []string, exits map[string]string, args ...string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "bin")
+	mkdirAll(t, bin)
+	writeFile(t, filepath.Join(dir, "stub"), stubScript, 0o755)
+	for _, s := range stubs {
+		if err := os.Symlink(filepath.Join(dir, "stub"), filepath.Join(bin, s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("/usr/bin/stat", filepath.Join(bin, "stat")); err != nil { // the rpm's chroot test
+		t.Fatal(err)
+	}
+	for name, code := range exits {
+		writeFile(t, filepath.Join(dir, "exit."+name), code, 0o644)
+	}
+	writeFile(t, filepath.Join(dir, "log"), "", 0o644)
+	argv := append([]string{"--net", "--", "env", "-i", "PATH=" + bin, "STUB_DIR=" + dir, "/bin/sh", "-c", script, "sh"}, args...)
+	out, err := run(t, time.Minute, "unshare", argv...)
+	if err != nil {
+		t.Fatalf("script %v: %v\n%s", args, err, out)
+	}
+	if out != "" {
+		t.Logf("script %v printed:\n%s", args, out)
+	}
+	log, err := os.ReadFile(filepath.Join(dir, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls []string
+	for _, l := range lines(string(log)) {
+		calls = append(calls, strings.TrimSpace(l))
+	}
+	return calls
+}
+
+func mkdirAll(t *testing.T, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// systemdRunning mirrors the scripts' own test, [ -d /run/systemd/system ].
+func systemdRunning() bool {
+	st, err := os.Stat("/run/systemd/system")
+	return err == nil && st.IsDir()
+}
+
+// TestDebMaintainerScriptsRun runs the .deb's scripts with stubs for every
+// program and checks what they ask for, argument by argument.
+func TestDebMaintainerScriptsRun(t *testing.T) {
+	need(t, "dpkg-deb", "unshare")
+	needRoot(t) // unshare --net
+	dir := t.TempDir()
+	mustRun(t, time.Minute, "dpkg-deb", "-e", pkgs.deb1, dir)
+	script := func(name string) string {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	stubs := []string{"getent", "systemd-sysusers", "groupadd", "useradd", "userdel", "groupdel", "dpkg-statoverride",
+		"deb-systemd-helper", "deb-systemd-invoke", "systemctl", "networkctl", "nmcli", "ischroot", "imds-agent", "rm"}
+	withoutSysusers := func() []string {
+		var s []string
+		for _, n := range stubs {
+			if n != "systemd-sysusers" {
+				s = append(s, n)
+			}
+		}
+		return s
+	}
+	running := systemdRunning()
+	ifRunning := func(l ...string) []string {
+		if running {
+			return l
+		}
+		return nil
+	}
+	cat := func(parts ...[]string) []string {
+		var out []string
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		script string
+		args   []string
+		stubs  []string
+		exits  map[string]string
+		want   []string
+	}{
+		{
+			name: "postinst configure, first install", script: "postinst", args: []string{"configure", ""},
+			exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"systemd-sysusers imds-agent.conf",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"dpkg-statoverride --update --add root imds-agent 0750 /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper enable imds-agent.service",
+			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+				"deb-systemd-invoke start imds-agent.service")),
+		},
+		{
+			name: "postinst configure, first install without systemd-sysusers", script: "postinst", args: []string{"configure", ""},
+			stubs: withoutSysusers(), exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1", "deb-systemd-helper.--quiet": "1"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"getent group imds-agent",
+				"groupadd --system imds-agent",
+				"useradd --system --gid imds-agent --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin --comment imds-agent metadata service imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"dpkg-statoverride --update --add root imds-agent 0750 /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				// The admin disabled it: keep it disabled.
+				"deb-systemd-helper update-state imds-agent.service",
+			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+				"deb-systemd-invoke start imds-agent.service")),
+		},
+		{
+			name: "postinst configure, upgrade", script: "postinst", args: []string{"configure", "0.0.0"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper enable imds-agent.service",
+			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+				"deb-systemd-invoke restart imds-agent.service")),
+		},
+		{
+			name: "prerm remove", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "1"},
+			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{
+				"ischroot",
+				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
+			}),
+		},
+		{
+			name: "prerm remove in a chroot", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "0"},
+			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{"ischroot"}),
+		},
+		{name: "prerm upgrade", script: "prerm", args: []string{"upgrade", "0.0.1"}},
+		{
+			name: "postrm remove", script: "postrm", args: []string{"remove"},
+			want: cat(ifRunning("systemctl --system daemon-reload"), []string{"deb-systemd-helper mask imds-agent.service"}),
+		},
+		{
+			name: "postrm purge", script: "postrm", args: []string{"purge"},
+			want: []string{
+				"deb-systemd-helper purge imds-agent.service",
+				"deb-systemd-helper unmask imds-agent.service",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"dpkg-statoverride --remove /etc/imds-agent/aws",
+				"rm -rf /etc/imds-agent",
+				"getent passwd imds-agent",
+				"userdel imds-agent",
+				"getent group imds-agent",
+				"groupdel imds-agent",
+			},
+		},
+		{name: "postrm upgrade", script: "postrm", args: []string{"upgrade", "0.0.1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.stubs
+			if s == nil {
+				s = stubs
+			}
+			got := runScript(t, script(tc.script), s, tc.exits, tc.args...)
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("programs run (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+// TestRPMScriptletsRun does the same for the .rpm's scriptlets, on a host
+// without Fedora's systemd-update-helper (Debian has none), so the scripts
+// take the branches of the older macro expansions.
+func TestRPMScriptletsRun(t *testing.T) {
+	need(t, "rpm", "unshare")
+	needRoot(t)
+	if _, err := os.Stat("/usr/lib/systemd/systemd-update-helper"); err == nil {
+		t.Skip("this host has systemd-update-helper; its branches are checked by TestRPMScripts")
+	}
+	script := func(tag string) string {
+		return rpmQuery(t, pkgs.rpm1, "--qf", "%{"+tag+"}")
+	}
+	stubs := []string{"getent", "systemd-sysusers", "groupadd", "useradd", "systemctl", "networkctl", "nmcli", "imds-agent"}
+	running := systemdRunning()
+	pick := func(stopped, started []string) []string {
+		if running {
+			return started
+		}
+		return stopped
+	}
+	for _, tc := range []struct {
+		name, tag string
+		arg       string
+		stubs     []string
+		exits     map[string]string
+		want      []string
+	}{
+		{
+			name: "%pre install", tag: "PREIN", arg: "1",
+			want: []string{
+				"systemd-sysusers --replace=/usr/lib/sysusers.d/imds-agent.conf -",
+				`u imds-agent - "imds-agent metadata service" /nonexistent /usr/sbin/nologin`,
+				"getent passwd imds-agent",
+			},
+		},
+		{
+			name: "%pre install without systemd-sysusers", tag: "PREIN", arg: "1",
+			stubs: []string{"getent", "groupadd", "useradd"}, exits: map[string]string{"getent": "2"},
+			want: []string{
+				"getent passwd imds-agent",
+				"getent group imds-agent",
+				"groupadd -r imds-agent",
+				"useradd -r -g imds-agent -M -d /nonexistent -s /usr/sbin/nologin -c imds-agent metadata service imds-agent",
+			},
+		},
+		{
+			name: "%post install", tag: "POSTIN", arg: "1",
+			want: pick([]string{"systemctl --no-reload preset imds-agent.service"},
+				[]string{"systemctl --no-reload preset imds-agent.service", "networkctl reload", "nmcli general reload conf"}),
+		},
+		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: pick(nil, []string{"networkctl reload", "nmcli general reload conf"})},
+		{
+			name: "%preun erase", tag: "PREUN", arg: "0",
+			want: []string{
+				pick([]string{"systemctl --no-reload disable imds-agent.service"}, []string{"systemctl --no-reload disable --now imds-agent.service"})[0],
+				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
+			},
+		},
+		{name: "%preun upgrade", tag: "PREUN", arg: "1"},
+		{
+			name: "%postun upgrade", tag: "POSTUN", arg: "1",
+			want: pick(nil, []string{"systemctl daemon-reload", "systemctl try-restart imds-agent.service"}),
+		},
+		{name: "%postun erase", tag: "POSTUN", arg: "0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := tc.stubs
+			if s == nil {
+				s = stubs
+			}
+			text := script(tc.tag)
+			if strings.TrimSpace(text) == "" || text == "(none)" {
+				t.Fatalf("no %s scriptlet", tc.tag)
+			}
+			got := runScript(t, text, s, tc.exits, tc.arg)
+			if d := cmp.Diff(tc.want, got); d != "" {
+				t.Errorf("programs run (-want +got):\n%s", d)
+			}
+		})
+	}
+}
