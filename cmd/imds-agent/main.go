@@ -18,6 +18,7 @@ import (
 	"github.com/imds-agent/imds-agent/internal/agent"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
+	"github.com/imds-agent/imds-agent/internal/service"
 )
 
 // Set at build time with -ldflags "-X main.version=… -X main.commit=…".
@@ -40,6 +41,7 @@ Usage:
                                              show the running agent's role, credentials and errors
   imds-agent refresh [--config PATH | --socket PATH]
                                              make the running agent obtain new credentials now
+  imds-agent install|uninstall|start|stop    manage the systemd service where no package is used
   imds-agent version                         print version, commit and Go version
 `
 
@@ -108,6 +110,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitUsage
 		}
 		fmt.Fprintln(stdout, versionString())
+	case "install", "uninstall", "start", "stop":
+		if !parse(fs, args) {
+			return exitUsage
+		}
+		err = controlService(cmd, *configPath, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -185,6 +192,18 @@ func cleanup(path string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "link %s removed (or was not there)\n", link)
 	return nil
+}
+
+// controlService installs, removes, starts or stops the service on a host
+// without the package. Uninstalling also removes the link, which the agent
+// keeps when it merely stops.
+func controlService(action, path string, stdout, stderr io.Writer) error {
+	return service.Control(action, service.Options{
+		Out: stdout,
+		Cleanup: func() error {
+			return cleanup(path, stdout, stderr)
+		},
+	})
 }
 
 func levelOf(s string) *slog.LevelVar {
