@@ -253,9 +253,9 @@ func devStatus(t *testing.T, d *devAgent) statusView {
 	return st
 }
 
-// TestAccessPolicyByUser: a policy denying www-data the credentials; the
-// agent answers each local user as the policy says and the audit trail
-// names them.
+// TestAccessPolicyByUser: a policy denying www-data the credentials and
+// binding tokens to their user; the agent answers each local user as the
+// policy says and the audit trail names them.
 func TestAccessPolicyByUser(t *testing.T) {
 	m := startMoto(t)
 	a := runConfig(t, append(baseEnv(t), "AWS_ENDPOINT_URL="+m.url), func(dir string) string {
@@ -263,7 +263,7 @@ func TestAccessPolicyByUser(t *testing.T) {
 		if err := os.WriteFile(creds, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", m.keyID, m.secret)), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		return fmt.Sprintf("instance:\n  id: %s\ncredentials:\n  role_arn: arn:aws:iam::%s:role/%s\n  shared_credentials_files: [%s]\n  shared_config_files: []\naccess:\n  credentials:\n    deny: [\"user:www-data\"]\n  metadata:\n    deny: [\"uid:4242\"]\n",
+		return fmt.Sprintf("instance:\n  id: %s\ncredentials:\n  role_arn: arn:aws:iam::%s:role/%s\n  shared_credentials_files: [%s]\n  shared_config_files: []\naccess:\n  credentials:\n    deny: [\"user:www-data\"]\n  metadata:\n    deny: [\"uid:4242\"]\n  bind_tokens_to_uid: true\n",
 			motoInstanceID, motoAccount, motoRole, creds)
 	})
 	waitReady(t, a.url)
@@ -293,8 +293,25 @@ func TestAccessPolicyByUser(t *testing.T) {
 			}
 		})
 	}
+	// With bind_tokens_to_uid, root's token is worthless to nobody.
+	rootToken := rawToken(t, strings.TrimPrefix(a.url, "http://"))
+	for _, tc := range []struct {
+		uid  uint32
+		want string
+	}{{0, "GET 200"}, {65534, "GET 401"}} {
+		cmd := exec.Command(goclient, "imds", "/latest/meta-data/iam/security-credentials/"+motoRole)
+		cmd.Env = append(baseEnv(t), "AWS_EC2_METADATA_SERVICE_ENDPOINT="+a.url, "IMDS_TOKEN="+rootToken)
+		cmd.Dir = "/"
+		if tc.uid != 0 {
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: tc.uid, Gid: tc.uid}}
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != tc.want {
+			t.Errorf("root's token used by uid %d: %s %v, want %s", tc.uid, out, err, tc.want)
+		}
+	}
 	waitFor(t, 5*time.Second, "the audit records", func() bool {
-		return strings.Contains(a.stderr.String(), "uid=33 ")
+		return strings.Contains(a.stderr.String(), "reason=token-wrong-user")
 	})
 	logs := a.stderr.String()
 	for _, want := range []string{

@@ -8,7 +8,7 @@
 // With the argument "imds PATH" it instead fetches one metadata path the
 // IMDSv2 way from AWS_EC2_METADATA_SERVICE_ENDPOINT and prints the status
 // of the token request, then of the GET: the tests run it as other local
-// users to check the access policy.
+// users to check the access policy. With IMDS_TOKEN set it uses that token.
 package main
 
 import (
@@ -47,10 +47,22 @@ func main() {
 	fmt.Printf("%s %s\n", cfg.Region, *out.Arn)
 }
 
-// fetch prints "PUT <status> GET <status>".
+// fetch prints "PUT <status> GET <status>". With IMDS_TOKEN set it uses
+// that token instead of asking for one, and prints only "GET <status>".
 func fetch(ctx context.Context, endpoint, path string) error {
 	base := strings.TrimSuffix(endpoint, "/")
 	c := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	if tok := os.Getenv("IMDS_TOKEN"); tok != "" {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		req.Header.Set("X-aws-ec2-metadata-token", tok)
+		res, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		fmt.Printf("GET %d\n", res.StatusCode)
+		return nil
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, base+"/latest/api/token", nil)
 	req.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
 	res, err := c.Do(req)

@@ -1,0 +1,40 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestCommandLine: check-config, version and usage errors, with their exit
+// codes (scripts and packages depend on them).
+func TestCommandLine(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	bad := filepath.Join(dir, "bad.yaml")
+	_ = os.WriteFile(good, []byte("version: 1\ncredentials:\n  instance_profile: web\n"), 0o644)
+	_ = os.WriteFile(bad, []byte("version: 1\ncredentials:\n  instance_profil: web\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"check-config", "--config", good}, 0, "instance_profile: web"},
+		{[]string{"check-config", "--config", bad}, 1, `bad.yaml:3: unknown key "credentials.instance_profil"; did you mean "instance_profile"?`},
+		{[]string{"check-config", "--config", filepath.Join(dir, "missing.yaml")}, 1, "does not exist"},
+		{[]string{"version"}, 0, "imds-agent "},
+		{[]string{"bogus"}, 2, `unknown command "bogus"`},
+		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{}, 2, "Usage:"},
+		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "is the agent running?"},
+	} {
+		cmd := exec.Command(binary, tc.args...)
+		cmd.Env = baseEnv(t)
+		out, _ := cmd.CombinedOutput()
+		if code := cmd.ProcessState.ExitCode(); code != tc.code || !strings.Contains(string(out), tc.want) {
+			t.Errorf("imds-agent %s: exit %d, output:\n%s\nwant exit %d and %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
+		}
+	}
+}
