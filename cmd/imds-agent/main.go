@@ -316,8 +316,8 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, `imds-agent dev: instance metadata on http://%[1]s (tokens required), AWS emulator (STS, IAM) on %[2]s
 Instance profile %[3]s, role %[4]s, account %[5]s. Ctrl-C stops.
 
-In another shell:
-  export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s NO_PROXY='*'
+In another shell (the empty config files keep your own AWS profiles out of the way):
+  export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null NO_PROXY='*'
   aws sts get-caller-identity --endpoint-url %[2]s
 Status: imds-agent status --socket %[7]s
 `, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region, dev.Config.Admin.Socket)
