@@ -22,12 +22,18 @@ import (
 // Caller is who is asking, as far as the agent could tell.
 type Caller struct {
 	Addr netip.Addr // the client's address
-	// Local: the client socket was found in the agent's network namespace,
-	// so UID, Unit and Cgroup describe it. A container caller is not local.
-	Local  bool
-	UID    uint32
-	Unit   string
-	Cgroup string
+	// Local: the client is a process on this host, in the agent's network
+	// namespace. A container caller is not local.
+	Local bool
+	// Identified: the kernel told the agent which local user owns the
+	// client socket, so UID (and Unit and Cgroup, where known) describe it.
+	// A local caller that could not be identified matches every deny rule
+	// about users, groups, units and cgroups and no allow rule about them:
+	// the policy fails closed.
+	Identified bool
+	UID        uint32
+	Unit       string
+	Cgroup     string
 }
 
 // Class is the part of the metadata tree a rule set governs.
@@ -58,8 +64,10 @@ type matcher struct {
 }
 
 // Compile resolves the configured rules against this host's users and
-// groups. A name that does not exist here is logged and can never match
-// (a fleet-wide policy may name users some hosts lack).
+// groups (from /etc/passwd and /etc/group: users known only to a directory
+// service through NSS must be named by uid: and gid:). An allow rule naming
+// a user or group that does not exist here is logged and matches no one; a
+// deny rule naming one is an error, since the agent could not enforce it.
 func Compile(c config.Access, log *slog.Logger) (*Policy, error) {
 	p := &Policy{groups: newGroupCache()}
 	for i, r := range []config.Rules{c.Metadata, c.Credentials} {
@@ -70,6 +78,11 @@ func Compile(c config.Access, log *slog.Logger) (*Policy, error) {
 		}
 		if rs.deny, err = compile(r.Deny, log); err != nil {
 			return nil, err
+		}
+		for _, m := range rs.deny {
+			if !m.ok {
+				return nil, fmt.Errorf("access rule deny %q: no such %s in /etc/passwd or /etc/group, so it could not be enforced; name it by uid: or gid:, or remove the rule", m.sel.String(), m.sel.Kind)
+			}
 		}
 		p.rules[i] = rs
 	}
@@ -126,7 +139,7 @@ func (p *Policy) Decide(class Class, c Caller) (allowed bool, rule string) {
 	}
 	rs := p.rules[class]
 	for _, m := range rs.deny {
-		if p.matches(m, c) {
+		if p.matches(m, c, true) {
 			return false, "deny " + m.sel.String()
 		}
 	}
@@ -134,14 +147,17 @@ func (p *Policy) Decide(class Class, c Caller) (allowed bool, rule string) {
 		return true, ""
 	}
 	for _, m := range rs.allow {
-		if p.matches(m, c) {
+		if p.matches(m, c, false) {
 			return true, "allow " + m.sel.String()
 		}
 	}
 	return false, "not in the allow list"
 }
 
-func (p *Policy) matches(m matcher, c Caller) bool {
+// matches reports whether m matches c. What the agent does not know about
+// a local caller counts against it: unknown is a match for a deny rule and
+// not for an allow rule.
+func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	if !m.ok {
 		return false
 	}
@@ -153,6 +169,12 @@ func (p *Policy) matches(m matcher, c Caller) bool {
 	}
 	if !c.Local {
 		return false // user, group, unit and cgroup describe local processes only
+	}
+	if !c.Identified {
+		return deny
+	}
+	if (m.sel.Kind == config.SelectUnit || m.sel.Kind == config.SelectCgroup) && c.Cgroup == "" {
+		return deny // the cgroup of a new service may not be known yet
 	}
 	switch m.sel.Kind {
 	case config.SelectUser, config.SelectUID:

@@ -20,12 +20,23 @@ func compileT(t testing.TB, c config.Access) *Policy {
 }
 
 var (
-	root      = Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 0, Cgroup: "/system.slice/sshd.service", Unit: "sshd.service"}
-	wwwData   = Caller{Addr: netip.MustParseAddr("169.254.169.254"), Local: true, UID: 33, Cgroup: "/system.slice/nginx.service", Unit: "nginx.service"}
-	app       = Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 1000, Cgroup: "/system.slice/app.service", Unit: "app.service"}
-	userScope = Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 1001, Cgroup: "/user.slice/user-1001.slice/user@1001.service/app.slice/app.service", Unit: "app.service"}
+	root      = Caller{Identified: true, Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 0, Cgroup: "/system.slice/sshd.service", Unit: "sshd.service"}
+	wwwData   = Caller{Identified: true, Addr: netip.MustParseAddr("169.254.169.254"), Local: true, UID: 33, Cgroup: "/system.slice/nginx.service", Unit: "nginx.service"}
+	app       = Caller{Identified: true, Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 1000, Cgroup: "/system.slice/app.service", Unit: "app.service"}
+	userScope = Caller{Identified: true, Addr: netip.MustParseAddr("127.0.0.1"), Local: true, UID: 1001, Cgroup: "/user.slice/user-1001.slice/user@1001.service/app.slice/app.service", Unit: "app.service"}
 	container = Caller{Addr: netip.MustParseAddr("172.17.0.2"), Local: false}
+	// unidentified: the kernel did not say who owns the socket.
+	unidentified = Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true}
+	// newService: identified, but its cgroup is not known yet.
+	newService = Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 1000}
 )
+
+func TestUnknownUserInDenyRule(t *testing.T) {
+	_, err := Compile(config.Access{Credentials: config.Rules{Deny: []string{"user:no-such-user-here"}}}, slog.New(slog.DiscardHandler))
+	if err == nil || !strings.Contains(err.Error(), "could not be enforced") {
+		t.Errorf("err = %v", err)
+	}
+}
 
 func TestDecide(t *testing.T) {
 	for _, tc := range []struct {
@@ -52,7 +63,13 @@ func TestDecide(t *testing.T) {
 		{"cidr allows container", config.Access{Credentials: config.Rules{Allow: []string{"cidr:172.17.0.0/16"}}}, Credentials, container, true, "allow cidr:172.17.0.0/16"},
 		{"user rule never matches a container", config.Access{Credentials: config.Rules{Deny: []string{"uid:0"}}}, Credentials, Caller{Addr: container.Addr, UID: 0}, true, ""},
 		{"deny wins over allow", config.Access{Credentials: config.Rules{Allow: []string{"all"}, Deny: []string{"uid:33"}}}, Credentials, wwwData, false, "deny uid:33"},
-		{"unknown user matches no one", config.Access{Credentials: config.Rules{Deny: []string{"user:no-such-user-here"}}}, Credentials, wwwData, true, ""},
+		{"unknown user in an allow rule matches no one", config.Access{Credentials: config.Rules{Allow: []string{"user:no-such-user-here"}}}, Credentials, wwwData, false, "not in the allow list"},
+		{"unidentified local caller: deny by user fails closed", config.Access{Credentials: config.Rules{Deny: []string{"uid:33"}}}, Credentials, unidentified, false, "deny uid:33"},
+		{"unidentified local caller: allow by user does not match", config.Access{Credentials: config.Rules{Allow: []string{"uid:0"}}}, Credentials, unidentified, false, "not in the allow list"},
+		{"unidentified local caller: cidr still applies", config.Access{Credentials: config.Rules{Allow: []string{"cidr:127.0.0.0/8"}}}, Credentials, unidentified, true, "allow cidr:127.0.0.0/8"},
+		{"unknown cgroup: deny by unit fails closed", config.Access{Credentials: config.Rules{Deny: []string{"unit:nginx.service"}}}, Credentials, newService, false, "deny unit:nginx.service"},
+		{"unknown cgroup: allow by unit does not match", config.Access{Credentials: config.Rules{Allow: []string{"unit:app.service"}}}, Credentials, newService, false, "not in the allow list"},
+		{"unknown cgroup: deny by user still decides", config.Access{Credentials: config.Rules{Deny: []string{"uid:33"}}}, Credentials, newService, true, ""},
 		{"metadata rules", config.Access{Metadata: config.Rules{Deny: []string{"cidr:172.16.0.0/12"}}}, Metadata, container, false, "deny cidr:172.16.0.0/12"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,11 +131,11 @@ func FuzzDecide(f *testing.F) {
 	f.Add("gid:0", "user:root", uint32(0), true, "127.0.0.1", "/", "")
 	f.Fuzz(func(t *testing.T, deny, allow string, uid uint32, local bool, addr, cgroup, unit string) {
 		a, _ := netip.ParseAddr(addr)
-		c := Caller{Addr: a, Local: local, UID: uid, Cgroup: cgroup, Unit: unit}
+		c := Caller{Addr: a, Local: local, Identified: local && uid%2 == 0, UID: uid, Cgroup: cgroup, Unit: unit}
 		rules := config.Access{Credentials: config.Rules{Deny: []string{deny}, Allow: []string{allow}}}
 		p, err := Compile(rules, slog.New(slog.DiscardHandler))
 		if err != nil {
-			if config.CheckSelector(deny) == nil && config.CheckSelector(allow) == nil {
+			if config.CheckSelector(deny) == nil && config.CheckSelector(allow) == nil && !strings.Contains(err.Error(), "could not be enforced") {
 				t.Fatalf("valid selectors failed to compile: %v", err)
 			}
 			return

@@ -40,11 +40,11 @@ func NewTokenLimiter(perSecond float64) *TokenLimiter {
 	return &TokenLimiter{perSecond: rate.Limit(perSecond), burst: max(1, int(perSecond)), callers: map[limitKey]*limitEntry{}}
 }
 
-// Allow reports whether c may have another token now. Local callers are
-// limited per user, others per address.
+// Allow reports whether c may have another token now. Identified local
+// callers are limited per user, others per address.
 func (l *TokenLimiter) Allow(c Caller, now time.Time) bool {
-	k := limitKey{local: c.Local}
-	if c.Local {
+	k := limitKey{local: c.Local && c.Identified}
+	if k.local {
 		k.uid = c.UID
 	} else {
 		k.addr = c.Addr.Unmap()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
+	"github.com/imds-agent/imds-agent/internal/imds"
 )
 
 // jumpClock is the system clock whose monotonic reading can be pushed
@@ -109,5 +110,19 @@ func TestProbeIsNotCounted(t *testing.T) {
 	a.metrics.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	if !strings.Contains(rec.Body.String(), `imds_agent_requests_total{route="versions",status="401"} 1`) {
 		t.Errorf("a client's request was not counted:\n%s", rec.Body.String())
+	}
+}
+
+// TestWatchdogHealthWhenRefusing: an agent whose answers are refusals
+// (http_endpoint: disabled) is still healthy: it answers.
+func TestWatchdogHealthWhenRefusing(t *testing.T) {
+	a, _, _ := startAgent(t)
+	m := a.handler.Metadata()
+	in := m.Instance()
+	opts := m.Options()
+	opts.Enabled = false
+	a.handler.SetMetadata(imds.NewMetadata(in, opts))
+	if err := a.healthy(context.Background()); err != nil {
+		t.Errorf("an agent refusing everything, as configured, reported unhealthy: %v", err)
 	}
 }

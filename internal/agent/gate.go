@@ -97,16 +97,18 @@ func (g *gate) identify(ci *connInfo) {
 	if g.resolver != nil && ci.remote.IsValid() {
 		info, err := g.resolver.Lookup(ci.local, ci.remote)
 		if err == nil {
-			ci.caller.Local, ci.caller.UID, ci.caller.Unit, ci.caller.Cgroup = info.Local, info.UID, info.Unit, info.Cgroup
+			ci.caller.Local, ci.caller.Identified = info.Local, info.Local
+			ci.caller.UID, ci.caller.Unit, ci.caller.Cgroup = info.UID, info.Unit, info.Cgroup
 			ci.uidKnown = info.Local
 			return
 		}
 		if g.warned.CompareAndSwap(false, true) {
-			g.log.Warn("cannot identify callers; treating them as local with unknown user", "error", err)
+			g.log.Warn("cannot identify a caller; it counts as local with an unknown user, and access rules about users fail closed", "error", err)
 		}
 	}
-	// Without an answer, count the caller as local: refusing tokens to
-	// everyone would be worse than not enforcing the hop limit.
+	// Without an answer, count the caller as local (refusing tokens to
+	// everyone would be worse than not enforcing the hop limit), but not as
+	// any particular user: the access policy then fails closed.
 	ci.caller.Local = true
 }
 
