@@ -214,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		})
 	}
 	if addr := a.cfg.Metrics.Listen; addr != "" {
-		ln, err := metrics.Listen(addr, a.log)
+		ln, err := metrics.Listen(addr)
 		if err != nil {
 			a.log.Warn("metrics are off", "error", err)
 		} else {

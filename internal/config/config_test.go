@@ -61,6 +61,9 @@ func TestParseErrors(t *testing.T) {
 		{"bad level", "version: 1\nlog:\n  level: loud\n", `log.level: "loud" is not a level`},
 		{"relative socket", "version: 1\nadmin:\n  socket: admin.sock\n", `admin.socket: "admin.sock" must be an absolute path`},
 		{"bad metrics", "version: 1\nmetrics:\n  listen: 9469\n", `metrics.listen`},
+		{"metrics off loopback", "version: 1\nmetrics:\n  listen: 10.0.0.1:9469\n", `metrics.listen: "10.0.0.1:9469" is not a loopback address`},
+		{"wildcard address", "version: 1\nlisten:\n  addresses: [\"0.0.0.0:80\"]\n", `listen.addresses[0]: "0.0.0.0:80" would serve the role's credentials to the whole network`},
+		{"wildcard ipv6", "version: 1\nlisten:\n  addresses: [\"[::]:80\"]\n", `would serve the role's credentials to the whole network`},
 		{"several problems", "version: 1\nlog:\n  level: loud\n  format: xml\n", "c.yaml:3: log.level: \"loud\" is not a level; use debug, info, warn or error\nc.yaml:4: log.format: \"xml\" is not a format"},
 	}
 	for _, tc := range tests {

@@ -84,8 +84,12 @@ func (c *Config) validate(lines lineIndex) Problems {
 		p.add("log.format", "%q is not a format; use text or json", c.Log.Format)
 	}
 	if c.Metrics.Listen != "" {
-		if _, err := parseListenAddress(c.Metrics.Listen); err != nil {
+		ap, err := parseListenAddress(c.Metrics.Listen)
+		switch {
+		case err != nil:
 			p.add("metrics.listen", "%v", err)
+		case !ap.Addr().IsLoopback():
+			p.add("metrics.listen", "%q is not a loopback address; metrics say which roles this host holds, so they are served on loopback only (scrape through a local proxy or agent)", c.Metrics.Listen)
 		}
 	}
 	return p
@@ -213,6 +217,10 @@ func (c *Config) validateListen(p *Problems) {
 		ap, err := parseListenAddress(a)
 		if err != nil {
 			p.add(path, "%v", err)
+			continue
+		}
+		if ap.Addr().IsUnspecified() {
+			p.add(path, "%q would serve the role's credentials to the whole network; name the address to serve, such as %q", a, IPv4Address)
 			continue
 		}
 		if seen[ap] {

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -167,15 +166,12 @@ func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 }
 
-// Listen binds the metrics address. A non-loopback address is allowed,
-// with a warning: the metrics say which roles this host holds.
-func Listen(addr string, log *slog.Logger) (net.Listener, error) {
+// Listen binds the metrics address (a loopback one: the configuration
+// refuses others, since the metrics say which roles this host holds).
+func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
-	}
-	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil && !ap.Addr().Unmap().IsLoopback() {
-		log.Warn("metrics are served on a non-loopback address", "address", ln.Addr().String())
 	}
 	return ln, nil
 }

@@ -133,7 +133,8 @@ type Manager struct {
 
 	force   chan chan error
 	reload  chan struct{}
-	mu      sync.Mutex // guards pending
+	stopped chan struct{} // closed when Run returns
+	mu      sync.Mutex    // guards pending
 	pending *Settings
 
 	// Loop state, owned by the goroutine in Run.
@@ -142,6 +143,7 @@ type Manager struct {
 	role           snapshot.Role
 	attached       bool
 	resolved       bool
+	retarget       bool // a reload changed the target: resolve it now
 	creds          *snapshot.Credentials
 	credsRole      string    // ARN of the role creds belong to
 	credsAt        time.Time // wall time they were obtained
@@ -175,11 +177,12 @@ func New(s Settings, o Options) *Manager {
 		o.CallTimeout = defaultCallTimeout
 	}
 	m := &Manager{
-		opts:   o,
-		log:    o.Logger,
-		ready:  make(chan struct{}),
-		force:  make(chan chan error),
-		reload: make(chan struct{}, 1),
+		opts:    o,
+		log:     o.Logger,
+		ready:   make(chan struct{}),
+		force:   make(chan chan error),
+		reload:  make(chan struct{}, 1),
+		stopped: make(chan struct{}),
 	}
 	m.apply(s)
 	if s.Target.RoleARN != "" {
@@ -224,16 +227,23 @@ func (m *Manager) Refresh(ctx context.Context) error {
 	reply := make(chan error, 1)
 	select {
 	case m.force <- reply:
+	case <-m.stopped:
+		return ErrStopped
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
 	case err := <-reply:
 		return err
+	case <-m.stopped:
+		return ErrStopped
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
+
+// ErrStopped is returned by Refresh once the manager has stopped.
+var ErrStopped = errors.New("the credential manager is stopping")
 
 // LastActive returns the monotonic time (Clock.Monotonic) at which the loop
 // last ran; a watchdog uses it to tell a sleeping loop from a wedged one.
@@ -247,6 +257,7 @@ func (m *Manager) MaxInactive() time.Duration {
 
 // Run drives the lifecycle until ctx is done.
 func (m *Manager) Run(ctx context.Context) error {
+	defer close(m.stopped)
 	for {
 		m.active.Store(int64(m.opts.Clock.Monotonic()))
 		wait := m.step(ctx)
@@ -276,8 +287,9 @@ func (m *Manager) Run(ctx context.Context) error {
 // step does whatever work is due and returns how long to sleep.
 func (m *Manager) step(ctx context.Context) time.Duration {
 	mono := m.opts.Clock.Monotonic()
-	if m.s.Target.NeedsIAM() || !m.resolved {
-		if !m.resolved || mono >= m.profileDue {
+	if m.retarget || m.s.Target.NeedsIAM() || !m.resolved {
+		if m.retarget || !m.resolved || mono >= m.profileDue {
+			m.retarget = false
 			m.resolve(ctx)
 			mono = m.opts.Clock.Monotonic()
 		}
@@ -319,6 +331,9 @@ func (m *Manager) sleepFor() time.Duration {
 func (m *Manager) resolve(ctx context.Context) {
 	mono := m.opts.Clock.Monotonic()
 	role, attached, err := m.lookup(ctx)
+	if err != nil && ctx.Err() != nil {
+		return // stopping: not a failure
+	}
 	if err != nil {
 		m.profileFails++
 		class := Classify(err)
@@ -408,6 +423,9 @@ func (m *Manager) refresh(ctx context.Context) {
 	if err == nil {
 		m.succeeded(creds, now, mono)
 		return
+	}
+	if ctx.Err() != nil {
+		return // stopping: not a failure
 	}
 	class := Classify(err)
 	if class == DurationTooLong && m.duration > fallbackDuration {
@@ -578,11 +596,14 @@ func (m *Manager) applyReload(s Settings) {
 	m.profileDue = m.opts.Clock.Monotonic()
 	if s.Target != old.Target {
 		m.log.Info("reload: the attached role changed", "from", old.Target.String(), "to", s.Target.String())
-		m.resolved = false
 		if s.Target.None() {
 			m.resolved, m.attached, m.creds, m.credsRole = true, false, nil, ""
 			m.publish(snapshot.None())
+			return
 		}
+		// Resolve the new target at once; until that succeeds, what is
+		// served now stays (a failed look-up must not drop credentials).
+		m.retarget = true
 		return
 	}
 	if m.creds != nil && (s.Window != old.Window || s.Duration != old.Duration) {

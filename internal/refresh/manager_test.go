@@ -95,6 +95,22 @@ func TestRefreshCancelled(t *testing.T) {
 	}
 }
 
+// TestRefreshAfterStop: a refresh asked of a stopped manager says so at
+// once instead of waiting for its deadline.
+func TestRefreshAfterStop(t *testing.T) {
+	s := newSim(t, simOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.m.Run(ctx) }()
+	cancel()
+	<-done
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	if err := s.m.Refresh(rctx); !errors.Is(err, ErrStopped) {
+		t.Errorf("Refresh after stop: %v, want ErrStopped", err)
+	}
+}
+
 func TestClassify(t *testing.T) {
 	if Classify(context.DeadlineExceeded) != Transient {
 		t.Error("deadline not transient")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"log/slog"
 	"math/rand/v2"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/imds-agent/imds-agent/internal/awsemu"
+	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/profile"
 	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
@@ -345,31 +347,78 @@ func TestTransientFaults(t *testing.T) {
 	}
 }
 
-// TestStallDoesNotBlockReaders: while AssumeRole hangs, the snapshot is
-// still served at once.
+// TestStallDoesNotBlockReaders: while AssumeRole hangs, the metadata
+// handler (reading this manager's snapshot) answers credential requests at
+// once.
 func TestStallDoesNotBlockReaders(t *testing.T) {
 	s := newSim(t, simOptions{duration: time.Hour})
 	s.run(time.Minute, nil)
-	before := s.m.Snapshot()
-	release := make(chan struct{})
+	tokens, err := imds.NewTokens(s.clock.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := imds.NewHandler(imds.NewMetadata(imds.Instance{ID: "i-0123456789abcdef0"}, imds.Options{Enabled: true, HopLimit: 1}),
+		s.m, tokens, s.clock.Now, nil)
+	hung := make(chan struct{})
 	s.emu.Inject(func(string) *awsemu.Fault {
-		close(release)
+		close(hung)
 		return &awsemu.Fault{Hang: true}
 	})
 	s.m.refreshDue = s.clock.Monotonic()
 	done := make(chan struct{})
 	go func() { s.m.step(context.Background()); close(done) }()
-	<-release
-	start := time.Now()
-	for i := 0; i < 1000; i++ {
-		if s.m.Snapshot() != before {
-			t.Fatal("snapshot changed during the stall")
+	<-hung
+	var worst time.Duration
+	for i := 0; i < 200; i++ {
+		start := time.Now()
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "http://169.254.169.254/latest/meta-data/iam/security-credentials/app", nil))
+		worst = max(worst, time.Since(start))
+		if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"Code":"Success"`) {
+			t.Fatalf("during the stall: %d %s", rec.Code, rec.Body.String())
 		}
 	}
-	if took := time.Since(start); took > 100*time.Millisecond {
-		t.Errorf("1000 reads took %v during a stall", took)
+	select {
+	case <-done:
+		t.Fatal("the AssumeRole call returned before the requests were made: nothing was stalled")
+	default:
+	}
+	if worst > 100*time.Millisecond {
+		t.Errorf("a credentials request took %v while STS hung", worst)
 	}
 	<-done
+}
+
+// TestReloadKeepsCredentialsWhileIAMFails: a reload that names the same
+// instance profile differently (its ARN instead of its name) while IAM is
+// failing keeps serving the credentials it has.
+func TestReloadKeepsCredentialsWhileIAMFails(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour})
+	s.run(time.Minute, nil)
+	before := s.m.Snapshot()
+	if before.State != snapshot.Ready {
+		t.Fatalf("state %v", before.State)
+	}
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action == "GetInstanceProfile" {
+			return &awsemu.Fault{Status: 503, Code: "ServiceUnavailable", Message: "down"}
+		}
+		return nil
+	})
+	s.m.applyReload(s.settings(simOptions{target: profile.Target{InstanceProfile: "arn:aws:iam::123456789012:instance-profile/web"}, duration: time.Hour, recheck: 5 * time.Minute}))
+	s.run(10*time.Minute, func(phase string) {
+		if snap := s.m.Snapshot(); snap.State != snapshot.Ready || len(snap.Credentials.Bytes) == 0 {
+			t.Fatalf("%s: the reload dropped the credentials (state %v)", phase, snap.State)
+		}
+	})
+	if s.m.Status().ConsecutiveFailures == 0 {
+		t.Error("IAM failures not counted")
+	}
+	s.emu.Inject(nil)
+	s.run(6*time.Minute, nil)
+	if st := s.m.Status(); st.ConsecutiveFailures != 0 || st.Target != "instance profile arn:aws:iam::123456789012:instance-profile/web" {
+		t.Errorf("after IAM recovered: %+v", st)
+	}
 }
 
 // TestTerminalFailure: the role stops trusting the host for two hours. The
