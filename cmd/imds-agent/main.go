@@ -295,12 +295,12 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	}
 	defer dev.Emulator.Close()
 	a, err := agent.New(agent.Options{
-		Config:        dev.Config,
-		Logger:        log,
-		LogLevel:      level,
-		Host:          hostinfo.System(),
-		SourceOptions: dev.SourceOptions,
-		Version:       version,
+		Config:   dev.Config,
+		Logger:   log,
+		LogLevel: level,
+		Host:     hostinfo.System(),
+		Connect:  dev.Connect,
+		Version:  version,
 	})
 	if err != nil {
 		return err
@@ -316,7 +316,8 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, `imds-agent dev: instance metadata on http://%[1]s (tokens required), AWS emulator (STS, IAM) on %[2]s
 Instance profile %[3]s, role %[4]s, account %[5]s. Ctrl-C stops.
 
-In another shell (the empty config files keep your own AWS profiles out of the way):
+In another shell (the unset and the empty config files keep your own AWS settings out of the way):
+  unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
   export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null NO_PROXY='*'
   aws sts get-caller-identity --endpoint-url %[2]s
 Status: imds-agent status --socket %[7]s

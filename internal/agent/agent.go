@@ -17,9 +17,9 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/imds-agent/imds-agent/internal/admin"
@@ -50,10 +50,10 @@ type Options struct {
 	// journald collects them with the log).
 	AuditOutput io.Writer
 	Host        hostinfo.Host
-	// SourceOptions are added to the SDK options the source credentials are
-	// loaded with (dev mode points them at its emulator).
-	SourceOptions []func(*awsconfig.LoadOptions) error
-	Clock         refresh.Clock
+	// Connect, if set, replaces loading the source credentials from the
+	// SDK's shared configuration (dev mode connects to its emulator).
+	Connect func(ctx context.Context) (refresh.Clients, error)
+	Clock   refresh.Clock
 	// CallTimeout bounds each STS and IAM call (0: the manager's default).
 	CallTimeout time.Duration
 	Version     string
@@ -78,8 +78,13 @@ type Agent struct {
 	statusChanged chan refresh.Status
 	probeClient   *http.Client
 
+	// boot is the configuration the agent started with: listen, link,
+	// admin, metrics and audit settings keep its values until a restart.
+	boot      *config.Config
+	readySent atomic.Bool
+
 	mu          sync.Mutex
-	cfg         *config.Config
+	cfg         *config.Config // the newest valid configuration
 	listeners   []net.Listener
 	metricsAddr string
 	listening   chan struct{}
@@ -99,6 +104,7 @@ func New(o Options) (*Agent, error) {
 	a := &Agent{
 		o:             o,
 		log:           o.Logger,
+		boot:          o.Config,
 		cfg:           o.Config,
 		listening:     make(chan struct{}),
 		statusChanged: make(chan refresh.Status, 1),
@@ -210,10 +216,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			<-ctx.Done()
 			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 			defer cancel()
-			return srv.Shutdown(sctx)
+			if err := srv.Shutdown(sctx); err != nil {
+				a.log.Warn("admin socket: a request did not finish before shutdown", "error", err)
+			}
+			return nil
 		})
 	}
-	if addr := a.cfg.Metrics.Listen; addr != "" {
+	if addr := a.boot.Metrics.Listen; addr != "" {
 		ln, err := metrics.Listen(addr)
 		if err != nil {
 			a.log.Warn("metrics are off", "error", err)
@@ -268,7 +277,7 @@ func selfTest(r *caller.Resolver) error {
 }
 
 func (a *Agent) listen() error {
-	addrs, err := a.prepareLink(a.cfg)
+	addrs, err := a.prepareLink(a.boot)
 	if err != nil {
 		return err
 	}
@@ -289,6 +298,10 @@ func (a *Agent) listen() error {
 	a.mu.Lock()
 	a.listeners = lns
 	a.mu.Unlock()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	// Under the lock: a reload may not build the rules from the listeners
+	// while they are being stored.
 	rules, err := compileRules(a.cfg, bound, a.log)
 	if err != nil {
 		return err
@@ -300,12 +313,12 @@ func (a *Agent) listen() error {
 
 // startAdmin opens the admin socket; trouble is a warning, never fatal.
 func (a *Agent) startAdmin() *admin.Server {
-	srv, err := admin.Listen(a.cfg.Admin.Socket, a, a.log.With("component", "admin"))
+	srv, err := admin.Listen(a.boot.Admin.Socket, a, a.log.With("component", "admin"))
 	if err != nil {
 		a.log.Warn("the admin socket is unavailable; status and refresh will not reach this agent", "error", err)
 		return nil
 	}
-	a.log.Info("admin socket open", "path", a.cfg.Admin.Socket)
+	a.log.Info("admin socket open", "path", a.boot.Admin.Socket)
 	return srv
 }
 
@@ -313,7 +326,7 @@ func (a *Agent) startAdmin() *admin.Server {
 func (a *Agent) Status() admin.Status {
 	st := a.manager.Status()
 	a.mu.Lock()
-	cfg, metricsAddr := a.cfg, a.metricsAddr
+	metricsAddr := a.metricsAddr
 	a.mu.Unlock()
 	in := a.handler.Metadata().Instance()
 	opts := a.handler.Metadata().Options()
@@ -338,7 +351,7 @@ func (a *Agent) Status() admin.Status {
 		ConsecutiveFailures: st.ConsecutiveFailures,
 		Refreshes:           st.Refreshes,
 		Failures:            st.Failures,
-		Link:                cfg.Listen.Link,
+		Link:                a.boot.Listen.Link,
 		Clients:             a.server.Connections(),
 		ClientsShed:         a.server.Shed(),
 		TokensRequired:      opts.TokensRequired,
@@ -361,10 +374,22 @@ func (a *Agent) Refresh(ctx context.Context) error { return a.manager.Refresh(ct
 // the running configuration stays.
 func (a *Agent) Reload() error {
 	if a.o.ConfigPath == "" {
-		return errors.New("this agent was not started from a configuration file")
+		err := errors.New("this agent was not started from a configuration file")
+		a.log.Error("reload refused", "error", err)
+		return err
+	}
+	select {
+	case <-a.listening:
+	default:
+		a.log.Warn("reload ignored: the agent is still starting")
+		return errors.New("still starting")
 	}
 	a.reloading()
-	defer func() { a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now())) }()
+	defer func() {
+		if a.readySent.Load() {
+			a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+		}
+	}()
 	cfg, err := config.Load(a.o.ConfigPath)
 	if err == nil {
 		err = a.apply(cfg)
@@ -382,21 +407,22 @@ func (a *Agent) apply(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
 	var bound []netip.AddrPort
-	for _, ad := range a.Addrs() {
-		bound = append(bound, ad.(*net.TCPAddr).AddrPort())
+	for _, ln := range a.listeners {
+		bound = append(bound, ln.Addr().(*net.TCPAddr).AddrPort())
 	}
 	rules, err := compileRules(cfg, bound, a.log)
 	if err != nil {
+		a.mu.Unlock()
 		return err
 	}
-	a.mu.Lock()
-	old := a.cfg
 	a.cfg = cfg
 	a.mu.Unlock()
-	if !slices.Equal(old.Listen.Addresses, cfg.Listen.Addresses) || old.Listen.Link != cfg.Listen.Link ||
-		old.Admin.Socket != cfg.Admin.Socket || old.Metrics.Listen != cfg.Metrics.Listen || old.Log.Audit != cfg.Log.Audit {
-		a.log.Warn("listen, link, admin, metrics and audit settings change only on restart")
+	boot := a.boot
+	if !slices.Equal(boot.Listen.Addresses, cfg.Listen.Addresses) || boot.Listen.Link != cfg.Listen.Link ||
+		boot.Admin.Socket != cfg.Admin.Socket || boot.Metrics.Listen != cfg.Metrics.Listen || boot.Log.Audit != cfg.Log.Audit {
+		a.log.Warn("listen, link, admin, metrics and audit settings change only on restart; the running ones stay")
 	}
 	a.gate.rules.Store(rules)
 	a.handler.SetMetadata(meta)
@@ -422,15 +448,18 @@ func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {
 
 func (a *Agent) settings(cfg *config.Config, instanceID string) refresh.Settings {
 	c := cfg.Credentials
-	return refresh.Settings{
-		Target: profile.Target{InstanceProfile: c.InstanceProfile, RoleARN: c.RoleARN},
-		Connect: source.Connector(source.Settings{
+	connect := a.o.Connect
+	if connect == nil {
+		connect = source.Connector(source.Settings{
 			Region:                 cfg.Instance.Region,
 			Profile:                c.SourceProfile,
 			SharedConfigFiles:      c.SharedConfigFiles,
 			SharedCredentialsFiles: c.SharedCredentialsFiles,
-			Extra:                  a.o.SourceOptions,
-		}),
+		})
+	}
+	return refresh.Settings{
+		Target:         profile.Target{InstanceProfile: c.InstanceProfile, RoleARN: c.RoleARN},
+		Connect:        connect,
 		SessionName:    instanceID,
 		ExternalID:     c.ExternalID,
 		Duration:       c.SessionDuration.D(),

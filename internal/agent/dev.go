@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -8,11 +9,13 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/iam"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/imds-agent/imds-agent/internal/awsemu"
 	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/refresh"
 )
 
 // The demo account `imds-agent dev` serves.
@@ -27,9 +30,12 @@ const (
 // with a host user, a role trusting it and an instance profile holding the
 // role, and the configuration that attaches the profile to this "instance".
 type Dev struct {
-	Emulator      *awsemu.Server
-	Config        *config.Config
-	SourceOptions []func(*awsconfig.LoadOptions) error
+	Emulator *awsemu.Server
+	Config   *config.Config
+	// Connect builds the SDK's STS and IAM clients for the emulator, with
+	// the host user's keys. Nothing from the developer's environment
+	// (AWS_PROFILE, ~/.aws) is read.
+	Connect func(ctx context.Context) (refresh.Clients, error)
 }
 
 // StartDev starts the emulator on an ephemeral loopback port and returns
@@ -51,14 +57,18 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	cfg.Credentials.InstanceProfile = awsemu.InstanceProfile{Account: DevAccount, Name: DevProfile}.ARN()
 	cfg.Credentials.SharedConfigFiles = []string{}
 	cfg.Credentials.SharedCredentialsFiles = []string{}
-	cfg.Admin.Socket = filepath.Join(os.TempDir(), "imds-agent-dev-"+strconv.Itoa(os.Getuid())+".sock")
+	cfg.Admin.Socket = filepath.Join(os.TempDir(), "imds-agent-dev-"+strconv.Itoa(os.Getpid())+".sock")
+	sdk := aws.Config{
+		Region:           cfg.Instance.Region,
+		BaseEndpoint:     aws.String(srv.URL),
+		Credentials:      aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(user.AccessKeyID, user.SecretAccessKey, "")),
+		RetryMaxAttempts: 1,
+	}
 	return &Dev{
 		Emulator: srv,
 		Config:   cfg,
-		SourceOptions: []func(*awsconfig.LoadOptions) error{
-			awsconfig.WithBaseEndpoint(srv.URL),
-			awsconfig.WithCredentialsProvider(aws.NewCredentialsCache(
-				credentials.NewStaticCredentialsProvider(user.AccessKeyID, user.SecretAccessKey, ""))),
+		Connect: func(context.Context) (refresh.Clients, error) {
+			return refresh.Clients{STS: sts.NewFromConfig(sdk), IAM: iam.NewFromConfig(sdk)}, nil
 		},
 	}, nil
 }

@@ -71,6 +71,7 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 		return nil
 	}
 	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	a.readySent.Store(true)
 	var tick <-chan time.Time
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
 		t := time.NewTicker(interval / 2)

@@ -1,7 +1,9 @@
 package imds
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -314,13 +316,37 @@ func TestPaths(t *testing.T) {
 	}
 }
 
+// TestHead: HEAD answers with the GET's status and length, and no body,
+// through a real server.
 func TestHead(t *testing.T) {
 	f := newFixture(t, optional, testInstance)
-	res, body := f.do("HEAD", "/latest/meta-data/instance-id", nil)
-	if res.StatusCode != 200 || res.Header.Get("Content-Length") != "19" {
-		t.Errorf("HEAD: %d, Content-Length %q", res.StatusCode, res.Header.Get("Content-Length"))
+	srv := httptest.NewServer(f.h)
+	defer srv.Close()
+	c, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
 	}
-	_ = body // the recorder keeps what was written; net/http drops it for HEAD
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "HEAD /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\nGET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n")
+	br := bufio.NewReader(c)
+	head, err := http.ReadResponse(br, &http.Request{Method: http.MethodHead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if head.StatusCode != 200 || head.Header.Get("Content-Length") != "19" {
+		t.Errorf("HEAD: %d, Content-Length %q", head.StatusCode, head.Header.Get("Content-Length"))
+	}
+	// The next response must start right after the HEAD's headers: a body
+	// sent for the HEAD would be read as garbage here.
+	get, err := http.ReadResponse(br, &http.Request{Method: http.MethodGet})
+	if err != nil {
+		t.Fatalf("the answer after HEAD is unreadable (a body was sent for HEAD?): %v", err)
+	}
+	body, _ := io.ReadAll(get.Body)
+	if string(body) != testInstance.ID {
+		t.Errorf("GET after HEAD: %q", body)
+	}
 }
 
 func TestUserData(t *testing.T) {

@@ -16,6 +16,9 @@ import (
 // read by users other than root and the agent.
 var ErrExposedSecret = errors.New("a file holding a secret key is readable by other users")
 
+// ServiceGroup is the group the packages create for the agent.
+const ServiceGroup = "imds-agent"
+
 // secretMarkers identify a shared config or credentials file that holds a
 // secret, not just settings.
 var secretMarkers = [][]byte{[]byte("aws_secret_access_key"), []byte("aws_session_token")}
@@ -26,6 +29,15 @@ var secretMarkers = [][]byte{[]byte("aws_secret_access_key"), []byte("aws_sessio
 // secrets and is not checked.
 func CheckFiles(paths []string) error {
 	uid, groups := os.Getuid(), ownGroups()
+	fixGroup := groupName(uint32(os.Getgid()))
+	// The packages make the files readable by the service's group; that
+	// is fine whoever runs the agent.
+	if g, err := user.LookupGroup(ServiceGroup); err == nil {
+		if gid, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
+			groups = append(groups, uint32(gid))
+			fixGroup = ServiceGroup
+		}
+	}
 	for _, p := range paths {
 		fi, err := os.Stat(p)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -61,7 +73,7 @@ func CheckFiles(paths []string) error {
 		}
 		if who != "" {
 			return fmt.Errorf("%s holds a secret key and is readable by %s (mode %04o): %w; make it readable by root and the agent only: chown root:%s %s && chmod 0640 %s",
-				p, who, mode, ErrExposedSecret, groupName(uint32(os.Getgid())), p, p)
+				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
 	}
 	return nil

@@ -13,11 +13,13 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	"github.com/aws/aws-sdk-go-v2/credentials/endpointcreds"
+	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
 	"github.com/aws/aws-sdk-go-v2/feature/ec2/imds"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -31,8 +33,6 @@ type Settings struct {
 	Profile                string // "" = the SDK's default chain
 	SharedConfigFiles      []string
 	SharedCredentialsFiles []string
-	// Extra load options (tests and dev mode set endpoints and keys).
-	Extra []func(*awsconfig.LoadOptions) error
 }
 
 // ErrExcludedSource is returned when the only credentials the SDK finds
@@ -46,20 +46,7 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 	if err := CheckFiles(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...)); err != nil {
 		return aws.Config{}, fmt.Errorf("%w: %w", refresh.ErrNoSourceCredentials, err)
 	}
-	opts := []func(*awsconfig.LoadOptions) error{
-		awsconfig.WithRegion(s.Region),
-		awsconfig.WithSharedConfigFiles(s.SharedConfigFiles),
-		awsconfig.WithSharedCredentialsFiles(s.SharedCredentialsFiles),
-		awsconfig.WithRetryMaxAttempts(1),
-		awsconfig.WithEC2IMDSClientEnableState(imds.ClientDisabled),
-		awsconfig.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = refuseIMDS{} }),
-		awsconfig.WithEndpointCredentialOptions(func(o *endpointcreds.Options) { o.HTTPClient = refuseHTTP{} }),
-	}
-	if s.Profile != "" {
-		opts = append(opts, awsconfig.WithSharedConfigProfile(s.Profile))
-	}
-	opts = append(opts, s.Extra...)
-	cfg, err := awsconfig.LoadDefaultConfig(ctx, opts...)
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOptions(s)...)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("loading source credentials: %w: %w", refresh.ErrNoSourceCredentials, err)
 	}
@@ -73,7 +60,53 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 				s.SharedCredentialsFiles, s.SharedConfigFiles, refresh.ErrNoSourceCredentials, ErrExcludedSource)
 		}
 	}
+	cfg.Credentials = sanitizing{cfg.Credentials}
 	return cfg, nil
+}
+
+// loadOptions are the SDK load options for s: its files and profile, no
+// SDK retries, and the IMDS and container credential providers replaced by
+// refusals.
+func loadOptions(s Settings) []func(*awsconfig.LoadOptions) error {
+	opts := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithRegion(s.Region),
+		awsconfig.WithSharedConfigFiles(s.SharedConfigFiles),
+		awsconfig.WithSharedCredentialsFiles(s.SharedCredentialsFiles),
+		awsconfig.WithRetryMaxAttempts(1),
+		awsconfig.WithEC2IMDSClientEnableState(imds.ClientDisabled),
+		awsconfig.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = refuseIMDS{} }),
+		awsconfig.WithEndpointCredentialOptions(func(o *endpointcreds.Options) { o.HTTPClient = refuseHTTP{} }),
+	}
+	if s.Profile != "" {
+		opts = append(opts, awsconfig.WithSharedConfigProfile(s.Profile))
+	}
+	return opts
+}
+
+// sanitizing keeps a credential provider's errors free of secrets. The
+// SDK's credential_process provider quotes the process's whole output when
+// it cannot parse it, and that output may hold a secret key; the agent's
+// errors reach its log, `status` and systemd's STATUS=.
+type sanitizing struct{ aws.CredentialsProvider }
+
+func (s sanitizing) Retrieve(ctx context.Context) (aws.Credentials, error) {
+	c, err := s.CredentialsProvider.Retrieve(ctx)
+	if err == nil {
+		return c, nil
+	}
+	var pe *processcreds.ProviderError
+	if errors.As(err, &pe) && strings.Contains(pe.Error(), "parse failed of process output") {
+		return c, fmt.Errorf("%w: credential_process printed something other than the credentials JSON (its output is not shown: it may hold secrets)", refresh.ErrNoSourceCredentials)
+	}
+	return c, err
+}
+
+// ProviderSources keeps the sources visible through the wrapper.
+func (s sanitizing) ProviderSources() []aws.CredentialSource {
+	if ps, ok := s.CredentialsProvider.(aws.CredentialProviderSource); ok {
+		return ps.ProviderSources()
+	}
+	return nil
 }
 
 // Connector returns a refresh.Settings.Connect function building STS and

@@ -3,10 +3,15 @@ package source
 import (
 	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/imds-agent/imds-agent/internal/refresh"
 )
@@ -110,5 +115,53 @@ func TestLoadNeverUsesIMDS(t *testing.T) {
 	v, err := cfg.Credentials.Retrieve(context.Background())
 	if err != nil || v.AccessKeyID != "AKIAEXAMPLE000000001" {
 		t.Errorf("static keys: %+v %v", v, err)
+	}
+}
+
+// TestCredentialProcessOutputNotShown: a credential_process whose output
+// is not the expected JSON fails without quoting that output.
+func TestCredentialProcessOutputNotShown(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	dir := t.TempDir()
+	script := write(t, "process", "#!/bin/sh\necho 'AccessKeyId=AKIA SecretAccessKey=leaked-secret-value'\n", 0o755)
+	cfgFile := write(t, "config", "[default]\ncredential_process = "+script+"\n", 0o600)
+	cfg, err := Load(context.Background(), Settings{Region: "us-east-1", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(dir, "none")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = cfg.Credentials.Retrieve(context.Background())
+	if err == nil || strings.Contains(err.Error(), "leaked-secret-value") || !strings.Contains(err.Error(), "credential_process") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+// TestExcludedSourcesNeverContacted: even past the load-time check, the
+// SDK's IMDS and container providers are wired to refuse without sending
+// anything: a profile asking for Ec2InstanceMetadata, with the IMDS
+// endpoint pointed at a counting server, never reaches it.
+func TestExcludedSourcesNeverContacted(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", srv.URL)
+	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", srv.URL+"/creds")
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	for _, source := range []string{"Ec2InstanceMetadata", "EcsContainer"} {
+		cfgFile := write(t, "config", "[default]\nrole_arn = arn:aws:iam::123456789012:role/x\ncredential_source = "+source+"\n", 0o600)
+		cfg, err := awsconfig.LoadDefaultConfig(context.Background(), loadOptions(Settings{Region: "us-east-1", SharedConfigFiles: []string{cfgFile}})...)
+		if err != nil {
+			continue // refused while loading: nothing sent either
+		}
+		if _, err := cfg.Credentials.Retrieve(context.Background()); err == nil {
+			t.Errorf("%s: credentials retrieved", source)
+		}
+	}
+	if n := hits.Load(); n != 0 {
+		t.Errorf("the excluded endpoints were contacted %d times", n)
 	}
 }

@@ -88,7 +88,13 @@ func TestDevClients(t *testing.T) {
 		t.Run(name+"/feature-ec2-imds", func(t *testing.T) {
 			setClientEnv(t, d.metadataURL, v1Disabled)
 			ctx := context.Background()
-			c := imds.New(imds.Options{Endpoint: d.metadataURL + "/"})
+			// From the SDK's configuration, so AWS_EC2_METADATA_V1_DISABLED
+			// and the endpoint come from the environment as in applications.
+			sdk, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion("us-east-1"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := imds.NewFromConfig(sdk)
 			region, err := c.GetRegion(ctx, nil)
 			if err != nil || region.Region != "us-east-1" {
 				t.Errorf("GetRegion = %+v, %v", region, err)

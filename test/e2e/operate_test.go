@@ -143,14 +143,15 @@ func TestStatusMetricsAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st struct {
-		State, Role, AccessKeySuffix, Metrics string
-		InstanceID                            string `json:"instance_id"`
-		Refreshes                             int
+		State, Role, Metrics string
+		AccessKeySuffix      string `json:"access_key_suffix"`
+		InstanceID           string `json:"instance_id"`
+		Refreshes            int
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
 	}
-	if st.State != "ready" || st.Role != motoRole || st.InstanceID != motoInstanceID || st.Refreshes < 1 || st.Metrics == "" {
+	if st.State != "ready" || st.Role != motoRole || st.InstanceID != motoInstanceID || st.Refreshes < 1 || st.Metrics == "" || len(st.AccessKeySuffix) != 4 {
 		t.Errorf("status = %+v", st)
 	}
 	human, err := runClient(t, baseEnv(t), binary, "status", "--socket", a.socket)
@@ -250,28 +251,45 @@ func matchLabels(m *dto.Metric, want map[string]string) bool {
 	return true
 }
 
-// TestReloadKeepsRunningConfig: a broken config on SIGHUP is reported and
-// changes nothing; a valid one takes effect.
+// TestReloadKeepsRunningConfig: a broken config on SIGHUP, whether it
+// fails to parse or fails to apply, is reported and changes nothing, and
+// the credentials keep being served; a valid one takes effect.
 func TestReloadKeepsRunningConfig(t *testing.T) {
-	a := runConfig(t, baseEnv(t), func(string) string {
-		return "instance:\n  id: i-00000000000000001\nmetadata_options:\n  http_tokens: required\n"
+	m := startMoto(t)
+	a := runConfig(t, append(baseEnv(t), "AWS_ENDPOINT_URL="+m.url), func(dir string) string {
+		creds := filepath.Join(dir, "credentials")
+		if err := os.WriteFile(creds, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", m.keyID, m.secret)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("instance:\n  id: i-00000000000000001\ncredentials:\n  role_arn: arn:aws:iam::%s:role/%s\n  shared_credentials_files: [%s]\n  shared_config_files: []\nmetadata_options:\n  http_tokens: required\n",
+			motoAccount, motoRole, creds)
 	})
+	waitReady(t, a.url)
+	key := accessKey(t, a.url)
 	orig, err := os.ReadFile(a.config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(a.config, append(orig, []byte("bogus_key: 1\n")...), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, 10*time.Second, "the failed reload to be logged", func() bool {
-		return strings.Contains(a.stderr.String(), "reload failed; the running configuration stays")
-	})
-	if !strings.Contains(a.stderr.String(), `unknown key \"bogus_key\"`) {
-		t.Errorf("reload error does not name the key:\n%s", a.stderr.String())
-	}
-	if status, body := imdsGet(a.url, "/latest/meta-data/instance-id"); status != 200 || body != "i-00000000000000001" {
-		t.Errorf("after a failed reload: %d %q", status, body)
+	for i, bad := range []struct{ text, says string }{
+		{string(orig) + "bogus_key: 1\n", `unknown key \"bogus_key\"`},
+		{strings.Replace(string(orig), "instance:\n", "instance:\n  user_data_file: /nonexistent/user-data\n", 1), "instance.user_data_file"},
+	} {
+		if err := os.WriteFile(a.config, []byte(bad.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_ = a.cmd.Process.Signal(syscall.SIGHUP)
+		waitFor(t, 10*time.Second, "the failed reload to be logged", func() bool {
+			return strings.Count(a.stderr.String(), "reload failed; the running configuration stays") > i
+		})
+		if !strings.Contains(a.stderr.String(), bad.says) {
+			t.Errorf("reload error does not say %s:\n%s", bad.says, a.stderr.String())
+		}
+		if status, body := imdsGet(a.url, "/latest/meta-data/instance-id"); status != 200 || body != "i-00000000000000001" {
+			t.Errorf("after a failed reload: %d %q", status, body)
+		}
+		if k := accessKey(t, a.url); k != key {
+			t.Errorf("a failed reload changed the credentials: %s -> %s", key, k)
+		}
 	}
 	changed := strings.Replace(string(orig), "i-00000000000000001", "i-00000000000000002", 1)
 	changed = strings.Replace(changed, "http_tokens: required", "http_tokens: optional", 1)
