@@ -58,6 +58,9 @@ const maxDefaultSockets = 4
 // ErrClosed is returned by Lookup after Close.
 var ErrClosed = errors.New("caller: resolver closed")
 
+// ErrTimeout is returned by a lookup the kernel did not answer in time.
+var ErrTimeout = errors.New("caller: lookup timed out")
+
 // errBadAddr is preallocated: Lookup must not allocate, even to fail.
 var errBadAddr = errors.New("caller: local and remote must be valid addresses of one family")
 
@@ -126,11 +129,13 @@ func NewResolver(opts Options) (*Resolver, error) {
 // local and whose client side is remote (as net.Conn's LocalAddr and
 // RemoteAddr say). IPv4-mapped IPv6 addresses are treated as IPv4. A client
 // socket not found in this network namespace gives Info{Local: false} and
-// no error, and so does a kernel that does not answer within the timeout;
-// an error means the lookup itself failed (or the addresses are invalid).
+// no error. A kernel that does not answer within the timeout, or no free
+// netlink socket within it, gives ErrTimeout: the caller is then unknown,
+// not known to be remote. Other errors mean the lookup itself failed (or
+// the addresses are invalid).
 //
 // It does not allocate. A cgroup id not yet in the cache makes it walk the
-// cgroup hierarchy, at most once a second; until the walk finds the
+// cgroup hierarchy, at most every cgroupRefreshEvery; until the walk finds the
 // cgroup, Cgroup and Unit stay empty.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	q, ok := newQuery(remote, local)
@@ -142,6 +147,18 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	case c = <-r.conns:
 	case <-r.done:
 		return Info{}, ErrClosed
+	default:
+		// Every socket is busy: wait, but no longer than a lookup may take.
+		t := time.NewTimer(r.timeout)
+		select {
+		case c = <-r.conns:
+			t.Stop()
+		case <-r.done:
+			t.Stop()
+			return Info{}, ErrClosed
+		case <-t.C:
+			return Info{}, ErrTimeout
+		}
 	}
 	select {
 	case <-r.done:
@@ -154,9 +171,8 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	r.conns <- c
 	switch {
 	case errors.Is(err, errTimeout):
-		r.log.Debug("caller lookup timed out; treating the client as not local",
-			"local", local, "remote", remote, "timeout", r.timeout)
-		return Info{}, nil
+		r.log.Debug("caller lookup timed out", "local", local, "remote", remote, "timeout", r.timeout)
+		return Info{}, ErrTimeout
 	case err != nil:
 		return Info{}, err
 	case v != verdictFound:

@@ -21,7 +21,7 @@ const (
 	maxCgroups = 1 << 16
 	// cgroupRefreshEvery limits walks of the hierarchy: an id not in the
 	// cache triggers a walk at most this often.
-	cgroupRefreshEvery = time.Second
+	cgroupRefreshEvery = 250 * time.Millisecond
 )
 
 // findCgroup2 returns the cgroup v2 mount at root, or under root/unified

@@ -214,13 +214,13 @@ func TestCgroupCache(t *testing.T) {
 	check("", cgroupEntry{"/", ""}, true, 1)
 	check("user.slice", cgroupEntry{"/user.slice", ""}, true, 1)
 
-	// A cgroup created after the walk is missed until a second has passed,
-	// however often it is asked for.
+	// A cgroup created after the walk is missed until cgroupRefreshEvery
+	// has passed, however often it is asked for.
 	if err := os.Mkdir(filepath.Join(root, "init.scope"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	check("init.scope", cgroupEntry{}, false, 1)
-	clock.t = clock.t.Add(999 * time.Millisecond)
+	clock.t = clock.t.Add(cgroupRefreshEvery - time.Millisecond)
 	check("init.scope", cgroupEntry{}, false, 1)
 	clock.t = clock.t.Add(time.Millisecond)
 	check("init.scope", cgroupEntry{"/init.scope", "init.scope"}, true, 2)
