@@ -31,7 +31,7 @@ if ! command -v staticcheck >/dev/null; then
 fi
 
 echo "== gofmt"
-unformatted=$(gofmt -l cmd internal test)
+unformatted=$(gofmt -l cmd internal test systemd packaging $(ls -d bench 2>/dev/null))
 if [[ -n $unformatted ]]; then
 	echo "not gofmt-formatted:"; echo "$unformatted"; exit 1
 fi

@@ -131,12 +131,12 @@ const (
 	IPv6Address            = "[fd00:ec2::254]:80"
 )
 
-// DefaultSharedConfigFiles and DefaultSharedCredentialsFiles are the SDK
-// files the agent reads its source credentials from: the service user has no
-// home directory, so the SDK's own defaults do not apply.
-var (
-	DefaultSharedConfigFiles      = []string{"/etc/imds-agent/aws/config"}
-	DefaultSharedCredentialsFiles = []string{"/etc/imds-agent/aws/credentials"}
+// The SDK files the agent reads its source credentials from by default:
+// the service user has no home directory, so the SDK's own defaults do not
+// apply.
+const (
+	DefaultSharedConfigFile      = "/etc/imds-agent/aws/config"
+	DefaultSharedCredentialsFile = "/etc/imds-agent/aws/credentials"
 )
 
 // Load reads, decodes, defaults and validates the file at path.
@@ -211,10 +211,10 @@ func (c *Config) applyDefaults(present func(path string) bool) {
 		c.Credentials.ProfileRecheck = Duration(DefaultProfileRecheck)
 	}
 	if c.Credentials.SharedConfigFiles == nil {
-		c.Credentials.SharedConfigFiles = append([]string(nil), DefaultSharedConfigFiles...)
+		c.Credentials.SharedConfigFiles = []string{DefaultSharedConfigFile}
 	}
 	if c.Credentials.SharedCredentialsFiles == nil {
-		c.Credentials.SharedCredentialsFiles = append([]string(nil), DefaultSharedCredentialsFiles...)
+		c.Credentials.SharedCredentialsFiles = []string{DefaultSharedCredentialsFile}
 	}
 	m := &c.MetadataOptions
 	if m.HTTPEndpoint == "" {

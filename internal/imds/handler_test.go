@@ -253,7 +253,7 @@ func TestPaths(t *testing.T) {
 		body   string
 		ctype  string
 	}{
-		{"/", 200, strings.Join(Versions, "\n"), "text/plain"},
+		{"/", 200, strings.Join(Versions(), "\n"), "text/plain"},
 		{"/latest", 200, "dynamic\nmeta-data", "text/plain"},
 		{"/latest/", 200, "dynamic\nmeta-data", "text/plain"},
 		{"/latest/user-data", 404, page(404), "text/html"},

@@ -37,9 +37,9 @@ type Options struct {
 	HopLimit       int  // http_put_response_hop_limit
 }
 
-// Versions are the metadata API versions EC2 lists at "/", oldest first.
+// versions are the metadata API versions EC2 lists at "/", oldest first.
 // Each is served like "latest".
-var Versions = []string{
+var versions = [...]string{
 	"1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
 	"2008-02-01", "2008-09-01", "2009-04-04", "2011-01-01", "2011-05-01",
 	"2012-01-12", "2014-02-25", "2014-11-05", "2015-10-20", "2016-04-19",
@@ -83,7 +83,7 @@ func listing(entries ...string) body { return newBody(strings.Join(entries, "\n"
 // NewMetadata renders the tree for an instance.
 func NewMetadata(in Instance, opts Options) *Metadata {
 	m := &Metadata{opts: opts, instance: in}
-	m.versions = listing(Versions...)
+	m.versions = listing(versions[:]...)
 	if in.UserData != nil {
 		m.root = listing("dynamic", "meta-data", "user-data")
 	} else {
@@ -117,6 +117,9 @@ func NewMetadata(in Instance, opts Options) *Metadata {
 	}
 	return m
 }
+
+// Versions returns the metadata API versions served, oldest first.
+func Versions() []string { return versions[:] }
 
 // Options returns the metadata options this tree is served with.
 func (m *Metadata) Options() Options { return m.opts }
@@ -172,8 +175,8 @@ type identityDocument struct {
 }
 
 var versionSet = func() map[string]bool {
-	s := make(map[string]bool, len(Versions))
-	for _, v := range Versions {
+	s := make(map[string]bool, len(versions))
+	for _, v := range versions {
 		s[v] = true
 	}
 	return s
