@@ -21,6 +21,7 @@ var rpmFiles = []string{
 	" -rw-r--r-- root:root /usr/lib/NetworkManager/conf.d/90-imds-agent.conf",
 	" -rw-r--r-- root:root /usr/lib/modules-load.d/imds-agent.conf",
 	" -rw-r--r-- root:root /usr/lib/systemd/network/10-imds-agent.network",
+	" -rw-r--r-- root:root /usr/lib/systemd/system-preset/90-imds-agent.preset",
 	" -rw-r--r-- root:root /usr/lib/systemd/system/imds-agent.service",
 	" -rw-r--r-- root:root /usr/lib/sysusers.d/imds-agent.conf",
 	"d -rw-r--r-- root:root /usr/share/doc/imds-agent/README.md",
@@ -68,7 +69,8 @@ func TestRPMHeader(t *testing.T) {
 }
 
 // TestRPMScripts checks that the scriptlets are the hand-written
-// expansions of the systemd macros, and nothing starts the service.
+// expansions of the systemd macros, and that only a first install that the
+// preset policy enabled starts the service.
 func TestRPMScripts(t *testing.T) {
 	need(t, "rpm")
 	scripts := rpmQuery(t, pkgs.rpm1, "--scripts")
@@ -79,6 +81,7 @@ func TestRPMScripts(t *testing.T) {
 		"postinstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper install-system-units imds-agent.service",
 		"systemctl --no-reload preset imds-agent.service",
+		"systemctl -q is-enabled imds-agent.service; then\n\t\tsystemctl --no-block start imds-agent.service",
 		"preuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper remove-system-units imds-agent.service",
 		"imds-agent cleanup --config /etc/imds-agent/config.yaml",

@@ -258,7 +258,8 @@ func TestRPMScriptletsRun(t *testing.T) {
 		{
 			name: "%post install", tag: "POSTIN", arg: "1",
 			want: pick([]string{"systemctl --no-reload preset imds-agent.service"},
-				[]string{"systemctl --no-reload preset imds-agent.service", "networkctl reload", "nmcli general reload conf"}),
+				[]string{"systemctl --no-reload preset imds-agent.service", "systemctl -q is-enabled imds-agent.service",
+					"systemctl --no-block start imds-agent.service", "networkctl reload", "nmcli general reload conf"}),
 		},
 		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: pick(nil, []string{"networkctl reload", "nmcli general reload conf"})},
 		{
