@@ -215,7 +215,9 @@ func (g *gate) setTTL(ci *connInfo, ttl int) {
 // Served implements imds.Hooks: metrics for every request, an audit record
 // for every credential answer and every refusal.
 func (g *gate) Served(req *imds.Request, status int) {
-	if g.probe != "" {
+	// The watchdog's probe asks for "/" only; no other request pays for
+	// looking for its header.
+	if g.probe != "" && req.Route == imds.RouteVersions {
 		if v := req.HTTP.Header[probeHeader]; len(v) == 1 && v[0] == g.probe {
 			return
 		}

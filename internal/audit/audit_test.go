@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -85,4 +86,98 @@ func TestRecordNeverBlocks(t *testing.T) {
 	close(w.release)
 	cancel()
 	<-done
+}
+
+// TestFormatMatchesSlog: the fast formatter writes exactly what log/slog's
+// handlers write, in both formats, and anything unusual goes through slog.
+func TestFormatMatchesSlog(t *testing.T) {
+	base := Record{Time: time.Date(2026, 11, 27, 4, 5, 6, 7_890_123, time.UTC), Decision: "allow", Route: "credentials",
+		Status: 200, Remote: "127.0.0.1:41234", Local: true, UID: 1000, UIDKnown: true, Cgroup: "/user.slice/user-1000.slice/session-3.scope",
+		Role: "web", KeySuffix: "ABCD"}
+	cases := map[string]func(r *Record){
+		"allow":          func(r *Record) {},
+		"unit":           func(r *Record) { r.Unit = "nginx.service"; r.Cgroup = "/system.slice/nginx.service" },
+		"deny":           func(r *Record) { r.Decision, r.Status, r.Reason, r.KeySuffix = "deny", 403, "access-denied", "" },
+		"not local":      func(r *Record) { r.Local, r.UIDKnown, r.UID, r.Cgroup = false, false, 0, "" },
+		"ipv6":           func(r *Record) { r.Remote = "[fd00:ec2::254]:80" },
+		"no role":        func(r *Record) { r.Role, r.KeySuffix = "", "" },
+		"whole second":   func(r *Record) { r.Time = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) },
+		"zone":           func(r *Record) { r.Time = r.Time.In(time.FixedZone("X", 5*3600+30*60)) },
+		"zero time":      func(r *Record) { r.Time = time.Time{} },
+		"year 10000":     func(r *Record) { r.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) },
+		"space":          func(r *Record) { r.Cgroup = "/a b" },
+		"quote":          func(r *Record) { r.Unit = `x"y.service` },
+		"backslash":      func(r *Record) { r.Unit = `system-serial\x2dgetty.slice` },
+		"equals":         func(r *Record) { r.Role = "a=b" },
+		"unicode":        func(r *Record) { r.Cgroup = "/caf\u00e9" },
+		"control":        func(r *Record) { r.Cgroup = "/a\nb" },
+		"invalid utf-8":  func(r *Record) { r.Cgroup = "/a\xffb" },
+		"empty remote":   func(r *Record) { r.Remote = "" },
+		"html":           func(r *Record) { r.Role = "<a&b>" },
+		"line separator": func(r *Record) { r.Unit = "a\u2028b" },
+	}
+	for name, change := range cases {
+		r := base
+		change(&r)
+		for _, format := range []string{"text", "json"} {
+			var want bytes.Buffer
+			(&Logger{json: format == "json"}).writeSlow(&want, &r)
+			got := (&Logger{json: format == "json"}).appendRecord(nil, &r)
+			if string(got) != want.String() {
+				t.Errorf("%s, %s:\n got %s\nwant %s", name, format, got, want.String())
+			}
+		}
+	}
+}
+
+// TestTimeFormatsMatchSlog: one logger formatting a run of times (the
+// cached second reused, then replaced) writes each as slog would.
+func TestTimeFormatsMatchSlog(t *testing.T) {
+	base := time.Date(2026, 11, 27, 4, 5, 6, 0, time.UTC)
+	zone := time.FixedZone("X", -(3*3600 + 30*60))
+	var times []time.Time
+	for _, ns := range []int{0, 1, 999_999, 1_000_000, 7_890_123, 120_000_000, 999_999_999, 500_000_000, 10} {
+		times = append(times, base.Add(time.Duration(ns)))
+	}
+	times = append(times, base.Add(time.Second), base.Add(time.Second+time.Millisecond), base.Add(time.Second).In(zone),
+		base.Add(time.Second+5*time.Millisecond).In(zone), base.Add(-time.Nanosecond), base.Add(time.Hour*24*400).Local())
+	for _, format := range []string{"text", "json"} {
+		l := &Logger{json: format == "json"}
+		for _, tm := range times {
+			r := Record{Time: tm, Decision: "allow", Route: "credentials", Status: 200, Remote: "127.0.0.1:1"}
+			var want bytes.Buffer
+			l.writeSlow(&want, &r)
+			if got := l.appendRecord(nil, &r); string(got) != want.String() {
+				t.Errorf("%s, %v:\n got %s\nwant %s", format, tm, got, want.String())
+			}
+		}
+	}
+}
+
+// writeSlow writes r with slog's handler, as the agent did before records
+// were formatted by hand.
+func (l *Logger) writeSlow(w *bytes.Buffer, r *Record) {
+	w.Write(l.appendSlow(nil, r))
+}
+
+func BenchmarkFormat(b *testing.B) {
+	r := Record{Time: time.Now(), Decision: "allow", Route: "credentials", Status: 200, Remote: "127.0.0.1:41234",
+		Local: true, UID: 1000, UIDKnown: true, Cgroup: "/user.slice/user-1000.slice/session-3.scope", Role: "web", KeySuffix: "ABCD"}
+	for _, format := range []string{"text", "json"} {
+		l := New(io.Discard, format, nil)
+		b.Run(format, func(b *testing.B) {
+			b.ReportAllocs()
+			buf := make([]byte, 0, 1024)
+			for b.Loop() {
+				buf = l.appendRecord(buf[:0], &r)
+			}
+		})
+		b.Run(format+"-slog", func(b *testing.B) {
+			b.ReportAllocs()
+			buf := make([]byte, 0, 1024)
+			for b.Loop() {
+				buf = l.appendSlow(buf[:0], &r)
+			}
+		})
+	}
 }

@@ -178,7 +178,11 @@ func classify(path string) (Route, string) {
 func (h *Handler) authorized(w http.ResponseWriter, req *Request, m *Metadata) bool {
 	if v, ok := req.HTTP.Header[headerToken]; ok && len(v) > 0 {
 		uid, known := h.hooks.CallerUID(req.HTTP)
-		switch h.tokens.Verify(v[0], uid, known) {
+		var memo *tokenMemo
+		if c := connStateOf(req.HTTP); c != nil {
+			memo = &c.tokens
+		}
+		switch h.tokens.verify(v[0], uid, known, h.tokens.now().Unix(), memo) {
 		case TokenValid:
 			req.Token = true
 			return true

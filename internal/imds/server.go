@@ -27,10 +27,31 @@ type Server struct {
 	shed  *shedder
 }
 
+// connState is what the handler keeps about one client connection.
+type connState struct {
+	tokens tokenMemo
+}
+
+type connStateKey struct{}
+
+// connStateOf returns the state of r's connection; nil when r did not come
+// through a Server.
+func connStateOf(r *http.Request) *connState {
+	c, _ := r.Context().Value(connStateKey{}).(*connState)
+	return c
+}
+
 // NewServer returns a server for h. connContext, if not nil, derives each
 // connection's context (the caller lookup hangs its answer there).
 func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Context, net.Conn) context.Context) *Server {
 	s := &Server{shed: newShedder(MaxIdleConns)}
+	withState := func(ctx context.Context, c net.Conn) context.Context {
+		ctx = context.WithValue(ctx, connStateKey{}, &connState{})
+		if connContext != nil {
+			ctx = connContext(ctx, c)
+		}
+		return ctx
+	}
 	s.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -38,7 +59,7 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
-		ConnContext:       connContext,
+		ConnContext:       withState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnState: func(c net.Conn, st http.ConnState) {
 			s.shed.track(c, st)

@@ -1,7 +1,6 @@
 package imds
 
 import (
-	"container/list"
 	"net"
 	"net/http"
 	"sync"
@@ -15,34 +14,80 @@ import (
 // off by ReadHeaderTimeout, idle ones by IdleTimeout.
 const MaxIdleConns = 4096
 
-// shedder tracks connections in the new and idle states, oldest first.
+// shedder tracks connections in the new and idle states, oldest first. It
+// runs twice per request (active, then idle again), so a state change costs
+// one map look-up and a few pointer moves, and allocates nothing after a
+// connection's first.
 type shedder struct {
-	max  int
-	mu   sync.Mutex
-	lru  list.List // of net.Conn, oldest at the front
-	byID map[net.Conn]*list.Element
-	shed uint64
+	max   int
+	mu    sync.Mutex
+	conns map[net.Conn]*shedNode // every open connection not yet shed
+	idle  shedList               // the new and idle ones, oldest first
+	shed  uint64
 }
 
+// shedNode is one connection's place in the idle list.
+type shedNode struct {
+	conn       net.Conn
+	prev, next *shedNode
+	listed     bool
+}
+
+// shedList is a doubly linked list of nodes around a sentinel.
+type shedList struct {
+	root shedNode
+	n    int
+}
+
+func (l *shedList) pushBack(e *shedNode) {
+	if l.root.next == nil {
+		l.root.next, l.root.prev = &l.root, &l.root
+	}
+	last := l.root.prev
+	e.prev, e.next = last, &l.root
+	last.next, l.root.prev = e, e
+	e.listed = true
+	l.n++
+}
+
+func (l *shedList) remove(e *shedNode) {
+	e.prev.next, e.next.prev = e.next, e.prev
+	e.prev, e.next = nil, nil
+	e.listed = false
+	l.n--
+}
+
+func (l *shedList) front() *shedNode { return l.root.next }
+
 func newShedder(max int) *shedder {
-	return &shedder{max: max, byID: map[net.Conn]*list.Element{}}
+	return &shedder{max: max, conns: map[net.Conn]*shedNode{}}
 }
 
 // track is the server's ConnState hook.
 func (s *shedder) track(c net.Conn, st http.ConnState) {
 	var victims []net.Conn
 	s.mu.Lock()
-	if e, ok := s.byID[c]; ok {
-		s.lru.Remove(e)
-		delete(s.byID, c)
+	e := s.conns[c]
+	if e != nil && e.listed {
+		s.idle.remove(e)
 	}
-	if st == http.StateNew || st == http.StateIdle {
-		s.byID[c] = s.lru.PushBack(c)
-		for s.lru.Len() > s.max {
-			old := s.lru.Remove(s.lru.Front()).(net.Conn)
-			delete(s.byID, old)
-			victims = append(victims, old)
+	switch st {
+	case http.StateNew, http.StateIdle:
+		if e == nil {
+			e = &shedNode{conn: c}
+			s.conns[c] = e
+		}
+		s.idle.pushBack(e)
+		for s.idle.n > s.max {
+			old := s.idle.front()
+			s.idle.remove(old)
+			delete(s.conns, old.conn)
+			victims = append(victims, old.conn)
 			s.shed++
+		}
+	case http.StateClosed, http.StateHijacked:
+		if e != nil {
+			delete(s.conns, c)
 		}
 	}
 	s.mu.Unlock()

@@ -10,6 +10,7 @@ import (
 	"hash"
 	mathrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -77,11 +78,16 @@ type Binding struct {
 
 // Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL).
 func (t *Tokens) Issue(ttlSeconds int, b Binding) string {
+	return t.issue(ttlSeconds, b, t.now().Unix())
+}
+
+// issue is Issue at a given time (Unix seconds).
+func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) string {
 	s := t.macs.Get().(*tokenScratch)
 	defer t.macs.Put(s)
 	raw := &s.raw
 	raw[0] = tokenVersion
-	binary.BigEndian.PutUint64(raw[1:9], uint64(t.now().Unix()+int64(ttlSeconds)))
+	binary.BigEndian.PutUint64(raw[1:9], uint64(now+int64(ttlSeconds)))
 	raw[9] = 0
 	binary.BigEndian.PutUint32(raw[10:14], 0)
 	if b.Bound {
@@ -113,8 +119,19 @@ func (s TokenStatus) String() string {
 // reports whether the caller's UID could be determined). The MAC comparison
 // is constant time.
 func (t *Tokens) Verify(token string, uid uint32, known bool) TokenStatus {
+	return t.verify(token, uid, known, t.now().Unix(), nil)
+}
+
+// verify is Verify at a given time (Unix seconds). With a memo, a token
+// whose MAC it already checked is not checked again.
+func (t *Tokens) verify(token string, uid uint32, known bool, now int64, memo *tokenMemo) TokenStatus {
 	if len(token) != TokenLen {
 		return TokenMalformed
+	}
+	if memo != nil {
+		if e := memo.last.Load(); e != nil && equalConstantTime(e.token, token) {
+			return e.status(uid, known, now)
+		}
 	}
 	s := t.macs.Get().(*tokenScratch)
 	defer t.macs.Put(s)
@@ -129,13 +146,55 @@ func (t *Tokens) Verify(token string, uid uint32, known bool) TokenStatus {
 	if !hmac.Equal(s.macOf(raw[:tokenPayloadLen]), raw[tokenPayloadLen:]) {
 		return TokenForged
 	}
-	if int64(binary.BigEndian.Uint64(raw[1:9])) <= t.now().Unix() {
+	e := verifiedToken{
+		token:  token,
+		expiry: int64(binary.BigEndian.Uint64(raw[1:9])),
+		bound:  raw[9]&flagBoundUID != 0,
+		uid:    binary.BigEndian.Uint32(raw[10:14]),
+	}
+	if memo != nil {
+		kept := e
+		memo.last.Store(&kept)
+	}
+	return e.status(uid, known, now)
+}
+
+// verifiedToken is what a token with a valid MAC says.
+type verifiedToken struct {
+	token  string
+	expiry int64 // Unix seconds
+	bound  bool
+	uid    uint32
+}
+
+func (e *verifiedToken) status(uid uint32, known bool, now int64) TokenStatus {
+	if e.expiry <= now {
 		return TokenExpired
 	}
-	if raw[9]&flagBoundUID != 0 && (!known || binary.BigEndian.Uint32(raw[10:14]) != uid) {
+	if e.bound && (!known || e.uid != uid) {
 		return TokenWrongUser
 	}
 	return TokenValid
+}
+
+// tokenMemo remembers the last token whose MAC was verified on one client
+// connection: an SDK sends the same token with every request on its
+// connection, and the MAC need not be computed again for it. Tokens are
+// matched byte for byte (in constant time), so only the exact spelling that
+// was verified is recognised.
+type tokenMemo struct {
+	last atomic.Pointer[verifiedToken]
+}
+
+func equalConstantTime(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := 0; i < len(a); i++ {
+		v |= a[i] ^ b[i]
+	}
+	return v == 0
 }
 
 // macOf returns the truncated MAC of payload, in s's own buffer.

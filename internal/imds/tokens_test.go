@@ -107,3 +107,56 @@ func BenchmarkTokenVerify(b *testing.B) {
 		}
 	}
 }
+
+// TestTokenMemo: verifying through a connection's memo answers exactly as
+// a full verification does, at every point of a token's life.
+func TestTokenMemo(t *testing.T) {
+	now := testNow
+	tk, _ := NewTokens(func() time.Time { return now })
+	free := tk.Issue(60, Binding{})
+	bound := tk.Issue(120, Binding{Bound: true, UID: 1000})
+	forged := free[:TokenLen-2] + "AA"
+	if forged == free {
+		forged = free[:TokenLen-2] + "BB"
+	}
+	memo := &tokenMemo{}
+	check := func(when string) {
+		t.Helper()
+		for _, tc := range []struct {
+			tok   string
+			uid   uint32
+			known bool
+		}{
+			{free, 0, false}, {free, 7, true}, {bound, 1000, true}, {bound, 1001, true}, {bound, 1000, false},
+			{forged, 0, false}, {"short", 0, false}, {free, 0, false}, {bound, 1000, true},
+		} {
+			want := tk.Verify(tc.tok, tc.uid, tc.known)
+			// Twice: a miss that fills the memo, then a hit.
+			for i := range 2 {
+				if got := tk.verify(tc.tok, tc.uid, tc.known, now.Unix(), memo); got != want {
+					t.Errorf("%s: memo verify #%d of %.8s… (uid %d known %v) = %v, want %v", when, i, tc.tok, tc.uid, tc.known, got, want)
+				}
+			}
+		}
+	}
+	check("fresh")
+	now = now.Add(60 * time.Second)
+	check("free token expired")
+	now = now.Add(60 * time.Second)
+	check("both expired")
+	if e := memo.last.Load(); e != nil && e.token == forged {
+		t.Error("a forged token was remembered")
+	}
+}
+
+func BenchmarkTokenVerifyMemo(b *testing.B) {
+	tk, _ := NewTokens(time.Now)
+	tok := tk.Issue(21600, Binding{})
+	memo := &tokenMemo{}
+	b.ReportAllocs()
+	for b.Loop() {
+		if tk.verify(tok, 0, false, time.Now().Unix(), memo) != TokenValid {
+			b.Fatal("invalid")
+		}
+	}
+}
