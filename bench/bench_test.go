@@ -1,0 +1,92 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestReadResponse(t *testing.T) {
+	const raw = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello" +
+		"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nConnection: close\r\n\r\n"
+	c := &conn{br: bufio.NewReader(strings.NewReader(raw))}
+	st, body, err := c.read()
+	if err != nil || st != 200 || string(body) != "hello" || c.closing {
+		t.Fatalf("first = %d %q %v closing %v", st, body, err, c.closing)
+	}
+	st, body, err = c.read()
+	if err != nil || st != 401 || len(body) != 0 || !c.closing {
+		t.Fatalf("second = %d %q %v closing %v", st, body, err, c.closing)
+	}
+	for _, bad := range []string{"HTTP/1.0 200 OK\r\n\r\n", "HTTP/1.1 2x0 OK\r\n\r\n", "HTTP/1.1 200 OK\r\n\r\n", "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n"} {
+		c := &conn{br: bufio.NewReader(strings.NewReader(bad))}
+		if _, _, err := c.read(); err == nil {
+			t.Errorf("%q parsed", bad)
+		}
+	}
+}
+
+func TestStatCPUTicks(t *testing.T) {
+	line := "1234 (imds agent) (x)) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 9 0 100 0 0\n"
+	n, err := statCPUTicks([]byte(line))
+	if err != nil || n != 325 {
+		t.Fatalf("statCPUTicks = %d, %v; want 325", n, err)
+	}
+}
+
+func TestCheckLoopback(t *testing.T) {
+	for addr, ok := range map[string]bool{
+		"127.0.0.1:1338": true, "[::1]:80": true,
+		"169.254.169.254:80": false, "[fd00:ec2::254]:80": false, "localhost:80": false, "10.0.0.1:80": false,
+	} {
+		if err := checkLoopback(addr); (err == nil) != ok {
+			t.Errorf("checkLoopback(%q) = %v", addr, err)
+		}
+	}
+}
+
+// TestFlows runs each load generator mode briefly against the floor's
+// handler on loopback: every answer is a 200 and every flow is counted.
+func TestFlows(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go serveFloorForTest(ln)
+	for _, mode := range []string{"warm", "cold", "tokens"} {
+		res, err := runLoad(loadConfig{mode: mode, addr: ln.Addr().String(), conns: 2, warmup: 0,
+			duration: 200 * time.Millisecond, tokens: 100, timeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Non200 != 0 || res.Errors != 0 || res.Units == 0 {
+			t.Errorf("%s: %+v", mode, res)
+		}
+		if mode == "tokens" && res.Units != 100 {
+			t.Errorf("tokens: %d issued, want 100", res.Units)
+		}
+		if mode != "tokens" && res.CredsOK < res.Units {
+			t.Errorf("%s: %d credential answers for %d units", mode, res.CredsOK, res.Units)
+		}
+	}
+}
+
+// serveFloorForTest answers like bench/floor.
+func serveFloorForTest(ln net.Listener) {
+	_ = http.Serve(ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/latest/api/token":
+			_, _ = w.Write([]byte(strings.Repeat("A", 56)))
+		case "/latest/meta-data/iam/security-credentials/":
+			_, _ = w.Write([]byte("role"))
+		case "/latest/meta-data/iam/security-credentials/role":
+			_, _ = w.Write([]byte(`{"Code":"Success"}`))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+}

@@ -1,0 +1,632 @@
+// Command bench measures what serving credentials costs the agent beyond
+// what the kernel and net/http must spend anyway. In one run on one machine
+// it starts the agent (`imds-agent dev`, the built binary, audit on) and a
+// floor server (bench/floor: bare net/http answering the same requests with
+// fixed bytes), drives both in turn over several interleaved rounds with
+// the same load generator, and prints medians and agent/floor ratios for
+// the cold flow of a fresh SDK process and the warm flow of a long-lived
+// one, with the agent's resource figures. It exits non-zero if any answer
+// was not a 200 or an audit record is missing. See bench/README.md.
+//
+// Everything stays on 127.0.0.1; the agent always runs as `dev --listen
+// 127.0.0.1:PORT`.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "loadgen" {
+		if err := loadgenMain(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+type options struct {
+	rounds      int
+	duration    time.Duration
+	warmup      time.Duration
+	coldClients int
+	warmConns   int
+	tokens      int64
+	idle        time.Duration
+	readyStarts int
+	pin         bool
+	serverCPU   string
+	genCPU      string
+	serverProcs int
+	genProcs    int
+	keep        bool
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var o options
+	fs.IntVar(&o.rounds, "rounds", 5, "interleaved rounds (each: floor and agent, warm and cold)")
+	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured window of each load run")
+	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured start of each load run")
+	fs.IntVar(&o.coldClients, "cold-clients", 32, "concurrent fresh SDK processes in the cold flow")
+	fs.IntVar(&o.warmConns, "warm-conns", 32, "keep-alive connections in the warm flow")
+	fs.Int64Var(&o.tokens, "tokens", 1_000_000, "tokens issued before the second RSS reading")
+	fs.DurationVar(&o.idle, "idle", 60*time.Second, "idle period for the idle CPU figure")
+	fs.IntVar(&o.readyStarts, "ready-starts", 5, "agent starts timed to READY=1 (the last one is benchmarked)")
+	fs.BoolVar(&o.pin, "pin", true, "pin servers and generator to separate CPUs with taskset")
+	fs.StringVar(&o.serverCPU, "server-cpu", "1", "CPU list for the servers (with -pin)")
+	fs.StringVar(&o.genCPU, "gen-cpu", "0", "CPU list for the load generator (with -pin)")
+	fs.IntVar(&o.serverProcs, "server-procs", 1, "GOMAXPROCS of the servers (0: Go's default)")
+	fs.IntVar(&o.genProcs, "gen-procs", 1, "GOMAXPROCS of the load generator (0: Go's default)")
+	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries, agent log)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.pin {
+		if _, err := exec.LookPath("taskset"); err != nil {
+			return errors.New("taskset (util-linux) not found: install it, or run with -pin=false")
+		}
+	}
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	dir, err := os.MkdirTemp("", "imds-bench-")
+	if err != nil {
+		return err
+	}
+	if o.keep {
+		fmt.Println("work directory:", dir)
+	} else {
+		defer os.RemoveAll(dir)
+	}
+	b := &bench{o: o, dir: dir}
+	printMachine(o)
+	fmt.Println("\n== build")
+	if err := b.build(root); err != nil {
+		return err
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	return b.run(ctx)
+}
+
+type bench struct {
+	o        options
+	dir      string
+	agentBin string
+	floorBin string
+	self     string
+	agent    *process
+	floor    *process
+	failures []string
+}
+
+// process is a server the harness started.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	addr   string
+	socket string // the agent's admin socket
+	log    string // the agent's standard error: its log and audit trail
+	done   bool
+}
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+func (p *process) stop() {
+	if p == nil || p.done {
+		return
+	}
+	p.done = true
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func moduleRoot() (string, error) {
+	d, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && bytes.Contains(b, []byte("module github.com/imds-agent/imds-agent\n")) {
+			return d, nil
+		}
+		parent := filepath.Dir(d)
+		if parent == d {
+			return "", errors.New("run from inside the imds-agent repository")
+		}
+		d = parent
+	}
+}
+
+func printMachine(o options) {
+	fmt.Println("== machine")
+	model := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown"
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(b))
+	}
+	fmt.Printf("cpus %d (%s), kernel %s, %s %s/%s\n", runtime.NumCPU(), model, kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	if o.pin {
+		fmt.Printf("servers on CPU %s (GOMAXPROCS=%s), load generator on CPU %s (GOMAXPROCS=%s)\n",
+			o.serverCPU, procsString(o.serverProcs), o.genCPU, procsString(o.genProcs))
+	} else {
+		fmt.Printf("unpinned; servers GOMAXPROCS=%s, load generator GOMAXPROCS=%s\n", procsString(o.serverProcs), procsString(o.genProcs))
+	}
+}
+
+func procsString(n int) string {
+	if n <= 0 {
+		return "default"
+	}
+	return strconv.Itoa(n)
+}
+
+func (b *bench) build(root string) error {
+	b.agentBin = filepath.Join(b.dir, "imds-agent")
+	b.floorBin = filepath.Join(b.dir, "floor")
+	for _, t := range []struct{ out, pkg string }{{b.agentBin, "./cmd/imds-agent"}, {b.floorBin, "./bench/floor"}} {
+		cmd := exec.Command("go", "build", "-trimpath", "-o", t.out, t.pkg)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", t.pkg, err, out)
+		}
+		fmt.Println("built", t.pkg)
+	}
+	var err error
+	b.self, err = os.Executable()
+	return err
+}
+
+// command runs bin pinned to cpus with GOMAXPROCS=procs.
+func (b *bench) command(ctx context.Context, cpus string, procs int, bin string, args ...string) *exec.Cmd {
+	var cmd *exec.Cmd
+	if b.o.pin {
+		cmd = exec.CommandContext(ctx, "taskset", append([]string{"-c", cpus, bin}, args...)...)
+	} else {
+		cmd = exec.CommandContext(ctx, bin, args...)
+	}
+	env := []string{}
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "GOMAXPROCS=") && !strings.HasPrefix(e, "NOTIFY_SOCKET=") &&
+			!strings.HasPrefix(e, "WATCHDOG_") && !strings.HasPrefix(e, "TMPDIR=") {
+			env = append(env, e)
+		}
+	}
+	if procs > 0 {
+		env = append(env, "GOMAXPROCS="+strconv.Itoa(procs))
+	}
+	cmd.Env = env
+	return cmd
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// startAgent starts `imds-agent dev` on a free loopback port with its own
+// TMPDIR (so its admin socket is its own) and a NOTIFY_SOCKET, and returns
+// once READY=1 arrives, with the time from exec to that datagram.
+func (b *bench) startAgent(ctx context.Context, n int) (*process, time.Duration, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, 0, err
+	}
+	tmp := filepath.Join(b.dir, fmt.Sprintf("agent%d", n))
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return nil, 0, err
+	}
+	ns, err := listenNotify(filepath.Join(tmp, "notify.sock"))
+	if err != nil {
+		return nil, 0, err
+	}
+	defer ns.Close()
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	p := &process{name: "agent", addr: addr, log: filepath.Join(tmp, "agent.log")}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer logf.Close()
+	p.cmd = b.command(ctx, b.o.serverCPU, b.o.serverProcs, b.agentBin, "dev", "--listen", addr)
+	p.cmd.Env = append(p.cmd.Env, "TMPDIR="+tmp, "NOTIFY_SOCKET="+ns.path)
+	stdout, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, 0, err
+	}
+	p.cmd.Stderr = logf
+	start := time.Now()
+	if err := p.cmd.Start(); err != nil {
+		return nil, 0, err
+	}
+	// The banner names the admin socket: "Status: imds-agent status --socket PATH".
+	socket := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		found := false
+		for sc.Scan() {
+			if _, path, ok := strings.Cut(sc.Text(), "status --socket "); ok && !found {
+				socket <- strings.TrimSpace(path)
+				found = true
+			}
+		}
+	}()
+	at, err := ns.waitReady(30 * time.Second)
+	if err == nil {
+		select {
+		case p.socket = <-socket:
+		case <-time.After(10 * time.Second):
+			err = errors.New("the dev banner named no admin socket")
+		}
+	}
+	if err != nil {
+		p.stop()
+		return nil, 0, fmt.Errorf("agent: %w (log: %s)", err, p.log)
+	}
+	return p, at.Sub(start), nil
+}
+
+func (b *bench) startFloor(ctx context.Context) (*process, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	p := &process{name: "floor", addr: "127.0.0.1:" + strconv.Itoa(port)}
+	p.cmd = b.command(ctx, b.o.serverCPU, b.o.serverProcs, b.floorBin, "-listen", p.addr)
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	p.cmd.Stderr = os.Stderr
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != p.addr {
+		p.stop()
+		return nil, fmt.Errorf("floor did not start (%q, %v)", line, err)
+	}
+	return p, nil
+}
+
+// load runs the load generator against p and returns its result.
+func (b *bench) load(ctx context.Context, p *process, mode string, conns int, extra ...string) (*loadResult, error) {
+	bound := b.o.warmup + b.o.duration + time.Minute
+	if mode == "tokens" {
+		bound = 6 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, bound)
+	defer cancel()
+	args := append([]string{"loadgen", "-mode", mode, "-addr", p.addr, "-conns", strconv.Itoa(conns),
+		"-warmup", b.o.warmup.String(), "-duration", b.o.duration.String(),
+		"-server-pid", strconv.Itoa(p.pid())}, extra...)
+	cmd := b.command(ctx, b.o.genCPU, b.o.genProcs, b.self, args...)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("loadgen %s against %s: %w", mode, p.name, err)
+	}
+	var res loadResult
+	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
+		return nil, fmt.Errorf("loadgen output: %w", err)
+	}
+	if res.Non200 > 0 || res.Errors > 0 {
+		b.failures = append(b.failures, fmt.Sprintf("%s %s: %d non-200 answers, %d errors; first: %s",
+			p.name, mode, res.Non200, res.Errors, res.FirstIssue))
+	}
+	return &res, nil
+}
+
+// agentStatus is the part of `imds-agent status --json` the harness reads.
+type agentStatus struct {
+	Refreshes    uint64    `json:"refreshes"`
+	Failures     uint64    `json:"failures"`
+	NextRefresh  time.Time `json:"next_refresh"`
+	AuditDropped uint64    `json:"audit_dropped"`
+	ClientsShed  uint64    `json:"clients_shed"`
+}
+
+func (b *bench) status(ctx context.Context) (*agentStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, b.agentBin, "status", "--socket", b.agent.socket, "--json")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return nil, fmt.Errorf("imds-agent status: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	var st agentStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("imds-agent status: %w", err)
+	}
+	return &st, nil
+}
+
+// sample is one load run's figures.
+type sample struct {
+	perSec, p50, p99  float64
+	serverCPU, genCPU float64 // share of one CPU over the window
+	serverUS          float64 // server CPU µs per unit (request or flow)
+}
+
+func (b *bench) run(ctx context.Context) error {
+	o := b.o
+	defer func() {
+		b.agent.stop()
+		b.floor.stop()
+	}()
+
+	fmt.Println("\n== start to READY=1 (exec to the sd_notify datagram, STS/IAM emulator on loopback)")
+	var ready []float64
+	for i := range o.readyStarts {
+		p, d, err := b.startAgent(ctx, i)
+		if err != nil {
+			return err
+		}
+		ready = append(ready, float64(d.Microseconds())/1e3)
+		if i == o.readyStarts-1 {
+			b.agent = p
+		} else {
+			p.stop()
+		}
+	}
+	fmt.Printf("start to ready: median %.1f ms, max %.1f ms over %d starts %v\n", median(ready), slices.Max(ready), len(ready), ready)
+
+	var err error
+	if b.floor, err = b.startFloor(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("agent pid %d on %s; floor pid %d on %s\n", b.agent.pid(), b.agent.addr, b.floor.pid(), b.floor.addr)
+
+	fmt.Printf("\n== idle (%s)\n", o.idle)
+	time.Sleep(2 * time.Second) // let start-up settle
+	cpu0 := procCPU(b.agent.pid())
+	time.Sleep(o.idle)
+	idleCPU := procCPU(b.agent.pid()) - cpu0
+	idlePct := 100 * idleCPU / o.idle.Seconds()
+	rssIdle, err := rssKiB(b.agent.pid())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("agent CPU over %s idle: %.2f s (%.3f %%)\n", o.idle, idleCPU, idlePct)
+	fmt.Printf("agent RSS idle: %.1f MiB\n", mib(rssIdle))
+
+	before, err := b.status(ctx)
+	if err != nil {
+		return err
+	}
+	loadStart := time.Now()
+
+	// First a thousand tokens, then the rest: what serving itself costs in
+	// memory (buffers, stacks, the heap reaching its first GC goal) shows
+	// after the first step, what the number of tokens costs after the second.
+	const firstTokens = 1000
+	fmt.Printf("\n== %d tokens (%d, then the rest)\n", o.tokens, firstTokens)
+	var rss1k int64
+	var issued int64
+	var took float64
+	for _, n := range []int64{firstTokens, o.tokens - firstTokens} {
+		tok, err := b.load(ctx, b.agent, "tokens", o.warmConns, "-tokens", strconv.FormatInt(n, 10))
+		if err != nil {
+			return err
+		}
+		issued += tok.Units
+		took += tok.Elapsed
+		time.Sleep(5 * time.Second) // connections closed, a GC cycle or two
+		if rss1k == 0 {
+			if rss1k, err = rssKiB(b.agent.pid()); err != nil {
+				return err
+			}
+		}
+	}
+	rssTokens, err := rssKiB(b.agent.pid())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("issued %d tokens in %.1f s (%.0f/s); agent RSS idle %.1f MiB, after %d tokens %.1f MiB, after %d tokens %.1f MiB\n",
+		issued, took, float64(issued)/took, mib(rssIdle), firstTokens, mib(rss1k), issued, mib(rssTokens))
+
+	fmt.Printf("\n== load: %d rounds, each %s warm-up + %s measured; cold %d clients, warm %d connections\n",
+		o.rounds, o.warmup, o.duration, o.coldClients, o.warmConns)
+	results := map[string][]sample{}
+	var agentCreds int64
+	for r := range o.rounds {
+		order := []*process{b.floor, b.agent}
+		if r%2 == 1 {
+			order = []*process{b.agent, b.floor}
+		}
+		for _, p := range order {
+			for _, mode := range []string{"warm", "cold"} {
+				conns := o.warmConns
+				if mode == "cold" {
+					conns = o.coldClients
+				}
+				res, err := b.load(ctx, p, mode, conns)
+				if err != nil {
+					return err
+				}
+				if p == b.agent {
+					agentCreds += res.CredsOK
+				}
+				s := sample{perSec: res.PerSec, p50: res.P50, p99: res.P99,
+					serverCPU: res.ServerCPU / res.Elapsed, genCPU: res.GenCPU / res.Elapsed,
+					serverUS: 1e6 * res.ServerCPU / float64(max(res.Units, 1))}
+				key := p.name + " " + mode
+				results[key] = append(results[key], s)
+				unit := "req/s"
+				if mode == "cold" {
+					unit = "flows/s"
+				}
+				fmt.Printf("round %d %-11s %9.0f %-7s p50 %7.1f µs  p99 %7.1f µs  server CPU %3.0f %% (%5.1f µs each)  generator CPU %3.0f %%\n",
+					r+1, key, s.perSec, unit, s.p50, s.p99, 100*s.serverCPU, s.serverUS, 100*s.genCPU)
+			}
+		}
+	}
+	loadEnd := time.Now()
+	after, err := b.status(ctx)
+	if err != nil {
+		return err
+	}
+
+	fmt.Println("\n== medians over rounds (agent / floor)")
+	tpRatio, p99Ratio := map[string]float64{}, map[string]float64{}
+	for _, mode := range []string{"warm", "cold"} {
+		a, f := results["agent "+mode], results["floor "+mode]
+		pick := func(ss []sample, g func(sample) float64) float64 {
+			v := make([]float64, len(ss))
+			for i, s := range ss {
+				v[i] = g(s)
+			}
+			return median(v)
+		}
+		tp := func(s sample) float64 { return s.perSec }
+		p50 := func(s sample) float64 { return s.p50 }
+		p99 := func(s sample) float64 { return s.p99 }
+		sus := func(s sample) float64 { return s.serverUS }
+		scpu := func(s sample) float64 { return s.serverCPU }
+		gcpu := func(s sample) float64 { return s.genCPU }
+		tpRatio[mode], p99Ratio[mode] = pick(a, tp)/pick(f, tp), pick(a, p99)/pick(f, p99)
+		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f\n", mode, pick(a, tp), pick(f, tp), pick(a, tp)/pick(f, tp))
+		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f\n", mode, pick(a, p50), pick(f, p50), pick(a, p50)/pick(f, p50))
+		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f\n", mode, pick(a, p99), pick(f, p99), pick(a, p99)/pick(f, p99))
+		fmt.Printf("%s  server µs   agent %9.1f  floor %9.1f  ratio %.3f  (server CPU time per %s)\n", mode, pick(a, sus), pick(f, sus), pick(a, sus)/pick(f, sus), map[string]string{"warm": "request", "cold": "flow"}[mode])
+		fmt.Printf("%s  CPU %%       server: agent %3.0f floor %3.0f; generator: with agent %3.0f with floor %3.0f\n", mode,
+			100*pick(a, scpu), 100*pick(f, scpu), 100*pick(a, gcpu), 100*pick(f, gcpu))
+	}
+
+	fmt.Println("\n== STS calls during the load run (status --json, refreshes + failures)")
+	sts := (after.Refreshes + after.Failures) - (before.Refreshes + before.Failures)
+	scheduled := 0
+	if !before.NextRefresh.IsZero() && before.NextRefresh.Before(loadEnd) {
+		scheduled = 1 // at most one rotation fits a run this short with 1 h sessions
+	}
+	fmt.Printf("STS calls %d (refreshes %d→%d, failures %d→%d); scheduled rotations in [%s, %s]: %d (next refresh %s)\n",
+		sts, before.Refreshes, after.Refreshes, before.Failures, after.Failures,
+		loadStart.Format(time.TimeOnly), loadEnd.Format(time.TimeOnly), scheduled, before.NextRefresh.Format(time.TimeOnly))
+	if sts != uint64(scheduled) {
+		b.failures = append(b.failures, fmt.Sprintf("%d STS calls during the load run, %d scheduled", sts, scheduled))
+	}
+
+	fmt.Println("\n== audit trail")
+	b.agent.stop() // flushes the audit writer
+	records, err := countLines(b.agent.log, []byte(`msg="credentials served"`))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("credential answers %d, audit records %d, dropped %d\n", agentCreds, records, after.AuditDropped)
+	if records != agentCreds || after.AuditDropped != 0 {
+		b.failures = append(b.failures, fmt.Sprintf("audit: %d records for %d credential answers, %d dropped", records, agentCreds, after.AuditDropped))
+	}
+
+	fmt.Println("\n== resources")
+	fmt.Printf("RSS idle %.1f MiB; after %d tokens %.1f MiB (%+.1f MiB); after %d tokens %.1f MiB (%+.1f MiB from idle, %+.1f MiB from %d tokens)\n",
+		mib(rssIdle), firstTokens, mib(rss1k), mib(rss1k-rssIdle), o.tokens, mib(rssTokens), mib(rssTokens-rssIdle), mib(rssTokens-rss1k), firstTokens)
+	fmt.Printf("idle CPU %.3f %% over %s\n", idlePct, o.idle)
+	fmt.Printf("start to ready %.1f ms (median of %d)\n", median(ready), len(ready))
+
+	fmt.Println("\n== targets (benchmarks: a miss is reported, it does not fail the run)")
+	target := func(name string, ok bool, got string) {
+		verdict := "met"
+		if !ok {
+			verdict = "MISSED"
+		}
+		fmt.Printf("%-48s %-7s %s\n", name, verdict, got)
+	}
+	target("warm throughput >= 0.95 x floor", tpRatio["warm"] >= 0.95, fmt.Sprintf("%.3f", tpRatio["warm"]))
+	target("cold throughput >= 0.90 x floor", tpRatio["cold"] >= 0.90, fmt.Sprintf("%.3f", tpRatio["cold"]))
+	target("warm p99 <= 1.2 x floor", p99Ratio["warm"] <= 1.2, fmt.Sprintf("%.3f", p99Ratio["warm"]))
+	target("cold p99 <= 1.2 x floor", p99Ratio["cold"] <= 1.2, fmt.Sprintf("%.3f", p99Ratio["cold"]))
+	target("RSS idle <= 20 MiB", mib(rssIdle) <= 20, fmt.Sprintf("%.1f MiB", mib(rssIdle)))
+	target(fmt.Sprintf("RSS after %d tokens within 2 MiB of idle", o.tokens), math.Abs(mib(rssTokens-rssIdle)) <= 2, fmt.Sprintf("%+.1f MiB", mib(rssTokens-rssIdle)))
+	target(fmt.Sprintf("  ... and of RSS after %d tokens", firstTokens), math.Abs(mib(rssTokens-rss1k)) <= 2, fmt.Sprintf("%+.1f MiB", mib(rssTokens-rss1k)))
+	target("idle CPU <= 0.1 %", idlePct <= 0.1, fmt.Sprintf("%.3f %%", idlePct))
+	target("start to ready <= 100 ms", median(ready) <= 100, fmt.Sprintf("%.1f ms", median(ready)))
+	target("STS calls = scheduled rotations", sts == uint64(scheduled), fmt.Sprintf("%d / %d", sts, scheduled))
+
+	if len(b.failures) > 0 {
+		fmt.Println("\n== FAILED")
+		for _, f := range b.failures {
+			fmt.Println(f)
+		}
+		return errors.New("the run is invalid")
+	}
+	return nil
+}
+
+func mib(kib int64) float64 { return float64(kib) / 1024 }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// countLines counts the lines of the file at path that contain sub.
+func countLines(path string, sub []byte) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	var n int64
+	for sc.Scan() {
+		if bytes.Contains(sc.Bytes(), sub) {
+			n++
+		}
+	}
+	return n, sc.Err()
+}
