@@ -40,6 +40,7 @@ var (
 
 // Handler is the metadata service's http.Handler.
 type Handler struct {
+	held   atomic.Int64 // connections held silent (see drop)
 	meta   atomic.Pointer[Metadata]
 	creds  CredentialSource
 	tokens *Tokens
@@ -306,19 +307,29 @@ func (h *Handler) serveInfo(w http.ResponseWriter, req *Request, snap *snapshot.
 	case snap.State == snapshot.Ready && !snap.Expired(h.now()):
 		h.write(w, req, textPlain, snap.Info)
 	case snap.Failure.Bytes != nil:
-		h.write(w, req, textPlain, snap.Failure)
+		// The failure document says what went wrong, but never with 200:
+		// an error body is never sent as a success.
+		req.Reason = ReasonNoCredentials
+		h.writeStatus(w, req, http.StatusServiceUnavailable, textPlain, snap.Failure)
 	default:
 		h.refuse(w, req, http.StatusServiceUnavailable, ReasonNoCredentials)
 	}
 }
 
 func (h *Handler) write(w http.ResponseWriter, req *Request, ctype []string, b body) {
+	h.writeStatus(w, req, http.StatusOK, ctype, b)
+}
+
+// writeStatus sends b with status. The header value slices are shared by
+// every response and never modified (an Add would reallocate them: each has
+// a capacity of one).
+func (h *Handler) writeStatus(w http.ResponseWriter, req *Request, status int, ctype []string, b body) {
 	hdr := w.Header()
 	hdr["Content-Type"] = ctype
 	hdr["Content-Length"] = b.ContentLength
-	w.WriteHeader(http.StatusOK)
+	w.WriteHeader(status)
 	_, _ = w.Write(b.Bytes)
-	h.hooks.Served(req, http.StatusOK)
+	h.hooks.Served(req, status)
 }
 
 // StatusDrop, returned by Hooks.Admit, sends no answer at all: the
@@ -326,8 +337,14 @@ func (h *Handler) write(w http.ResponseWriter, req *Request, ctype []string, b b
 // had been lost on the way (a token beyond the hop limit).
 const StatusDrop = -1
 
-// dropHold is how long a dropped request's connection is held open.
-const dropHold = 10 * time.Second
+// dropHold is how long a dropped request's connection is held open, and
+// maxHeld how many are held at once: past that, a dropped request's
+// connection is closed at once, so a caller beyond the hop limit cannot
+// pin down the agent's file descriptors.
+const (
+	dropHold = 10 * time.Second
+	maxHeld  = 256
+)
 
 func (h *Handler) refuse(w http.ResponseWriter, req *Request, status int, reason Reason) {
 	if status == StatusDrop {
@@ -352,7 +369,13 @@ func (h *Handler) drop(w http.ResponseWriter, req *Request, reason Reason) {
 	}
 	req.Reason = reason
 	h.hooks.Served(req, 0)
+	if h.held.Add(1) > maxHeld {
+		h.held.Add(-1)
+		conn.Close()
+		return
+	}
 	go func() {
+		defer h.held.Add(-1)
 		defer conn.Close()
 		_ = conn.SetDeadline(time.Now().Add(dropHold))
 		_, _ = io.Copy(io.Discard, conn)

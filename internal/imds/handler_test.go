@@ -409,7 +409,7 @@ func TestCredentialStates(t *testing.T) {
 	}
 	failing := snapshot.NewPending(testRole).WithFailure("AssumeRoleUnauthorizedAccess", "The agent cannot assume the role.", testNow)
 	f.creds.p.Store(failing)
-	if res, body := f.do("GET", "/latest/meta-data/iam/info", nil); res.StatusCode != 200 || strings.Contains(body, "Success") ||
+	if res, body := f.do("GET", "/latest/meta-data/iam/info", nil); res.StatusCode != 503 || strings.Contains(body, "Success") ||
 		!strings.Contains(body, `"Code":"AssumeRoleUnauthorizedAccess"`) {
 		t.Errorf("pending with failure: info %d %s", res.StatusCode, body)
 	}
@@ -427,8 +427,8 @@ func TestCredentialStates(t *testing.T) {
 		t.Errorf("expired: credentials %d %s, want the last ones with their true expiration", res.StatusCode, body)
 	}
 	want := `{"Code":"ServiceUnavailable","Message":"STS could not be reached; retrying.","LastUpdated":"2026-11-27T04:00:00Z","InstanceProfileArn":"arn:aws:iam::123456789012:instance-profile/web","InstanceProfileId":"AIPAEXAMPLEPROFILE01"}`
-	if _, body := f.do("GET", "/latest/meta-data/iam/info", nil); body != want {
-		t.Errorf("expired: info =\n%s\nwant\n%s", body, want)
+	if res, body := f.do("GET", "/latest/meta-data/iam/info", nil); body != want || res.StatusCode != 503 {
+		t.Errorf("expired: info = %d\n%s\nwant 503 and\n%s", res.StatusCode, body, want)
 	}
 }
 

@@ -192,7 +192,7 @@ func TestMotoWrongSourceKeys(t *testing.T) {
 		t.Errorf("role listing: %d, want 503 while the profile cannot be resolved", status)
 	}
 	status, body := imdsGet(url, "/latest/meta-data/iam/info")
-	if status != http.StatusOK || !strings.Contains(body, `"Code":"InvalidSourceCredentials"`) || strings.Contains(body, "Success") {
+	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"Code":"InvalidSourceCredentials"`) || strings.Contains(body, "Success") {
 		t.Errorf("iam/info: %d %s", status, body)
 	}
 	time.Sleep(3 * time.Second) // let any retry storm show itself
