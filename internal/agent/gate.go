@@ -179,7 +179,10 @@ func (g *gate) admitToken(r *http.Request, rules *gateRules, opts imds.Options) 
 	if rules.limiter != nil && !rules.limiter.Allow(ci.caller, g.now()) {
 		return http.StatusTooManyRequests, imds.ReasonRateLimited
 	}
-	if ci.ttl != ttl {
+	// An answer to a caller in this namespace is delivered locally and
+	// never loses TTL, so only answers that leave for another namespace
+	// need the socket option (and its system call).
+	if !ci.caller.Local && ci.ttl != ttl {
 		g.setTTL(ci, ttl)
 	}
 	return 0, imds.ReasonNone

@@ -155,11 +155,16 @@ func startDev(t *testing.T) *devAgent {
 	return d
 }
 
-// waitReady waits until the agent serves credentials.
+// waitReady waits until the agent serves credentials (the role list alone
+// answers as soon as the role is known, before its credentials arrive).
 func waitReady(t *testing.T, url string) {
 	t.Helper()
 	waitFor(t, 20*time.Second, "credentials at "+url, func() bool {
-		status, _ := imdsGet(url, "/latest/meta-data/iam/security-credentials/")
+		status, role := imdsGet(url, "/latest/meta-data/iam/security-credentials/")
+		if status != http.StatusOK {
+			return false
+		}
+		status, _ = imdsGet(url, "/latest/meta-data/iam/security-credentials/"+role)
 		return status == http.StatusOK
 	})
 }

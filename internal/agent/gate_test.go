@@ -1,0 +1,156 @@
+package agent
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/imds-agent/imds-agent/internal/access"
+	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/imds"
+	"github.com/imds-agent/imds-agent/internal/metrics"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
+)
+
+// newTestGate returns a gate for cfg serving on listening, without a
+// resolver: each test request carries the caller it stands for.
+func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
+	t.Helper()
+	var aps []netip.AddrPort
+	for _, l := range listening {
+		aps = append(aps, netip.MustParseAddrPort(l))
+	}
+	rules, err := compileRules(cfg, aps, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &gate{now: time.Now, log: slog.New(slog.DiscardHandler), metrics: metrics.New(metrics.Sources{
+		Snapshot: func() *snapshot.Snapshot { return snapshot.None() }, Now: time.Now, Connections: func() int64 { return 0 }})}
+	g.rules.Store(rules)
+	return g
+}
+
+// request builds a request from remote to local whose caller is already
+// identified as c.
+func request(method, path, host string, c access.Caller, uidKnown bool) *http.Request {
+	r := httptest.NewRequest(method, "http://"+host+path, nil)
+	r.Host = host
+	ci := &connInfo{caller: c, uidKnown: uidKnown}
+	ci.once.Do(func() {}) // identified already
+	return r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
+}
+
+var (
+	localRoot = access.Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 0}
+	localWeb  = access.Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 33}
+	unknown   = access.Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true}
+	container = access.Caller{Addr: netip.MustParseAddr("172.17.0.2")}
+)
+
+func TestGateAdmit(t *testing.T) {
+	open := config.Default()
+	strict := config.Default()
+	strict.Access.Credentials.Deny = []string{"uid:33"}
+	strict.Access.Credentials.Allow = []string{"uid:0", "cidr:172.17.0.0/16"}
+	for _, tc := range []struct {
+		name     string
+		cfg      *config.Config
+		hopLimit int
+		route    imds.Route
+		path     string
+		host     string
+		caller   access.Caller
+		status   int
+		reason   imds.Reason
+	}{
+		{"own address", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254", localRoot, 0, imds.ReasonNone},
+		{"own address with port", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254:80", localRoot, 0, imds.ReasonNone},
+		{"own IPv6 address", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "[fd00:ec2::254]", localRoot, 0, imds.ReasonNone},
+		{"instance-data", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "instance-data", localRoot, 0, imds.ReasonNone},
+		{"DNS rebinding", open, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "evil.example", localRoot, 403, imds.ReasonBadHost},
+		{"another port", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254:8080", localRoot, 403, imds.ReasonBadHost},
+		{"token, local, hop 1", open, 1, imds.RouteToken, "/latest/api/token", "169.254.169.254", localRoot, 0, imds.ReasonNone},
+		{"token, container, hop 1", open, 1, imds.RouteToken, "/latest/api/token", "169.254.169.254", container, imds.StatusDrop, imds.ReasonHopLimit},
+		{"token, container, hop 2", open, 2, imds.RouteToken, "/latest/api/token", "169.254.169.254", container, 0, imds.ReasonNone},
+		{"token, unidentified local, hop 1", open, 1, imds.RouteToken, "/latest/api/token", "169.254.169.254", unknown, 0, imds.ReasonNone},
+		{"policy: denied user", strict, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", localWeb, 403, imds.ReasonAccessDenied},
+		{"policy: allowed user", strict, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", localRoot, 0, imds.ReasonNone},
+		{"policy: allowed network", strict, 2, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", container, 0, imds.ReasonNone},
+		{"policy: unidentified fails closed", strict, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", unknown, 403, imds.ReasonAccessDenied},
+		{"policy: metadata still open", strict, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254", localWeb, 0, imds.ReasonNone},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newTestGate(t, tc.cfg, "169.254.169.254:80", "[fd00:ec2::254]:80")
+			method := http.MethodGet
+			if tc.route == imds.RouteToken {
+				method = http.MethodPut
+			}
+			req := &imds.Request{HTTP: request(method, tc.path, tc.host, tc.caller, tc.caller.Identified), Route: tc.route, Token: true}
+			status, reason := g.Admit(req, imds.Options{Enabled: true, TokensRequired: true, HopLimit: tc.hopLimit})
+			if status != tc.status || reason != tc.reason {
+				t.Errorf("Admit = %d %v, want %d %v", status, reason, tc.status, tc.reason)
+			}
+		})
+	}
+}
+
+// TestGateTTL: an answer to a container leaves with the hop limit minus
+// the hop it already is away; a local caller's socket is left alone; an
+// IMDSv1 request after a token on the same connection restores the default.
+func TestGateTTL(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ttlOf := func() int {
+		raw, _ := s.(*net.TCPConn).SyscallConn()
+		var v int
+		_ = raw.Control(func(fd uintptr) { v, _ = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_IP, syscall.IP_TTL) })
+		return v
+	}
+	def := ttlOf()
+	for _, tc := range []struct {
+		caller access.Caller
+		hop    int
+		want   int
+	}{
+		{localRoot, 1, def},
+		{container, 3, 2},
+	} {
+		ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: tc.caller, uidKnown: true}
+		ci.once.Do(func() {})
+		r := httptest.NewRequest(http.MethodPut, "http://127.0.0.1:80/latest/api/token", nil)
+		r = r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
+		if st, _ := g.Admit(&imds.Request{HTTP: r, Route: imds.RouteToken}, imds.Options{Enabled: true, HopLimit: tc.hop}); st != 0 {
+			t.Fatalf("token refused: %d", st)
+		}
+		if got := ttlOf(); got != tc.want {
+			t.Errorf("caller %+v at hop limit %d: TTL %d, want %d", tc.caller, tc.hop, got, tc.want)
+		}
+		// An IMDSv1 GET on the same connection gets the default back.
+		r2 := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:80/latest/meta-data/", nil)
+		r2 = r2.WithContext(context.WithValue(r2.Context(), connKey{}, ci))
+		g.Admit(&imds.Request{HTTP: r2, Route: imds.RouteMetaData}, imds.Options{Enabled: true, HopLimit: tc.hop})
+		if got := ttlOf(); got != def {
+			t.Errorf("after an IMDSv1 request: TTL %d, want the default %d", got, def)
+		}
+	}
+}
