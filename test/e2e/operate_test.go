@@ -126,6 +126,9 @@ func TestStatusMetricsAudit(t *testing.T) {
 			motoInstanceID, motoAccount, motoRole, creds)
 	})
 	waitReady(t, a.url)
+	served := func() int { return strings.Count(a.stderr.String(), `msg="credentials served"`) }
+	waitFor(t, 5*time.Second, "the readiness check's audit record", func() bool { return served() >= 1 })
+	before := served()
 	for range 3 {
 		if status, _ := imdsGet(a.url, "/latest/meta-data/iam/security-credentials/"+motoRole); status != 200 {
 			t.Fatalf("credentials: %d", status)
@@ -217,19 +220,18 @@ func TestStatusMetricsAudit(t *testing.T) {
 		t.Errorf("credentials ready = %v", v)
 	}
 
+	waitFor(t, 5*time.Second, "three more audit records", func() bool { return served() >= before+3 })
 	logs := a.stderr.String()
-	served := 0
 	for _, l := range strings.Split(logs, "\n") {
 		if strings.Contains(l, `msg="credentials served"`) {
-			served++
 			uid := fmt.Sprintf("uid=%d ", os.Getuid())
 			if !strings.Contains(l, "component=audit") || !strings.Contains(l, uid) || !strings.Contains(l, "role="+motoRole) || !strings.Contains(l, "access_key_suffix=") {
 				t.Errorf("audit record lacks caller, role or key: %s", l)
 			}
 		}
 	}
-	if served != 3 {
-		t.Errorf("%d audit records of credentials served, want 3", served)
+	if n := served() - before; n != 3 {
+		t.Errorf("%d audit records for 3 credential answers", n)
 	}
 	if !strings.Contains(logs, `msg="request refused" component=audit decision=deny route=credentials status=401 reason=token-missing`) {
 		t.Errorf("no audit record of the refusal:\n%s", logs)
