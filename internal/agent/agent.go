@@ -284,7 +284,10 @@ func (a *Agent) listen() error {
 	var lns []net.Listener
 	var bound []netip.AddrPort
 	for _, ap := range addrs {
-		ln, err := net.Listen("tcp", ap.String())
+		// No TCP keep-alive probes: clients are on this host, and idle
+		// connections are closed after IdleTimeout anyway. That saves the
+		// socket options net would set on every accepted connection.
+		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", ap.String())
 		if err != nil {
 			for _, l := range lns {
 				_ = l.Close()
