@@ -360,6 +360,27 @@ func Link(t testing.TB, a, b *NS, aAddr, bAddr netip.Prefix) (aName, bName strin
 			t.Fatalf("netnstest: %s: LinkSetUp %s: %v", end.ns, end.name, err)
 		}
 	}
+	// A SYN sent before both ends have carrier waits a second for its
+	// retry: return once both are operationally up.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, end := range []struct {
+		ns   *NS
+		name string
+	}{{a, aName}, {b, bName}} {
+		for {
+			l, err := end.ns.handle.LinkByName(end.name)
+			if err != nil {
+				t.Fatalf("netnstest: %s: LinkByName %s: %v", end.ns, end.name, err)
+			}
+			if l.Attrs().OperState == netlink.OperUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("netnstest: %s: %s has no carrier after 5s (state %v)", end.ns, end.name, l.Attrs().OperState)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 	return aName, bName
 }
 
