@@ -73,11 +73,16 @@ func Compile(c config.Access, log *slog.Logger) (*Policy, error) {
 	for i, r := range []config.Rules{c.Metadata, c.Credentials} {
 		var rs ruleSet
 		var err error
-		if rs.allow, err = compile(r.Allow, log); err != nil {
+		if rs.allow, err = compile(r.Allow); err != nil {
 			return nil, err
 		}
-		if rs.deny, err = compile(r.Deny, log); err != nil {
+		if rs.deny, err = compile(r.Deny); err != nil {
 			return nil, err
+		}
+		for _, m := range rs.allow {
+			if !m.ok {
+				log.Warn("access rule names a user or group this host does not have; it matches no one", "rule", "allow "+m.sel.String())
+			}
 		}
 		for _, m := range rs.deny {
 			if !m.ok {
@@ -90,7 +95,9 @@ func Compile(c config.Access, log *slog.Logger) (*Policy, error) {
 	return p, nil
 }
 
-func compile(sels []string, log *slog.Logger) ([]matcher, error) {
+// compile parses selectors and resolves user and group names; a name this
+// host lacks leaves the matcher's ok false.
+func compile(sels []string) ([]matcher, error) {
 	var out []matcher
 	for _, s := range sels {
 		sel, err := config.ParseSelector(s)
@@ -100,23 +107,19 @@ func compile(sels []string, log *slog.Logger) ([]matcher, error) {
 		m := matcher{sel: sel, ok: true}
 		switch sel.Kind {
 		case config.SelectUser:
-			u, err := user.Lookup(sel.Value)
-			if err != nil {
-				log.Warn("access rule names a user this host does not have; it matches no one", "rule", s)
+			if u, err := user.Lookup(sel.Value); err == nil {
+				n, _ := strconv.ParseUint(u.Uid, 10, 32)
+				m.uid = uint32(n)
+			} else {
 				m.ok = false
-				break
 			}
-			n, _ := strconv.ParseUint(u.Uid, 10, 32)
-			m.uid = uint32(n)
 		case config.SelectGroup:
-			g, err := user.LookupGroup(sel.Value)
-			if err != nil {
-				log.Warn("access rule names a group this host does not have; it matches no one", "rule", s)
+			if g, err := user.LookupGroup(sel.Value); err == nil {
+				n, _ := strconv.ParseUint(g.Gid, 10, 32)
+				m.gid = uint32(n)
+			} else {
 				m.ok = false
-				break
 			}
-			n, _ := strconv.ParseUint(g.Gid, 10, 32)
-			m.gid = uint32(n)
 		case config.SelectUID:
 			m.uid = sel.ID
 		case config.SelectGID:
