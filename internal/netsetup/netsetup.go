@@ -123,15 +123,7 @@ type Result struct {
 // call on every start. When it added an address it returns once the kernel
 // delivers to it locally (at most localRouteWait later).
 func Ensure(h Netlink, o Options) (Result, error) {
-	o, log, err := o.normalize()
-	res := Result{Link: o.Link}
-	if err != nil {
-		return res, err
-	}
-	if err := guardEC2(o, log); err != nil {
-		return res, err
-	}
-	st, err := inspect(h, o, log)
+	o, log, res, st, err := prepare(h, o)
 	if err != nil {
 		return res, err
 	}
@@ -211,15 +203,7 @@ func Ensure(h Netlink, o Options) (Result, error) {
 // SysRoot/proc/sys/net/ipv6, which shows the calling thread's network
 // namespace) Check degrades to IPv4 with a warning, as Ensure does.
 func Check(h Netlink, o Options) (Result, error) {
-	o, log, err := o.normalize()
-	res := Result{Link: o.Link}
-	if err != nil {
-		return res, err
-	}
-	if err := guardEC2(o, log); err != nil {
-		return res, err
-	}
-	st, err := inspect(h, o, log)
+	o, log, res, st, err := prepare(h, o)
 	if err != nil {
 		return res, err
 	}
@@ -286,6 +270,21 @@ func Cleanup(h Netlink, link string, log *slog.Logger) error {
 	}
 	log.Info("link removed with its addresses", "link", link, "kind", l.Type())
 	return nil
+}
+
+// prepare is what Ensure and Check do first: normalise the options, apply
+// the EC2 guard and read the link's state (changing nothing).
+func prepare(h Netlink, o Options) (Options, *slog.Logger, Result, state, error) {
+	o, log, err := o.normalize()
+	res := Result{Link: o.Link}
+	if err != nil {
+		return o, log, res, state{}, err
+	}
+	if err := guardEC2(o, log); err != nil {
+		return o, log, res, state{}, err
+	}
+	st, err := inspect(h, o, log)
+	return o, log, res, st, err
 }
 
 func (o Options) normalize() (Options, *slog.Logger, error) {
