@@ -299,17 +299,13 @@ func (a *Agent) listen() error {
 		a.log.Info("serving instance metadata", "address", ln.Addr().String())
 	}
 	a.mu.Lock()
-	a.listeners = lns
-	a.mu.Unlock()
-	a.mu.Lock()
 	defer a.mu.Unlock()
-	// Under the lock: a reload may not build the rules from the listeners
-	// while they are being stored.
-	rules, err := compileRules(a.cfg, bound, a.log)
-	if err != nil {
-		return err
-	}
-	a.gate.rules.Store(rules)
+	a.listeners = lns
+	// The rules New compiled name the configured addresses; a port of 0
+	// became a real one, so the Host check is given the bound addresses.
+	rules := *a.gate.rules.Load()
+	rules.hosts = allowedHosts(bound)
+	a.gate.rules.Store(&rules)
 	close(a.listening)
 	return nil
 }

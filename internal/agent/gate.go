@@ -55,7 +55,6 @@ type connInfo struct {
 	local, remote netip.AddrPort
 	once          sync.Once
 	caller        access.Caller
-	uidKnown      bool
 	ttl           int // the IP TTL / hop limit set on the socket; 0 = the system default
 }
 
@@ -99,7 +98,6 @@ func (g *gate) identify(ci *connInfo) {
 		if err == nil {
 			ci.caller.Local, ci.caller.Identified = info.Local, info.Local
 			ci.caller.UID, ci.caller.Unit, ci.caller.Cgroup = info.UID, info.Unit, info.Cgroup
-			ci.uidKnown = info.Local
 			return
 		}
 		if g.warned.CompareAndSwap(false, true) {
@@ -115,7 +113,7 @@ func (g *gate) identify(ci *connInfo) {
 // CallerUID implements imds.Hooks.
 func (g *gate) CallerUID(r *http.Request) (uint32, bool) {
 	ci := g.callerOf(r)
-	return ci.caller.UID, ci.uidKnown
+	return ci.caller.UID, ci.caller.Identified
 }
 
 // TokenBinding implements imds.Hooks.
@@ -124,7 +122,7 @@ func (g *gate) TokenBinding(r *http.Request) imds.Binding {
 		return imds.Binding{}
 	}
 	ci := g.callerOf(r)
-	return imds.Binding{Bound: ci.uidKnown, UID: ci.caller.UID}
+	return imds.Binding{Bound: ci.caller.Identified, UID: ci.caller.UID}
 }
 
 // Admit implements imds.Hooks.
@@ -242,7 +240,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 		Remote:   req.HTTP.RemoteAddr,
 		Local:    ci.caller.Local,
 		UID:      ci.caller.UID,
-		UIDKnown: ci.uidKnown,
+		UIDKnown: ci.caller.Identified,
 		Unit:     ci.caller.Unit,
 		Cgroup:   ci.caller.Cgroup,
 	}

@@ -38,10 +38,10 @@ func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
 
 // request builds a request from remote to local whose caller is already
 // identified as c.
-func request(method, path, host string, c access.Caller, uidKnown bool) *http.Request {
+func request(method, path, host string, c access.Caller) *http.Request {
 	r := httptest.NewRequest(method, "http://"+host+path, nil)
 	r.Host = host
-	ci := &connInfo{caller: c, uidKnown: uidKnown}
+	ci := &connInfo{caller: c}
 	ci.once.Do(func() {}) // identified already
 	return r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
 }
@@ -91,7 +91,7 @@ func TestGateAdmit(t *testing.T) {
 			if tc.route == imds.RouteToken {
 				method = http.MethodPut
 			}
-			req := &imds.Request{HTTP: request(method, tc.path, tc.host, tc.caller, tc.caller.Identified), Route: tc.route, Token: true}
+			req := &imds.Request{HTTP: request(method, tc.path, tc.host, tc.caller), Route: tc.route, Token: true}
 			status, reason := g.Admit(req, imds.Options{Enabled: true, TokensRequired: true, HopLimit: tc.hopLimit})
 			if status != tc.status || reason != tc.reason {
 				t.Errorf("Admit = %d %v, want %d %v", status, reason, tc.status, tc.reason)
@@ -135,7 +135,7 @@ func TestGateTTL(t *testing.T) {
 		{localRoot, 1, def},
 		{container, 3, 2},
 	} {
-		ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: tc.caller, uidKnown: true}
+		ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: tc.caller}
 		ci.once.Do(func() {})
 		r := httptest.NewRequest(http.MethodPut, "http://127.0.0.1:80/latest/api/token", nil)
 		r = r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
