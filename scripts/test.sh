@@ -20,6 +20,7 @@ apt_missing=()
 python3 -c 'import boto3' 2>/dev/null || apt_missing+=(python3-boto3)
 command -v aws >/dev/null || apt_missing+=(awscli)
 command -v moto_server >/dev/null || apt_missing+=(python3-moto)
+command -v systemd-analyze >/dev/null || apt_missing+=(systemd)
 if ((${#apt_missing[@]})); then
 	echo "installing: ${apt_missing[*]}"
 	apt-get update -qq

@@ -85,7 +85,10 @@ func TestGroupReadableByAnotherGroup(t *testing.T) {
 // or a container endpoint (whose clients are replaced by refusals, so no
 // request could leave anyway).
 func TestLoadNeverUsesIMDS(t *testing.T) {
+	// IMDS enabled as on a host, but pointed at loopback: should anything
+	// slip through, nothing leaves the machine.
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
+	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/")
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds")
 	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE"} {
 		t.Setenv(k, "")
