@@ -246,6 +246,7 @@ func signals() (context.Context, context.CancelFunc, <-chan os.Signal) {
 }
 
 func runDaemon(path string, force bool, stderr io.Writer) error {
+	agent.TuneGC()
 	ctx, stop, hup := signals()
 	defer stop()
 	cfg, err := config.Load(path)
@@ -285,6 +286,7 @@ func serve(ctx context.Context, a *agent.Agent, hup <-chan os.Signal) error {
 }
 
 func runDev(listen string, stdout, stderr io.Writer) error {
+	agent.TuneGC()
 	ctx, stop, hup := signals()
 	defer stop()
 	level := new(slog.LevelVar)

@@ -73,6 +73,7 @@ type Agent struct {
 	metrics *metrics.Metrics
 	audit   *audit.Logger
 	gate    *gate
+	memory  *releaser
 	started time.Time
 
 	statusChanged chan refresh.Status
@@ -153,6 +154,8 @@ func New(o Options) (*Agent, error) {
 	a.gate.rules.Store(rules)
 	a.handler = imds.NewHandler(meta, a.manager, a.tokens, o.Clock.Now, a.gate)
 	a.server = imds.NewServer(a.handler, o.Logger.With("component", "http"), a.gate.connContext)
+	a.memory = newReleaser(a.server.Connections)
+	a.server.OnQuiet(a.memory.quiet)
 	return a, nil
 }
 

@@ -72,6 +72,7 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 	}
 	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
 	a.readySent.Store(true)
+	a.memory.releaseNow(true) // what starting up left behind
 	var tick <-chan time.Time
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
 		t := time.NewTicker(interval / 2)

@@ -25,6 +25,7 @@ type Server struct {
 	http  *http.Server
 	conns atomic.Int64
 	shed  *shedder
+	quiet func()
 }
 
 // connState is what the handler keeps about one client connection.
@@ -67,12 +68,19 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 			case http.StateNew:
 				s.conns.Add(1)
 			case http.StateClosed, http.StateHijacked:
-				s.conns.Add(-1)
+				if s.conns.Add(-1) == 0 && s.quiet != nil {
+					s.quiet()
+				}
 			}
 		},
 	}
 	return s
 }
+
+// OnQuiet sets f to be called, on the closing connection's goroutine, each
+// time the last open client connection closes. It must be set before Serve,
+// and f must return quickly.
+func (s *Server) OnQuiet(f func()) { s.quiet = f }
 
 // Shed returns how many idle or incomplete connections were closed to make
 // room for new ones.

@@ -1,0 +1,138 @@
+package agent
+
+import (
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeReleaser is a releaser over counters the test moves.
+type fakeReleaser struct {
+	*releaser
+	conns     atomic.Int64
+	allocs    atomic.Uint64
+	releases  chan struct{}
+	delivered atomic.Int64
+}
+
+func newFakeReleaser(delay time.Duration) *fakeReleaser {
+	f := &fakeReleaser{releases: make(chan struct{}, 16)}
+	f.releaser = &releaser{
+		delay:     delay,
+		open:      f.conns.Load,
+		allocated: f.allocs.Load,
+		release: func() {
+			f.delivered.Add(1)
+			f.releases <- struct{}{}
+		},
+		start: time.Now(),
+	}
+	return f
+}
+
+// closeAll stands for the server's last connection closing.
+func (f *fakeReleaser) closeAll() {
+	f.conns.Store(0)
+	f.quiet()
+}
+
+func (f *fakeReleaser) expectRelease(t *testing.T, within time.Duration) {
+	t.Helper()
+	select {
+	case <-f.releases:
+	case <-time.After(within):
+		t.Fatalf("no release within %v", within)
+	}
+}
+
+func (f *fakeReleaser) expectNone(t *testing.T, during time.Duration) {
+	t.Helper()
+	select {
+	case <-f.releases:
+		t.Fatal("released, but should not have")
+	case <-time.After(during):
+	}
+}
+
+func TestReleaserAfterBurst(t *testing.T) {
+	const delay = 50 * time.Millisecond
+	f := newFakeReleaser(delay)
+
+	// A burst: connections open, memory is allocated, they all close.
+	f.conns.Store(32)
+	f.allocs.Add(64 << 20)
+	began := time.Now()
+	f.closeAll()
+	f.expectRelease(t, 2*time.Second)
+	if waited := time.Since(began); waited < delay {
+		t.Errorf("released %v after the last close, before the %v quiet delay", waited, delay)
+	}
+
+	// Quiet again with next to nothing allocated since: no work.
+	f.allocs.Add(20 << 10)
+	f.closeAll()
+	f.expectNone(t, 4*delay)
+
+	// A client connected when the timer fired: nothing until it leaves.
+	f.allocs.Add(releaseAfter)
+	f.closeAll()
+	f.conns.Store(1)
+	f.expectNone(t, 4*delay)
+	f.closeAll()
+	f.expectRelease(t, 2*time.Second)
+	if n := f.delivered.Load(); n != 2 {
+		t.Errorf("%d releases, want 2", n)
+	}
+}
+
+// A connection that comes and goes within the delay pushes the release
+// back: the server must have been quiet for the whole delay.
+func TestReleaserWaitsForWholeQuietSpell(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	f := newFakeReleaser(delay)
+	f.allocs.Add(8 << 20)
+	f.closeAll()
+	time.Sleep(delay / 2)
+	f.conns.Store(1)
+	time.Sleep(delay / 4)
+	lastClose := time.Now()
+	f.closeAll()
+	f.expectRelease(t, 2*time.Second)
+	if waited := time.Since(lastClose); waited < delay {
+		t.Errorf("released %v after the last close, want at least %v", waited, delay)
+	}
+	f.expectNone(t, 2*delay)
+}
+
+func TestReleaserForced(t *testing.T) {
+	f := newFakeReleaser(time.Hour)
+	f.releaseNow(true)
+	f.expectRelease(t, time.Second)
+	f.releaseNow(false) // nothing allocated since
+	f.expectNone(t, 10*time.Millisecond)
+}
+
+// The real thing: after a burst of garbage, a release leaves the heap at its
+// live size and hands the freed pages back.
+func TestReleaserReleases(t *testing.T) {
+	r := newReleaser(func() int64 { return 0 })
+	r.releaseNow(true)
+	for range 128 {
+		garbage = append(garbage, make([]byte, 32<<10))
+	}
+	garbage = nil
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r.releaseNow(false)
+	runtime.ReadMemStats(&after)
+	if after.HeapInuse+2<<20 > before.HeapInuse {
+		t.Errorf("heap in use %d bytes after the release, %d before: the garbage was not collected", after.HeapInuse, before.HeapInuse)
+	}
+	if kept := after.HeapIdle - after.HeapReleased; kept > 1<<20 {
+		t.Errorf("%d bytes of free heap kept from the kernel after the release", kept)
+	}
+}
+
+// garbage is package-level so that the compiler cannot keep it off the heap.
+var garbage [][]byte
