@@ -10,7 +10,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/audit"
@@ -24,7 +23,6 @@ import (
 // connection), applies the Host check, the hop limit, the access policy
 // and the optional token rate limit, and feeds metrics and the audit trail.
 type gate struct {
-	now      func() time.Time
 	resolver *caller.Resolver // nil: callers cannot be identified
 	metrics  *metrics.Metrics
 	audit    *audit.Logger // nil: audit off
@@ -133,7 +131,7 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 		return http.StatusForbidden, imds.ReasonBadHost
 	}
 	if req.Route == imds.RouteToken {
-		return g.admitToken(r, rules, opts)
+		return g.admitToken(req, rules, opts)
 	}
 	if ci := g.connOf(r); !req.Token && ci.ttl != 0 {
 		// An IMDSv1 request on a connection whose socket was set to the
@@ -160,8 +158,8 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 // EC2's metadata service, even though its packets are delivered locally: at
 // hop limit 1 it gets no answer, at 2 it does (and its answer leaves with a
 // TTL one lower, so further routed hops count too).
-func (g *gate) admitToken(r *http.Request, rules *gateRules, opts imds.Options) (int, imds.Reason) {
-	ci := g.callerOf(r)
+func (g *gate) admitToken(req *imds.Request, rules *gateRules, opts imds.Options) (int, imds.Reason) {
+	ci := g.callerOf(req.HTTP)
 	ttl := opts.HopLimit
 	if !ci.caller.Local {
 		ttl--
@@ -174,7 +172,7 @@ func (g *gate) admitToken(r *http.Request, rules *gateRules, opts imds.Options) 
 			return http.StatusForbidden, imds.ReasonAccessDenied
 		}
 	}
-	if rules.limiter != nil && !rules.limiter.Allow(ci.caller, g.now()) {
+	if rules.limiter != nil && !rules.limiter.Allow(ci.caller, req.Time) {
 		return http.StatusTooManyRequests, imds.ReasonRateLimited
 	}
 	// An answer to a caller in this namespace is delivered locally and
@@ -233,7 +231,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 	}
 	ci := g.callerOf(req.HTTP)
 	rec := audit.Record{
-		Time:     g.now(),
+		Time:     req.Time,
 		Decision: "deny",
 		Route:    req.Route.String(),
 		Status:   status,

@@ -66,7 +66,7 @@ func BenchmarkCredentialsGETGate(b *testing.B) {
 	}
 	defer server.Close()
 
-	g := &gate{now: now, log: log}
+	g := &gate{log: log}
 	if g.resolver, err = caller.NewResolver(caller.Options{Logger: log}); err != nil {
 		b.Logf("no caller lookup: %v", err)
 		g.resolver = nil

@@ -30,7 +30,7 @@ func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gate{now: time.Now, log: slog.New(slog.DiscardHandler), metrics: metrics.New(metrics.Sources{
+	g := &gate{log: slog.New(slog.DiscardHandler), metrics: metrics.New(metrics.Sources{
 		Snapshot: func() *snapshot.Snapshot { return snapshot.None() }, Now: time.Now, Connections: func() int64 { return 0 }})}
 	g.rules.Store(rules)
 	return g

@@ -70,7 +70,7 @@ func (h *Handler) Metadata() *Metadata { return h.meta.Load() }
 // only then the path's existence.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := h.meta.Load()
-	req := Request{HTTP: r}
+	req := Request{HTTP: r, Time: h.now()}
 	path := r.URL.Path
 	if strings.Contains(path, "//") {
 		path = collapseSlashes(path)
@@ -183,7 +183,7 @@ func (h *Handler) authorized(w http.ResponseWriter, req *Request, m *Metadata) b
 		if c := connStateOf(req.HTTP); c != nil {
 			memo = &c.tokens
 		}
-		switch h.tokens.verify(v[0], uid, known, h.tokens.now().Unix(), memo) {
+		switch h.tokens.verify(v[0], uid, known, req.Time.Unix(), memo) {
 		case TokenValid:
 			req.Token = true
 			return true
@@ -227,7 +227,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		h.refuse(w, req, status, reason)
 		return
 	}
-	tok := h.tokens.Issue(ttl, h.hooks.TokenBinding(r))
+	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(r), req.Time.Unix())
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	hdr[headerTTL] = r.Header[headerTTL]
@@ -304,7 +304,7 @@ func (h *Handler) serveIAM(w http.ResponseWriter, req *Request, role string) {
 // Success over an error.
 func (h *Handler) serveInfo(w http.ResponseWriter, req *Request, snap *snapshot.Snapshot) {
 	switch {
-	case snap.State == snapshot.Ready && !snap.Expired(h.now()):
+	case snap.State == snapshot.Ready && !snap.Expired(req.Time):
 		h.write(w, req, textPlain, snap.Info)
 	case snap.Failure.Bytes != nil:
 		// The failure document says what went wrong, but never with 200:

@@ -2,6 +2,7 @@ package imds
 
 import (
 	"net/http"
+	"time"
 
 	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
@@ -97,7 +98,10 @@ func Reasons() []Reason {
 
 // Request is one request as the handler understood it, handed to Hooks.
 type Request struct {
-	HTTP   *http.Request
+	HTTP *http.Request
+	// Time is when the handler took the request up: the one clock reading
+	// that the token check, the hooks and the audit record all use.
+	Time   time.Time
 	Route  Route
 	Reason Reason // why it was refused; ReasonNone when served
 	Token  bool   // a valid token was presented
