@@ -233,7 +233,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 	hdr[headerTTL] = r.Header[headerTTL]
 	hdr["Content-Length"] = tokenLength
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write([]byte(tok))
+	_, _ = w.Write(tok[:])
 	h.hooks.Served(req, http.StatusOK)
 }
 

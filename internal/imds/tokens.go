@@ -78,11 +78,13 @@ type Binding struct {
 
 // Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL).
 func (t *Tokens) Issue(ttlSeconds int, b Binding) string {
-	return t.issue(ttlSeconds, b, t.now().Unix())
+	tok := t.issue(ttlSeconds, b, t.now().Unix())
+	return string(tok[:])
 }
 
-// issue is Issue at a given time (Unix seconds).
-func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) string {
+// issue is Issue at a given time (Unix seconds), returning the token's
+// bytes (what the handler writes) rather than a string.
+func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) *[TokenLen]byte {
 	s := t.macs.Get().(*tokenScratch)
 	defer t.macs.Put(s)
 	raw := &s.raw
@@ -96,8 +98,9 @@ func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) string {
 	}
 	binary.BigEndian.PutUint32(raw[14:18], mathrand.Uint32())
 	copy(raw[tokenPayloadLen:], s.macOf(raw[:tokenPayloadLen]))
-	tokenEncoding.Encode(s.enc[:], raw[:])
-	return string(s.enc[:])
+	tok := new([TokenLen]byte)
+	tokenEncoding.Encode(tok[:], raw[:])
+	return tok
 }
 
 // TokenStatus is the outcome of checking a token.
