@@ -202,8 +202,12 @@ func (r *Record) plain() bool {
 	if r.Time.IsZero() {
 		return false // slog leaves the time out
 	}
-	if y := r.Time.Year(); y < 0 || y >= 10000 {
-		return false
+	// Both handlers write a four-digit year (0000 to 9999); Year() is
+	// only worth its cost near the ends of that range.
+	if sec := r.Time.Unix(); sec < safeFrom || sec >= safeUntil {
+		if y := r.Time.Year(); y < 0 || y >= 10000 {
+			return false
+		}
 	}
 	for _, s := range [...]string{r.Decision, r.Route, r.Remote} {
 		if s == "" || !plainString(s) {
@@ -218,12 +222,26 @@ func (r *Record) plain() bool {
 	return true
 }
 
+// Between these times (Unix seconds) the year is 0001 to 9998 in UTC, and
+// so 0000 to 9999 in any zone within a year of UTC.
+var (
+	safeFrom  = time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+	safeUntil = time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+)
+
+// plainBytes marks the bytes plainString accepts.
+var plainBytes = func() (t [256]bool) {
+	for c := '!'; c <= '~'; c++ {
+		t[c] = c != '"' && c != '\\' && c != '='
+	}
+	return t
+}()
+
 // plainString: printable ASCII with nothing either handler quotes or
 // escapes (space, '"', '\\', '=').
 func plainString(s string) bool {
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c <= ' ' || c > '~' || c == '"' || c == '\\' || c == '=' {
+		if !plainBytes[s[i]] {
 			return false
 		}
 	}
