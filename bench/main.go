@@ -113,6 +113,10 @@ func run(args []string) error {
 	return b.run(ctx)
 }
 
+// settle is how long the agent is left alone before an RSS reading after
+// load: its connections closed, it returns memory a second later.
+const settle = 5 * time.Second
+
 type bench struct {
 	o        options
 	dir      string
@@ -458,7 +462,7 @@ func (b *bench) run(ctx context.Context) error {
 		}
 		issued += tok.Units
 		took += tok.Elapsed
-		time.Sleep(5 * time.Second) // connections closed, a GC cycle or two
+		time.Sleep(settle)
 		if rss1k == 0 {
 			if rss1k, err = rssKiB(b.agent.pid()); err != nil {
 				return err
@@ -510,6 +514,17 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	loadEnd := time.Now()
 	after, err := b.status(ctx)
+	if err != nil {
+		return err
+	}
+	// The peak under load, and the agent back at rest: it hands memory
+	// back once no client has been connected for a second.
+	rssPeak, err := peakRSSKiB(b.agent.pid())
+	if err != nil {
+		return err
+	}
+	time.Sleep(settle)
+	rssRest, err := rssKiB(b.agent.pid())
 	if err != nil {
 		return err
 	}
@@ -567,6 +582,7 @@ func (b *bench) run(ctx context.Context) error {
 	fmt.Println("\n== resources")
 	fmt.Printf("RSS idle %.1f MiB; after %d tokens %.1f MiB (%+.1f MiB); after %d tokens %.1f MiB (%+.1f MiB from idle, %+.1f MiB from %d tokens)\n",
 		mib(rssIdle), firstTokens, mib(rss1k), mib(rss1k-rssIdle), o.tokens, mib(rssTokens), mib(rssTokens-rssIdle), mib(rssTokens-rss1k), firstTokens)
+	fmt.Printf("RSS peak during the whole run %.1f MiB; %s after the last load run %.1f MiB\n", mib(rssPeak), settle, mib(rssRest))
 	fmt.Printf("idle CPU %.3f %% over %s\n", idlePct, o.idle)
 	fmt.Printf("start to ready %.1f ms (median of %d)\n", median(ready), len(ready))
 

@@ -57,7 +57,13 @@ func statCPUTicks(stat []byte) (uint64, error) {
 }
 
 // rssKiB returns the resident set size of pid in KiB (VmRSS).
-func rssKiB(pid int) (int64, error) {
+func rssKiB(pid int) (int64, error) { return statusKiB(pid, "VmRSS") }
+
+// peakRSSKiB returns the largest resident set size pid has had (VmHWM).
+func peakRSSKiB(pid int) (int64, error) { return statusKiB(pid, "VmHWM") }
+
+// statusKiB reads one "Name: N kB" line of /proc/PID/status.
+func statusKiB(pid int, name string) (int64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -65,11 +71,11 @@ func rssKiB(pid int) (int64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+":"); ok {
 			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s for pid %d", name, pid)
 }
 
 // notifySocket is a unixgram socket standing in for systemd's
