@@ -243,6 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Info("stopping")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 		defer cancel()
+		defer a.memory.stop() // the connections closing would arm it
 		return a.server.Shutdown(sctx)
 	})
 	err = g.Wait()

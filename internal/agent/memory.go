@@ -50,8 +50,12 @@ const releaseAfter = 1 << 20
 // the agent has allocated releaseAfter bytes since it last did: an agent
 // serving a request now and then is rarely woken for it (an SDK's whole
 // credential fetch allocates about 20 KiB), and one that has just served a
-// burst returns to its idle size. Nothing runs on a timer while the agent is
-// idle.
+// burst returns to its idle size. Idle keep-alive connections count as
+// open: after clients that keep theirs, the release waits for the server to
+// close them (IdleTimeout). Only a connection closing arms the timer, so an
+// agent nobody talks to runs nothing; under systemd the watchdog's probe
+// connections arm it every WatchdogSec/2, and release about every quarter
+// hour, once they have allocated releaseAfter.
 type releaser struct {
 	delay     time.Duration
 	open      func() int64  // open client connections
@@ -61,6 +65,7 @@ type releaser struct {
 	start   time.Time
 	quietAt atomic.Int64 // since start, when the last connection closed
 	armed   atomic.Bool
+	stopped atomic.Bool
 
 	mu   sync.Mutex
 	last uint64 // allocated at the last release
@@ -94,14 +99,18 @@ func (r *releaser) quiet() {
 }
 
 func (r *releaser) arm(d time.Duration) {
-	if r.armed.CompareAndSwap(false, true) {
+	if !r.stopped.Load() && r.armed.CompareAndSwap(false, true) {
 		time.AfterFunc(d, r.fire)
 	}
 }
 
+// stop ends the releases once the server has shut down; a timer already
+// armed fires and does nothing.
+func (r *releaser) stop() { r.stopped.Store(true) }
+
 func (r *releaser) fire() {
 	r.armed.Store(false)
-	if r.open() > 0 {
+	if r.stopped.Load() || r.open() > 0 {
 		return // the next close arms again
 	}
 	if wait := r.delay - (time.Since(r.start) - time.Duration(r.quietAt.Load())); wait > 0 {

@@ -105,6 +105,21 @@ func TestReleaserWaitsForWholeQuietSpell(t *testing.T) {
 	f.expectNone(t, 2*delay)
 }
 
+// After stop, a quiet spell releases nothing, even with a timer armed.
+func TestReleaserStopped(t *testing.T) {
+	const delay = 50 * time.Millisecond
+	f := newFakeReleaser(delay)
+	f.allocs.Add(8 << 20)
+	f.closeAll() // armed
+	f.stop()
+	f.expectNone(t, 4*delay)
+	f.closeAll() // not armed again
+	f.expectNone(t, 4*delay)
+	if f.armed.Load() {
+		t.Error("armed after stop")
+	}
+}
+
 func TestReleaserForced(t *testing.T) {
 	f := newFakeReleaser(time.Hour)
 	f.releaseNow(true)

@@ -49,7 +49,9 @@ type Handler struct {
 }
 
 // NewHandler returns a handler serving meta and the credentials of creds.
-// hooks may be nil.
+// now is read once per request, and that reading is the time tokens are
+// issued and checked at: it must be the clock tokens was made with. hooks
+// may be nil.
 func NewHandler(meta *Metadata, creds CredentialSource, tokens *Tokens, now func() time.Time, hooks Hooks) *Handler {
 	if hooks == nil {
 		hooks = NopHooks{}

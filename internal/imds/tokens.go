@@ -60,7 +60,8 @@ type tokenScratch struct {
 }
 
 // NewTokens returns a token service with a fresh random key. now is the
-// clock tokens expire by.
+// clock Issue and Verify read; the Handler passes its own reading of the
+// same clock instead.
 func NewTokens(now func() time.Time) (*Tokens, error) {
 	t := &Tokens{now: now}
 	if _, err := rand.Read(t.key[:]); err != nil {
