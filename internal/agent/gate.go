@@ -56,8 +56,14 @@ type connInfo struct {
 	ttl           int // the IP TTL / hop limit set on the socket; 0 = the system default
 }
 
-// connContext is the server's ConnContext: it records the connection; the
-// caller look-up waits until a request needs it.
+// connContext is the server's ConnContext: it records the connection and
+// identifies the caller. Every request needs the caller (the hop limit,
+// token binding, the policy, the audit record), and the look-up is cheaper
+// here than on the connection's goroutine: this runs on the server's accept
+// loop, whose stack is grown once, while a new connection's goroutine starts
+// with a small stack that the look-up's depth made it grow and copy once
+// more than net/http alone does (about 2 µs a connection in the cold flow's
+// profile, where the look-up itself costs 3.6 µs).
 func (g *gate) connContext(ctx context.Context, c net.Conn) context.Context {
 	ci := &connInfo{conn: c}
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -66,6 +72,7 @@ func (g *gate) connContext(ctx context.Context, c net.Conn) context.Context {
 	if a, ok := c.LocalAddr().(*net.TCPAddr); ok {
 		ci.local = a.AddrPort()
 	}
+	ci.once.Do(func() { g.identify(ci) })
 	return context.WithValue(ctx, connKey{}, ci)
 }
 
@@ -82,7 +89,8 @@ func (g *gate) connOf(r *http.Request) *connInfo {
 	return ci
 }
 
-// callerOf identifies the caller of r, looking it up once per connection.
+// callerOf returns r's connection with its caller identified (by
+// connContext, or here for a request that came without one).
 func (g *gate) callerOf(r *http.Request) *connInfo {
 	ci := g.connOf(r)
 	ci.once.Do(func() { g.identify(ci) })
