@@ -45,9 +45,9 @@ const probeHeader = "X-Imds-Agent-Probe"
 // connKey keys the per-connection caller record in a connection's context.
 type connKey struct{}
 
-// connInfo is what the agent knows about one client connection. Requests
-// on a connection are handled one at a time, but metrics may look from
-// elsewhere, hence the Once.
+// connInfo is what the agent knows about one client connection. The Once
+// identifies the caller exactly once, in connContext or, for a request that
+// came without a connection record, at its first use.
 type connInfo struct {
 	conn          net.Conn
 	local, remote netip.AddrPort

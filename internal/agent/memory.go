@@ -22,8 +22,8 @@ import (
 // flood of connections, which grows the live heap, from growing the heap
 // five times as much: past it the collector works harder instead. And once
 // no client connection has been open for a second, the memory freed since
-// the last collection goes back to the kernel, so a burst of requests leaves
-// nothing in the agent's RSS.
+// the last collection goes back to the kernel, so after a burst of requests
+// the agent's RSS is back within about 2 MiB of its idle size.
 const (
 	gcPercent   = 400
 	memoryLimit = 256 << 20
