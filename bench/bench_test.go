@@ -90,3 +90,15 @@ func serveFloorForTest(ln net.Listener) {
 		}
 	}))
 }
+
+func TestPerRound(t *testing.T) {
+	tp := func(s sample) float64 { return s.perSec }
+	agent := []sample{{perSec: 90}, {perSec: 50}, {perSec: 99}}
+	floor := []sample{{perSec: 100}, {perSec: 100}, {perSec: 100}}
+	if got, want := perRound(agent, floor, tp), "(per round: median 0.900, range 0.500–0.990)"; got != want {
+		t.Errorf("perRound = %q, want %q", got, want)
+	}
+	if got := perRound(nil, floor, tp); got != "" {
+		t.Errorf("perRound without agent runs = %q", got)
+	}
+}

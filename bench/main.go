@@ -67,7 +67,7 @@ type options struct {
 func run(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var o options
-	fs.IntVar(&o.rounds, "rounds", 5, "interleaved rounds (each: floor and agent, warm and cold)")
+	fs.IntVar(&o.rounds, "rounds", 6, "rounds (each: floor and agent, warm and cold); an even number lets each server go first in as many pairs as the other")
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured window of each load run")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured start of each load run")
 	fs.IntVar(&o.coldClients, "cold-clients", 32, "concurrent fresh SDK processes in the cold flow")
@@ -481,12 +481,15 @@ func (b *bench) run(ctx context.Context) error {
 	results := map[string][]sample{}
 	var agentCreds int64
 	for r := range o.rounds {
-		order := []*process{b.floor, b.agent}
-		if r%2 == 1 {
-			order = []*process{b.agent, b.floor}
-		}
-		for _, p := range order {
-			for _, mode := range []string{"warm", "cold"} {
+		// The two servers' runs of a mode are back to back, and which goes
+		// first alternates: drift in the host's other load then moves both
+		// runs of a pair alike, and each round's ratio is its own measure.
+		for i, mode := range []string{"warm", "cold"} {
+			order := []*process{b.floor, b.agent}
+			if (r+i)%2 == 1 {
+				order = []*process{b.agent, b.floor}
+			}
+			for _, p := range order {
 				conns := o.warmConns
 				if mode == "cold" {
 					conns = o.coldClients
@@ -547,9 +550,9 @@ func (b *bench) run(ctx context.Context) error {
 		scpu := func(s sample) float64 { return s.serverCPU }
 		gcpu := func(s sample) float64 { return s.genCPU }
 		tpRatio[mode], p99Ratio[mode] = pick(a, tp)/pick(f, tp), pick(a, p99)/pick(f, p99)
-		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f\n", mode, pick(a, tp), pick(f, tp), pick(a, tp)/pick(f, tp))
-		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f\n", mode, pick(a, p50), pick(f, p50), pick(a, p50)/pick(f, p50))
-		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f\n", mode, pick(a, p99), pick(f, p99), pick(a, p99)/pick(f, p99))
+		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f  %s\n", mode, pick(a, tp), pick(f, tp), pick(a, tp)/pick(f, tp), perRound(a, f, tp))
+		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, pick(a, p50), pick(f, p50), pick(a, p50)/pick(f, p50), perRound(a, f, p50))
+		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, pick(a, p99), pick(f, p99), pick(a, p99)/pick(f, p99), perRound(a, f, p99))
 		fmt.Printf("%s  server µs   agent %9.1f  floor %9.1f  ratio %.3f  (server CPU time per %s)\n", mode, pick(a, sus), pick(f, sus), pick(a, sus)/pick(f, sus), map[string]string{"warm": "request", "cold": "flow"}[mode])
 		fmt.Printf("%s  CPU %%       server: agent %3.0f floor %3.0f; generator: with agent %3.0f with floor %3.0f\n", mode,
 			100*pick(a, scpu), 100*pick(f, scpu), 100*pick(a, gcpu), 100*pick(f, gcpu))
@@ -616,6 +619,20 @@ func (b *bench) run(ctx context.Context) error {
 }
 
 func mib(kib int64) float64 { return float64(kib) / 1024 }
+
+// perRound describes the ratios agent/floor of each round's back-to-back
+// pair of runs: their median and range show how far the host's other load
+// moved the figure over the run.
+func perRound(agent, floor []sample, g func(sample) float64) string {
+	var r []float64
+	for i := range min(len(agent), len(floor)) {
+		r = append(r, g(agent[i])/g(floor[i]))
+	}
+	if len(r) == 0 {
+		return ""
+	}
+	return fmt.Sprintf("(per round: median %.3f, range %.3f–%.3f)", median(r), slices.Min(r), slices.Max(r))
+}
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
