@@ -92,6 +92,7 @@ func TestUnitContract(t *testing.T) {
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
 		"WatchdogSec=30s",
+		"LogRateLimitIntervalSec=0",
 		"User=imds-agent",
 		"Group=imds-agent",
 		"RuntimeDirectory=imds-agent",
