@@ -449,8 +449,16 @@ func (m *Manager) refresh(ctx context.Context) {
 	code, msg := failureCode(class, err)
 	attrs := []any{"role", m.role.ARN, "error", err, "class", class.String(),
 		"failures", m.failures, "retry_in", delay.Round(time.Millisecond)}
-	if m.creds != nil && m.credsRole == m.role.ARN {
+	// The credentials served stay: the role's own, even once expired (with
+	// their true expiration), and those of the role before a change (a
+	// reload, or another role in the instance profile) while they are
+	// valid, so that a new role that cannot be assumed yet does not cut
+	// every client off before the old credentials would have run out.
+	if m.creds != nil && (m.credsRole == m.role.ARN || now.Before(m.creds.Expiration)) {
 		attrs = append(attrs, "credentials_expire_in", m.creds.Expiration.Sub(now).Round(time.Second))
+		if m.credsRole != m.role.ARN {
+			attrs = append(attrs, "serving_role", m.credsRole)
+		}
 		m.publish(m.Snapshot().WithFailure(code, msg, now))
 	} else {
 		m.publish(snapshot.NewPending(m.role).WithFailure(code, msg, now))
@@ -601,8 +609,9 @@ func (m *Manager) applyReload(s Settings) {
 			m.publish(snapshot.None())
 			return
 		}
-		// Resolve the new target at once; until that succeeds, what is
-		// served now stays (a failed look-up must not drop credentials).
+		// Resolve the new target at once; until its role's credentials
+		// are obtained, what is served now stays while it is valid (a
+		// failed look-up or AssumeRole must not drop credentials).
 		m.retarget = true
 		return
 	}

@@ -421,6 +421,45 @@ func TestReloadKeepsCredentialsWhileIAMFails(t *testing.T) {
 	}
 }
 
+// TestRoleChangeKeepsCredentialsUntilAssumed: a reload names a role the
+// host cannot assume yet (its trust policy does not name the host). The
+// old role's credentials keep being served while they are valid, with the
+// failure in iam/info; once they expire the agent waits for the new role
+// (503) rather than serve the old role's expired ones; once the new role
+// trusts the host it is served.
+func TestRoleChangeKeepsCredentialsUntilAssumed(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(time.Minute, nil)
+	before := s.m.Snapshot()
+	if before.State != snapshot.Ready || before.Role.ARN != roleA {
+		t.Fatalf("state %v role %s", before.State, before.Role.ARN)
+	}
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+	s.m.applyReload(s.settings(simOptions{target: profile.Target{RoleARN: roleB}, duration: time.Hour}))
+	s.run(30*time.Minute, func(phase string) {
+		snap := s.m.Snapshot()
+		if snap.State != snapshot.Ready || snap.Role.ARN != roleA || !bytes.Equal(snap.Credentials.Bytes, before.Credentials.Bytes) {
+			t.Fatalf("%s: the old role's valid credentials were dropped: state %v role %s", phase, snap.State, snap.Role.ARN)
+		}
+	})
+	snap := s.m.Snapshot()
+	if snap.FailureCode != "AssumeRoleUnauthorizedAccess" {
+		t.Errorf("failure code %q: iam/info should say why the new role is not served", snap.FailureCode)
+	}
+	if !strings.Contains(s.logs.String(), "serving_role="+roleA) {
+		t.Errorf("the failure log does not say which role is still served:\n%s", s.logs)
+	}
+	s.run(time.Hour, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Pending || snap.Role.ARN != roleB {
+		t.Fatalf("after the old credentials expired: state %v role %s, want pending for %s", snap.State, snap.Role.ARN, roleB)
+	}
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: 12 * time.Hour})
+	s.run(backoffCap+time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleB {
+		t.Errorf("after the new role trusted the host: state %v role %s", snap.State, snap.Role.ARN)
+	}
+}
+
 // TestTerminalFailure: the role stops trusting the host for two hours. The
 // credentials run out and keep being served with their true expiration,
 // iam/info stops saying Success, errors are logged once per backoff step as
