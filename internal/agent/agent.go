@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -410,6 +411,22 @@ func (a *Agent) apply(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	settings := a.settings(cfg, meta.Instance().ID)
+	a.mu.Lock()
+	running := a.cfg
+	a.mu.Unlock()
+	if changed := sourceSettings(cfg); !reflect.DeepEqual(changed, sourceSettings(running)) {
+		// The running clients are dropped on reload; new source settings
+		// that cannot be loaded (a profile that does not exist, a file
+		// others can read) would leave nothing to call STS with, and the
+		// error would show only at the next refresh.
+		ctx, cancel := context.WithTimeout(context.Background(), sourceCheckTimeout)
+		_, err := settings.Connect(ctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("credentials: the new source credential settings do not load: %w", err)
+		}
+	}
 	a.mu.Lock()
 	var bound []netip.AddrPort
 	for _, ln := range a.listeners {
@@ -429,7 +446,7 @@ func (a *Agent) apply(cfg *config.Config) error {
 	}
 	a.gate.rules.Store(rules)
 	a.handler.SetMetadata(meta)
-	a.manager.Reload(a.settings(cfg, meta.Instance().ID))
+	a.manager.Reload(settings)
 	if a.o.LogLevel != nil {
 		a.o.LogLevel.Set(Level(cfg.Log.Level))
 	}
@@ -449,16 +466,26 @@ func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {
 	}), nil
 }
 
+// sourceCheckTimeout bounds loading new source settings on reload (local
+// files only: no call leaves the host).
+const sourceCheckTimeout = 10 * time.Second
+
+// sourceSettings says where cfg finds the host's source credentials.
+func sourceSettings(cfg *config.Config) source.Settings {
+	c := cfg.Credentials
+	return source.Settings{
+		Region:                 cfg.Instance.Region,
+		Profile:                c.SourceProfile,
+		SharedConfigFiles:      c.SharedConfigFiles,
+		SharedCredentialsFiles: c.SharedCredentialsFiles,
+	}
+}
+
 func (a *Agent) settings(cfg *config.Config, instanceID string) refresh.Settings {
 	c := cfg.Credentials
 	connect := a.o.Connect
 	if connect == nil {
-		connect = source.Connector(source.Settings{
-			Region:                 cfg.Instance.Region,
-			Profile:                c.SourceProfile,
-			SharedConfigFiles:      c.SharedConfigFiles,
-			SharedCredentialsFiles: c.SharedCredentialsFiles,
-		})
+		connect = source.Connector(sourceSettings(cfg))
 	}
 	return refresh.Settings{
 		Target:         profile.Target{InstanceProfile: c.InstanceProfile, RoleARN: c.RoleARN},

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -272,9 +273,21 @@ func TestReloadKeepsRunningConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Source settings that do not load: a profile that does not exist, and
+	// a credentials file other users can read.
+	exposed := filepath.Join(filepath.Dir(a.config), "exposed-credentials")
+	if err := os.WriteFile(exposed, []byte(fmt.Sprintf("[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", m.keyID, m.secret)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(exposed, 0o644); err != nil { // whatever the umask
+		t.Fatal(err)
+	}
+	creds := regexp.MustCompile(`shared_credentials_files: \[[^]]*\]`)
 	for i, bad := range []struct{ text, says string }{
 		{string(orig) + "bogus_key: 1\n", `unknown key \"bogus_key\"`},
 		{strings.Replace(string(orig), "instance:\n", "instance:\n  user_data_file: /nonexistent/user-data\n", 1), "instance.user_data_file"},
+		{strings.Replace(string(orig), "credentials:\n", "credentials:\n  source_profile: nosuch\n", 1), "profile, nosuch"},
+		{creds.ReplaceAllString(string(orig), "shared_credentials_files: ["+exposed+"]"), "readable by"},
 	} {
 		if err := os.WriteFile(a.config, []byte(bad.text), 0o644); err != nil {
 			t.Fatal(err)
