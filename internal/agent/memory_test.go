@@ -129,11 +129,14 @@ func TestReleaserForced(t *testing.T) {
 }
 
 // The real thing: after a burst of garbage, a release leaves the heap at its
-// live size and hands the freed pages back.
+// live size and hands the garbage's pages back. (What else the process
+// holds idle is not measured: goroutines left by other tests may free
+// memory of their own meanwhile.)
 func TestReleaserReleases(t *testing.T) {
+	const size = 4 << 20
 	r := newReleaser(func() int64 { return 0 })
 	r.releaseNow(true)
-	for range 128 {
+	for range size / (32 << 10) {
 		garbage = append(garbage, make([]byte, 32<<10))
 	}
 	garbage = nil
@@ -141,11 +144,11 @@ func TestReleaserReleases(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	r.releaseNow(false)
 	runtime.ReadMemStats(&after)
-	if after.HeapInuse+2<<20 > before.HeapInuse {
+	if after.HeapInuse+size/2 > before.HeapInuse {
 		t.Errorf("heap in use %d bytes after the release, %d before: the garbage was not collected", after.HeapInuse, before.HeapInuse)
 	}
-	if kept := after.HeapIdle - after.HeapReleased; kept > 1<<20 {
-		t.Errorf("%d bytes of free heap kept from the kernel after the release", kept)
+	if back := int64(after.HeapReleased) - int64(before.HeapReleased); back < size/4 {
+		t.Errorf("%d bytes went back to the kernel after %d bytes of garbage were collected", back, size)
 	}
 }
 
