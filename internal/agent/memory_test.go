@@ -129,9 +129,9 @@ func TestReleaserForced(t *testing.T) {
 }
 
 // The real thing: after a burst of garbage, a release leaves the heap at its
-// live size and hands the garbage's pages back. (What else the process
-// holds idle is not measured: goroutines left by other tests may free
-// memory of their own meanwhile.)
+// live size and hands the garbage's pages back. Not all of them every time
+// (under -race, 1.8 of 4 MiB came back in one run of twelve), so the test
+// asks for a quarter: without the release nothing comes back.
 func TestReleaserReleases(t *testing.T) {
 	const size = 4 << 20
 	r := newReleaser(func() int64 { return 0 })
