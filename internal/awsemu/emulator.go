@@ -113,6 +113,7 @@ type Emulator struct {
 	calls    map[string]int
 	inject   Injector
 	release  chan struct{}
+	skew     time.Duration // STS's wall clock minus the host's
 }
 
 // New returns an empty emulator. now is the emulator's clock (STS's clock:
@@ -178,6 +179,23 @@ func (e *Emulator) Inject(f Injector) {
 	e.inject = f
 }
 
+// SetClockSkew makes STS's wall clock run d ahead of the host's (behind,
+// for a negative d): signatures are judged by it and responses carry it in
+// their Date header, as a real endpoint's would when the host's clock is
+// off.
+func (e *Emulator) SetClockSkew(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.skew = d
+}
+
+// wallClock is STS's real-time clock (now may be simulated).
+func (e *Emulator) wallClock() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return time.Now().Add(e.skew)
+}
+
 // Release ends every hanging request.
 func (e *Emulator) Release() {
 	e.mu.Lock()
@@ -231,6 +249,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		e.writeError(w, "sts", errorf(400, "InvalidAction", "expected a POST of the AWS query protocol"))
 		return
 	}
+	w.Header().Set("Date", e.wallClock().UTC().Format(http.TimeFormat))
 	action := form.Get("Action")
 	service := "sts"
 	if action == "GetInstanceProfile" {
@@ -310,8 +329,12 @@ func (e *Emulator) authenticate(r *http.Request, body []byte, service string) (c
 	}
 	// Signatures are dated by the signer's real clock; STS's own clock (now)
 	// may be simulated, so freshness is judged on the real one.
-	if d := time.Since(signingTime); d > 15*time.Minute || d < -15*time.Minute {
-		return caller{}, errorf(403, "SignatureDoesNotMatch", "Signature expired: %s is now earlier than %s", signingTime.Format("20060102T150405Z"), time.Now().UTC().Add(-15*time.Minute).Format("20060102T150405Z"))
+	wall := e.wallClock()
+	switch d := wall.Sub(signingTime); {
+	case d > 15*time.Minute:
+		return caller{}, errorf(403, "SignatureDoesNotMatch", "Signature expired: %s is now earlier than %s", signingTime.Format("20060102T150405Z"), wall.UTC().Add(-15*time.Minute).Format("20060102T150405Z"))
+	case d < -15*time.Minute:
+		return caller{}, errorf(403, "SignatureDoesNotMatch", "Signature not yet current: %s is still later than %s", signingTime.Format("20060102T150405Z"), wall.UTC().Add(15*time.Minute).Format("20060102T150405Z"))
 	}
 	now := e.now()
 

@@ -43,8 +43,29 @@ var terminalCodes = map[string]bool{
 	"InvalidParameterValue": true, "MissingAuthenticationToken": true, "OptInRequired": true,
 }
 
+// clockSkew reports whether the SDK took err for the host's clock being off
+// from the service's: a signature error whose response's Date header was
+// more than the SDK's threshold (4 minutes) away from the signing time. The
+// SDK marks such an error retryable and keeps the offset on the client, so
+// the next call with the same client signs with the service's time.
+func clockSkew(err error) bool {
+	var r interface{ RetryableError() bool }
+	var ae smithy.APIError
+	if !errors.As(err, &r) || !r.RetryableError() || !errors.As(err, &ae) {
+		return false
+	}
+	switch ae.ErrorCode() {
+	case "SignatureDoesNotMatch", "InvalidSignatureException", "AuthFailure", "RequestTimeTooSkewed", "AccessDeniedException":
+		return true
+	}
+	return false
+}
+
 // Classify sorts a failed STS or IAM call.
 func Classify(err error) Class {
+	if clockSkew(err) {
+		return Transient
+	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		code := ae.ErrorCode()
@@ -84,6 +105,9 @@ var ErrNoSourceCredentials = errors.New("no source credentials")
 // failureCode is the Code iam/info shows for a failure, and failureMessage
 // its fixed text: AWS error text never reaches an HTTP client.
 func failureCode(c Class, err error) (code, message string) {
+	if clockSkew(err) {
+		return "ClockSkew", "The host's clock is off from STS's; retrying with STS's time. See the agent's log."
+	}
 	var ae smithy.APIError
 	if errors.As(err, &ae) {
 		switch ae.ErrorCode() {

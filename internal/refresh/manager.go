@@ -148,6 +148,7 @@ type Manager struct {
 	credsRole      string    // ARN of the role creds belong to
 	credsAt        time.Time // wall time they were obtained
 	lifetime       time.Duration
+	wallCheck      bool // the wall clock may bring the refresh forward (refreshIsDue)
 	refreshDue     time.Duration
 	profileDue     time.Duration
 	failures       int
@@ -303,12 +304,13 @@ func (m *Manager) step(ctx context.Context) time.Duration {
 
 // refreshIsDue: the schedule (monotonic) says so, or, while STS is
 // healthy, the wall clock says the credentials are inside the window (the
-// clock jumped forward, or the host was suspended).
+// clock jumped forward, or the host was suspended) when it did not say so
+// as they arrived.
 func (m *Manager) refreshIsDue(mono time.Duration) bool {
 	if mono >= m.refreshDue {
 		return true
 	}
-	if m.creds == nil || m.failures > 0 {
+	if m.creds == nil || m.failures > 0 || !m.wallCheck {
 		return false
 	}
 	return !m.opts.Clock.Now().Before(m.creds.Expiration.Add(-m.window(m.lifetime)))
@@ -394,7 +396,7 @@ func (m *Manager) lookup(ctx context.Context) (snapshot.Role, bool, error) {
 	defer cancel()
 	role, attached, err := profile.Resolve(cctx, c.IAM, m.s.Target)
 	if err != nil {
-		m.clients = nil // reconnect next time: the source credentials may have changed
+		m.dropClients(err)
 	}
 	return role, attached, err
 }
@@ -468,7 +470,20 @@ func (m *Manager) refresh(ctx context.Context) {
 	} else {
 		m.log.Warn("obtaining role credentials failed", attrs...)
 	}
-	m.clients = nil // reconnect next time: the source credentials may have changed
+	m.dropClients(err)
+}
+
+// dropClients makes the next call reconnect, reading the source credentials
+// again (they may have been rotated), unless err says the host's clock is
+// off: the clients then keep the offset the SDK measured from STS's answer,
+// and the next call, signed with STS's time, can succeed.
+func (m *Manager) dropClients(err error) {
+	if clockSkew(err) {
+		m.log.Error("the host's clock is more than 4 minutes off from the AWS endpoint's: requests are signed with the endpoint's time from the next attempt, but the credentials' expiry is judged by this clock; fix the host's time synchronisation (chrony, systemd-timesyncd)",
+			"host_time", m.opts.Clock.Now().UTC().Format(time.RFC3339), "error", err)
+		return
+	}
+	m.clients = nil
 }
 
 func (m *Manager) assumeRole(ctx context.Context) (snapshot.Credentials, error) {
@@ -515,8 +530,20 @@ func (m *Manager) succeeded(creds snapshot.Credentials, now time.Time, mono time
 	// would make the credentials look longer-lived than they are, so the
 	// lifetime is at most what was asked for.
 	lifetime := min(creds.Expiration.Sub(now), m.duration)
+	if lifetime <= 0 {
+		// Expired on arrival by this host's clock, which must be ahead of
+		// STS's by more than the session: refreshing sooner would bring
+		// the same, so the schedule follows STS's view (the whole session).
+		m.log.Error("the credentials are already expired by the host's clock, which is ahead of STS's by more than the session; fix the host's time synchronisation",
+			"host_time", now.UTC().Format(time.RFC3339), "expires", creds.Expiration.Format(time.RFC3339))
+		lifetime = m.duration
+	}
 	m.lifetime = lifetime
 	w := m.window(lifetime)
+	// Credentials that arrive inside their window by the wall clock mean a
+	// clock ahead of STS's, not a jump since: the wall clock would ask for
+	// a refresh at every wake-up, so only the schedule counts for them.
+	m.wallCheck = now.Before(creds.Expiration.Add(-w))
 	// Start a little early, so the credentials still have the whole window
 	// left when the call returns.
 	interval := max(lifetime-w-min(callMargin, lifetime/100), 0)

@@ -579,6 +579,49 @@ func TestShortCredentials(t *testing.T) {
 	})
 }
 
+// TestClockSkewCorrected: the host's clock is 20 minutes ahead of STS's,
+// which rejects the signature. The SDK measures the offset from the
+// answer's Date header and keeps it on the client; the agent keeps that
+// client, so the retry is signed with STS's time and succeeds, and the log
+// says what to fix instead of blaming the source credentials.
+func TestClockSkewCorrected(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.emu.SetClockSkew(-20 * time.Minute)
+	s.run(time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready {
+		t.Fatalf("state %v after a minute: %+v", snap.State, s.m.Status())
+	}
+	if n := s.stsCalls(); n != 2 {
+		t.Errorf("%d AssumeRole calls, want 2: one refused for the clock, one signed with STS's time", n)
+	}
+	st := s.m.Status()
+	if st.Failures != 1 || !strings.Contains(st.LastError, "Signature not yet current") || st.LastErrorClass != "transient" {
+		t.Errorf("status after the refused call: %+v", st)
+	}
+	if !strings.Contains(s.logs.String(), "clock is more than 4 minutes off") {
+		t.Errorf("the log does not name the clock:\n%s", s.logs)
+	}
+}
+
+// TestHostClockFarAhead: the host's clock is two hours ahead, so credentials
+// for a one-hour session look expired on arrival. The agent serves them
+// (STS holds them valid), says why, and does not ask STS again every
+// second.
+func TestHostClockFarAhead(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.clock.step(2 * time.Hour)
+	s.run(time.Hour, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || s.remaining() <= 0 {
+		t.Fatalf("state %v, %v left by STS's clock", snap.State, s.remaining())
+	}
+	if n := s.stsCalls(); n > 3 {
+		t.Errorf("%d AssumeRole calls in an hour with a host clock two hours ahead", n)
+	}
+	if !strings.Contains(s.logs.String(), "already expired by the host's clock") {
+		t.Errorf("the log does not name the clock:\n%s", s.logs)
+	}
+}
+
 // TestClockJumps: a suspended host (the monotonic clock stood still while
 // hours passed) refreshes within a minute of resuming; a wall clock stepped
 // back two hours does not delay refreshes.
