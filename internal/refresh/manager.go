@@ -374,6 +374,7 @@ func (m *Manager) resolve(ctx context.Context) {
 		m.attached, m.role = true, role
 		m.refreshDue = mono
 		m.failures = 0
+		m.duration, m.warnedDuration = m.s.Duration, false // the new role's limit may differ
 	default:
 		if role != m.role {
 			m.role = role
@@ -626,7 +627,13 @@ func (m *Manager) apply(s Settings) {
 
 func (m *Manager) applyReload(s Settings) {
 	old := m.s
+	duration, warned := m.duration, m.warnedDuration
 	m.apply(s)
+	if s.Duration == old.Duration && s.Target == old.Target {
+		// The role's limit that made the agent fall back to 1h still
+		// holds: asking for session_duration again would only fail again.
+		m.duration, m.warnedDuration = duration, warned
+	}
 	m.clients = nil
 	m.profileDue = m.opts.Clock.Monotonic()
 	if s.Target != old.Target {

@@ -660,6 +660,34 @@ func TestDurationFallback(t *testing.T) {
 	if l := st.Expiration.Sub(st.LastRefresh); l <= time.Hour-time.Second || l > time.Hour {
 		t.Errorf("lifetime after fallback = %v, want 1h", l)
 	}
+	// A reload that changes neither the role nor session_duration keeps the
+	// fallback: no refused AssumeRole, no second warning.
+	s.m.applyReload(s.settings(simOptions{target: profile.Target{RoleARN: roleA}, duration: 6 * time.Hour}))
+	s.run(24*time.Hour, nil)
+	if after := s.m.Status(); after.State != snapshot.Ready || after.Refreshes <= st.Refreshes {
+		t.Fatalf("after the reload: %+v", after)
+	}
+	if n := s.logs.count("maximum session duration is below session_duration"); n != 1 {
+		t.Errorf("fallback warned %d times after a reload, want once", n)
+	}
+}
+
+// TestDurationFallbackFollowsRole: the fallback to 1h belongs to the role
+// that forced it; another role in the instance profile, with a higher
+// maximum, gets session_duration again.
+func TestDurationFallbackFollowsRole(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: 6 * time.Hour, roleMax: time.Hour})
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: 12 * time.Hour})
+	s.run(time.Minute, nil)
+	if st := s.m.Status(); st.Expiration.Sub(st.LastRefresh) > time.Hour {
+		t.Fatalf("lifetime %v before the swap, want the 1h fallback", st.Expiration.Sub(st.LastRefresh))
+	}
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "other"})
+	s.run(10*time.Minute, nil)
+	st := s.m.Status()
+	if st.Role.ARN != roleB || st.Expiration.Sub(st.LastRefresh) < 6*time.Hour-time.Second {
+		t.Errorf("after the swap: role %s, lifetime %v, want %s for 6h", st.Role.ARN, st.Expiration.Sub(st.LastRefresh), roleB)
+	}
 }
 
 // TestNoRole: nothing attached means "no role", at once, and no AWS calls.
