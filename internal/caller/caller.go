@@ -3,7 +3,8 @@
 // and reports its owner's UID, the socket inode, and the cgroup v2 path and
 // systemd unit the socket was created in. A client whose socket is not in
 // the resolver's network namespace (a container, another namespace, another
-// host) is reported as not local.
+// host) is reported as not local; one whose address is this host's own but
+// whose socket cannot be found is reported as unidentified.
 //
 // One lookup is one exact sock_diag request answered from the kernel's hash
 // tables (microseconds), not a dump of every socket on the host, so it can
@@ -18,6 +19,9 @@ import (
 	"runtime"
 	"sync"
 	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // Info describes the local owner of a connection's client socket. When
@@ -61,6 +65,12 @@ var ErrClosed = errors.New("caller: resolver closed")
 // ErrTimeout is returned by a lookup the kernel did not answer in time.
 var ErrTimeout = errors.New("caller: lookup timed out")
 
+// ErrUnidentified is returned for a client on this host (its address is one
+// of this namespace's own) whose socket was not found: it closed, or it is
+// bound to a device none of the links names any more. The caller is local,
+// but nobody in particular.
+var ErrUnidentified = errors.New("caller: the client is on this host but its socket was not found")
+
 // errBadAddr is preallocated: Lookup must not allocate, even to fail.
 var errBadAddr = errors.New("caller: local and remote must be valid addresses of one family")
 
@@ -74,7 +84,9 @@ type Resolver struct {
 
 	conns     chan *diagConn // idle sockets; all of them when none is in use
 	size      int
-	done      chan struct{} // closed by Close
+	routeMu   sync.Mutex
+	route     *netlink.Handle // NETLINK_ROUTE, in the resolver's namespace; nil: misses count as elsewhere
+	done      chan struct{}   // closed by Close
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -101,6 +113,11 @@ func NewResolver(opts Options) (*Resolver, error) {
 		size:    n,
 		done:    make(chan struct{}),
 	}
+	route, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("caller: netlink route socket: %w", err)
+	}
+	r.route = route
 	for range n {
 		c, err := openDiagConn(timeout)
 		if err != nil {
@@ -108,6 +125,7 @@ func NewResolver(opts Options) (*Resolver, error) {
 			for c := range r.conns {
 				c.close()
 			}
+			route.Close()
 			return nil, err
 		}
 		r.conns <- c
@@ -129,12 +147,13 @@ func NewResolver(opts Options) (*Resolver, error) {
 // local and whose client side is remote (as net.Conn's LocalAddr and
 // RemoteAddr say). IPv4-mapped IPv6 addresses are treated as IPv4. A client
 // socket not found in this network namespace gives Info{Local: false} and
-// no error. A kernel that does not answer within the timeout, or no free
+// no error, unless the client's address is one of this namespace's own:
+// that gives ErrUnidentified (see lookupBound). A kernel that does not answer within the timeout, or no free
 // netlink socket within it, gives ErrTimeout: the caller is then unknown,
 // not known to be remote. Other errors mean the lookup itself failed (or
 // the addresses are invalid).
 //
-// It does not allocate. A cgroup id not yet in the cache makes it walk the
+// Finding the socket does not allocate; a miss does (lookupBound). A cgroup id not yet in the cache makes it walk the
 // cgroup hierarchy, at most every cgroupRefreshEvery; until the walk finds the
 // cgroup, Cgroup and Unit stay empty.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
@@ -168,6 +187,9 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	}
 	var info Info
 	v, err := c.exchange(&q, &info, r.timeout)
+	if err == nil && v != verdictFound {
+		v, err = r.lookupBound(c, &q, &info)
+	}
 	r.conns <- c
 	switch {
 	case errors.Is(err, errTimeout):
@@ -187,6 +209,39 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	return info, nil
 }
 
+// lookupBound looks again for a client socket the exact lookup missed. The
+// kernel matches a socket bound to a device (SO_BINDTODEVICE, open to every
+// user since Linux 5.7) only when asked with that device's index, so
+// without this a local user could pass for a container. A client whose
+// address is local to this namespace is looked for on each link; one found
+// on none is ErrUnidentified. A client elsewhere is not found, as before.
+// This path is rare (a client in another namespace takes one route look-up)
+// and, unlike the first look-up, allocates.
+func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, error) {
+	if r.route == nil {
+		return verdictNotFound, nil
+	}
+	r.routeMu.Lock()
+	defer r.routeMu.Unlock()
+	routes, err := r.route.RouteGet(q.src.Addr().AsSlice())
+	if err != nil || len(routes) == 0 || routes[0].Type != unix.RTN_LOCAL {
+		return verdictNotFound, nil // another namespace or host
+	}
+	links, err := r.route.LinkList()
+	if err != nil {
+		return verdictOther, fmt.Errorf("caller: listing links: %w", err)
+	}
+	for _, l := range links {
+		bound := *q
+		bound.ifindex = uint32(l.Attrs().Index)
+		v, err := c.exchange(&bound, info, r.timeout)
+		if err != nil || v == verdictFound {
+			return v, err
+		}
+	}
+	return verdictNotFound, ErrUnidentified
+}
+
 // Close waits for lookups in progress (each bounded by the timeout), then
 // closes the netlink sockets. Lookups after Close return ErrClosed.
 func (r *Resolver) Close() error {
@@ -198,6 +253,9 @@ func (r *Resolver) Close() error {
 			if err := c.close(); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		if r.route != nil {
+			r.route.Close()
 		}
 		if err := errors.Join(errs...); err != nil {
 			r.closeErr = fmt.Errorf("caller: close: %w", err)

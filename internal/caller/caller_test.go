@@ -231,11 +231,44 @@ func TestLookupNotFound(t *testing.T) {
 		// "client" address: a listener is no client.
 		{"listener at the client address", netip.MustParseAddrPort("127.0.0.1:9"), lport},
 	} {
+		// The client address is this host's own: the client is here,
+		// but nobody in particular.
 		t.Run(tc.name, func(t *testing.T) {
-			if got := lookup(t, r, tc.local, tc.remote); got != (Info{}) {
-				t.Errorf("Lookup = %+v, want not local", got)
+			if got, err := r.Lookup(tc.local, tc.remote); !errors.Is(err, ErrUnidentified) || got != (Info{}) {
+				t.Errorf("Lookup = %+v, %v; want ErrUnidentified", got, err)
 			}
 		})
+	}
+	// An address no interface here has: the client is elsewhere.
+	if got := lookup(t, r, netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("192.0.2.7:2")); got != (Info{}) {
+		t.Errorf("Lookup from 192.0.2.7 = %+v, want not local", got)
+	}
+}
+
+// A client socket bound to a device (SO_BINDTODEVICE, which any user may
+// set on an unbound socket since Linux 5.7) is found like any other: it
+// must not pass for a container and escape the rules about users.
+func TestLookupBoundToDevice(t *testing.T) {
+	requireRoot(t) // CAP_NET_RAW for SO_BINDTODEVICE on kernels before 5.7
+	r := newResolver(t, Options{})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), "lo") }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	client, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial bound to lo: %v", err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server := accept(t, ln)
+	local, remote := ends(server)
+	got := lookup(t, r, local, remote)
+	if !got.Local || got.UID != uint32(os.Getuid()) || got.Inode != mustInode(t, client) {
+		t.Errorf("Lookup = %+v, want local, uid %d, inode %d", got, os.Getuid(), mustInode(t, client))
 	}
 }
 
@@ -250,7 +283,8 @@ func TestLookupBadAddress(t *testing.T) {
 }
 
 // A client after it disconnected: its socket is gone (or in TIME_WAIT,
-// without an owner), so it is not reported as local with a made-up UID.
+// without an owner), so it is not reported with a made-up UID; its address
+// is this host's, so it is ErrUnidentified, not elsewhere.
 func TestLookupClosedClient(t *testing.T) {
 	r := newResolver(t, Options{})
 	ln := listen(t, "tcp4", "127.0.0.1:0")
@@ -260,12 +294,12 @@ func TestLookupClosedClient(t *testing.T) {
 	server.Close() // the client's end now moves to TIME_WAIT
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := lookup(t, r, local, remote)
-		if got == (Info{}) {
+		got, err := r.Lookup(local, remote)
+		if errors.Is(err, ErrUnidentified) && got == (Info{}) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Lookup after close = %+v, want not local", got)
+			t.Fatalf("Lookup after close = %+v, %v; want ErrUnidentified", got, err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -423,9 +457,10 @@ func TestLookupAllocations(t *testing.T) {
 	_, server := connect(t, "tcp4", ln)
 	local, remote := ends(server)
 	lookup(t, r, local, remote) // fills the cgroup cache
+	// Only a found socket: a miss asks the routing table whether the
+	// client is on this host (lookupBound), which allocates.
 	for name, pair := range map[string][2]netip.AddrPort{
-		"found":     {local, remote},
-		"not found": {netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.1:2")},
+		"found": {local, remote},
 	} {
 		allocs := testing.AllocsPerRun(1000, func() {
 			if _, err := r.Lookup(pair[0], pair[1]); err != nil {

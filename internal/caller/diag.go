@@ -53,6 +53,7 @@ const (
 type query struct {
 	family   uint8
 	src, dst netip.AddrPort
+	ifindex  uint32 // the device the client socket is bound to; 0 for none
 }
 
 // newQuery builds the query for the client socket of a connection whose
@@ -92,7 +93,7 @@ func encodeRequest(b []byte, seq uint32, q *query) int {
 	binary.BigEndian.PutUint16(id[2:], q.dst.Port())
 	putAddr(id[4:20], q.src.Addr())
 	putAddr(id[20:36], q.dst.Addr())
-	// id[36:40], the interface, stays 0.
+	ne.PutUint32(id[36:], q.ifindex)
 	ne.PutUint32(id[40:], inetDiagNoCookie)
 	ne.PutUint32(id[44:], inetDiagNoCookie)
 	return requestLen

@@ -8,20 +8,26 @@
 // With the argument "imds PATH" it instead fetches one metadata path the
 // IMDSv2 way from AWS_EC2_METADATA_SERVICE_ENDPOINT and prints the status
 // of the token request, then of the GET: the tests run it as other local
-// users to check the access policy. With IMDS_TOKEN set it uses that token.
+// users to check the access policy. With IMDS_TOKEN set it uses that token;
+// with IMDS_BIND_DEVICE set its sockets are bound to that device
+// (SO_BINDTODEVICE), as a local user may do to hide from the agent's
+// caller lookup.
 package main
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -51,7 +57,18 @@ func main() {
 // that token instead of asking for one, and prints only "GET <status>".
 func fetch(ctx context.Context, endpoint, path string) error {
 	base := strings.TrimSuffix(endpoint, "/")
-	c := &http.Client{Transport: &http.Transport{Proxy: nil}}
+	tr := &http.Transport{Proxy: nil}
+	if dev := os.Getenv("IMDS_BIND_DEVICE"); dev != "" {
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var err error
+			if cerr := rc.Control(func(fd uintptr) { err = unix.BindToDevice(int(fd), dev) }); cerr != nil {
+				return cerr
+			}
+			return err
+		}}
+		tr.DialContext = d.DialContext
+	}
+	c := &http.Client{Transport: tr}
 	if tok := os.Getenv("IMDS_TOKEN"); tok != "" {
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
 		req.Header.Set("X-aws-ec2-metadata-token", tok)
