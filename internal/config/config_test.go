@@ -58,6 +58,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad selector", "version: 1\naccess:\n  credentials:\n    deny: [\"www-data\"]\n", `access.credentials.deny[0]: "www-data" is not a selector`},
 		{"bad selector kind", "version: 1\naccess:\n  credentials:\n    allow: [\"pid:1\"]\n", `unknown selector kind "pid"`},
 		{"bad cidr", "version: 1\naccess:\n  metadata:\n    allow: [\"cidr:300.0.0.0/8\"]\n", `is not a network`},
+		{"mapped cidr", "version: 1\naccess:\n  credentials:\n    deny: [\"cidr:::ffff:172.17.0.0/112\"]\n", `IPv4-mapped IPv6 network, which no caller's address matches; write 172.17.0.0/16`},
 		{"bad level", "version: 1\nlog:\n  level: loud\n", `log.level: "loud" is not a level`},
 		{"relative socket", "version: 1\nadmin:\n  socket: admin.sock\n", `admin.socket: "admin.sock" must be an absolute path`},
 		{"bad metrics", "version: 1\nmetrics:\n  listen: 9469\n", `metrics.listen`},

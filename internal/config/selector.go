@@ -72,6 +72,15 @@ func ParseSelector(s string) (Selector, error) {
 			}
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
+		if p.Addr().Is4In6() {
+			// Callers' IPv4 addresses are compared unmapped, so a mapped
+			// network would never match: a deny rule would deny nobody.
+			hint := "an IPv4 network"
+			if p.Bits() >= 96 {
+				hint = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96).Masked().String()
+			}
+			return Selector{}, fmt.Errorf("%q: %q is an IPv4-mapped IPv6 network, which no caller's address matches; write %s", s, value, hint)
+		}
 		sel.Prefix = p.Masked()
 	default:
 		return Selector{}, fmt.Errorf("%q: unknown selector kind %q; use user, uid, group, gid, unit, cgroup or cidr", s, kind)
