@@ -168,7 +168,10 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	case config.SelectAll:
 		return true
 	case config.SelectCIDR:
-		return c.Addr.IsValid() && m.sel.Prefix.Contains(c.Addr.Unmap())
+		// A process on this host may send from any of the host's
+		// addresses (a bridge's, to pass for a container): its user,
+		// group and unit speak for it, not the address it picked.
+		return c.Addr.IsValid() && !(c.Local && c.Identified) && m.sel.Prefix.Contains(c.Addr.Unmap())
 	}
 	if !c.Local {
 		return false // user, group, unit and cgroup describe local processes only

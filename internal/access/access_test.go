@@ -61,6 +61,7 @@ func TestDecide(t *testing.T) {
 		{"cgroup prefix", config.Access{Credentials: config.Rules{Allow: []string{"cgroup:/system.slice/app.service"}}}, Credentials, app, true, "allow cgroup:/system.slice/app.service"},
 		{"cgroup prefix is per component", config.Access{Credentials: config.Rules{Allow: []string{"cgroup:/system.slice/app"}}}, Credentials, app, false, "not in the allow list"},
 		{"cidr allows container", config.Access{Credentials: config.Rules{Allow: []string{"cidr:172.17.0.0/16"}}}, Credentials, container, true, "allow cidr:172.17.0.0/16"},
+		{"cidr never matches an identified local caller", config.Access{Credentials: config.Rules{Allow: []string{"uid:0", "cidr:172.17.0.0/16"}}}, Credentials, Caller{Identified: true, Local: true, UID: 33, Addr: netip.MustParseAddr("172.17.0.1")}, false, "not in the allow list"},
 		{"user rule never matches a container", config.Access{Credentials: config.Rules{Deny: []string{"uid:0"}}}, Credentials, Caller{Addr: container.Addr, UID: 0}, true, ""},
 		{"deny wins over allow", config.Access{Credentials: config.Rules{Allow: []string{"all"}, Deny: []string{"uid:33"}}}, Credentials, wwwData, false, "deny uid:33"},
 		{"unknown user in an allow rule matches no one", config.Access{Credentials: config.Rules{Allow: []string{"user:no-such-user-here"}}}, Credentials, wwwData, false, "not in the allow list"},
