@@ -36,6 +36,16 @@ type Caller struct {
 	Cgroup     string
 }
 
+// SystemUnit is the caller's unit if it is a system unit, else "". A unit
+// under user.slice belongs to a user's own service manager, and a user may
+// name their units anything, "nginx.service" included.
+func (c Caller) SystemUnit() string {
+	if strings.HasPrefix(c.Cgroup, "/user.slice/") {
+		return ""
+	}
+	return c.Unit
+}
+
 // Class is the part of the metadata tree a rule set governs.
 type Class uint8
 
@@ -188,9 +198,7 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	case config.SelectGroup, config.SelectGID:
 		return p.groups.member(c.UID, m.gid)
 	case config.SelectUnit:
-		// Only system units: a user may name their own units anything,
-		// so a unit under user.slice never matches a unit rule.
-		return c.Unit == m.sel.Value && !strings.HasPrefix(c.Cgroup, "/user.slice/")
+		return c.SystemUnit() == m.sel.Value
 	case config.SelectCgroup:
 		prefix := strings.TrimSuffix(m.sel.Value, "/")
 		return c.Cgroup == prefix || strings.HasPrefix(c.Cgroup, prefix+"/")

@@ -247,7 +247,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 		Local:    ci.caller.Local,
 		UID:      ci.caller.UID,
 		UIDKnown: ci.caller.Identified,
-		Unit:     ci.caller.Unit,
+		Unit:     ci.caller.SystemUnit(), // a user's own unit shows as its cgroup path
 		Cgroup:   ci.caller.Cgroup,
 	}
 	if secret {

@@ -1,17 +1,20 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/imds-agent/imds-agent/internal/access"
+	"github.com/imds-agent/imds-agent/internal/audit"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/metrics"
@@ -152,5 +155,40 @@ func TestGateTTL(t *testing.T) {
 		if got := ttlOf(); got != def {
 			t.Errorf("after an IMDSv1 request: TTL %d, want the default %d", got, def)
 		}
+	}
+}
+
+// TestGateAuditNamesUserUnits: a unit under a user's own service manager
+// is recorded as its cgroup path, so a user's "nginx.service" cannot pass
+// for the system's in the audit trail; a system unit is recorded by name.
+func TestGateAuditNamesUserUnits(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var out bytes.Buffer
+	g.audit = audit.New(&out, "text", nil)
+	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
+		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	for _, c := range []access.Caller{
+		{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 1000,
+			Unit: "nginx.service", Cgroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"},
+		{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 33,
+			Unit: "nginx.service", Cgroup: "/system.slice/nginx.service"},
+	} {
+		r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", c)
+		g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Snapshot: snap}, http.StatusOK)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.audit.Run(ctx); err != nil { // flushes
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d audit records, want 2:\n%s", len(lines), out.String())
+	}
+	if !strings.Contains(lines[0], " uid=1000 cgroup=/user.slice/user-1000.slice/") || strings.Contains(lines[0], "unit=") {
+		t.Errorf("a user's unit recorded as: %s", lines[0])
+	}
+	if !strings.Contains(lines[1], " uid=33 unit=nginx.service ") {
+		t.Errorf("a system unit recorded as: %s", lines[1])
 	}
 }
