@@ -128,8 +128,17 @@ func (g *gate) TokenBinding(r *http.Request) imds.Binding {
 		return imds.Binding{}
 	}
 	ci := g.callerOf(r)
+	if ci.caller.Local && !ci.caller.Identified {
+		// A local user the kernel did not name: the token is bound to a
+		// UID no process has, so that no caller can use it, rather than
+		// left unbound for every user to use.
+		return imds.Binding{Bound: true, UID: noUID}
+	}
 	return imds.Binding{Bound: ci.caller.Identified, UID: ci.caller.UID}
 }
+
+// noUID is (uid_t)-1, which the kernel never gives a process.
+const noUID = ^uint32(0)
 
 // Admit implements imds.Hooks.
 func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {

@@ -192,3 +192,39 @@ func TestGateAuditNamesUserUnits(t *testing.T) {
 		t.Errorf("a system unit recorded as: %s", lines[1])
 	}
 }
+
+// TestGateTokenBinding: with bind_tokens_to_uid, a token is bound to the
+// local user who asked; one asked for by a local caller the kernel did not
+// name is bound to no one, so neither that caller nor any user can use it;
+// a container's is not bound (it has no local user).
+func TestGateTokenBinding(t *testing.T) {
+	cfg := config.Default()
+	cfg.Access.BindTokensToUID = true
+	g := newTestGate(t, cfg, "127.0.0.1:80")
+	tokens, err := imds.NewTokens(time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued := func(c access.Caller) string {
+		return tokens.Issue(60, g.TokenBinding(request(http.MethodPut, "/latest/api/token", "127.0.0.1", c)))
+	}
+	for _, tc := range []struct {
+		name      string
+		asker     access.Caller
+		presenter access.Caller
+		want      imds.TokenStatus
+	}{
+		{"own token", localWeb, localWeb, imds.TokenValid},
+		{"another user's token", localRoot, localWeb, imds.TokenWrongUser},
+		{"unidentified asker, same caller", unknown, unknown, imds.TokenWrongUser},
+		{"unidentified asker, root presents it", unknown, localRoot, imds.TokenWrongUser},
+		{"container", container, container, imds.TokenValid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.presenter
+			if got := tokens.Verify(issued(tc.asker), p.UID, p.Identified); got != tc.want {
+				t.Errorf("Verify = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
