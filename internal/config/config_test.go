@@ -50,6 +50,7 @@ func TestParseErrors(t *testing.T) {
 		{"hop limit zero", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 0\n", `0 must be between 1 and 64`},
 		{"hop limit high", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 65\n", `65 must be between 1 and 64`},
 		{"no addresses", "version: 1\nlisten:\n  addresses: []\n", `listen.addresses: needs at least one address`},
+		{"link without IPv4", "version: 1\nlisten:\n  addresses: [\"[fd00:ec2::254]:80\", \"127.0.0.1:80\"]\n", `listen.link: the link "imds0" carries the IPv4 address the agent serves, but listen.addresses has none but loopback`},
 		{"hostname address", "version: 1\nlisten:\n  addresses: [\"localhost:80\"]\n", `"localhost" is not an IP address`},
 		{"no port", "version: 1\nlisten:\n  addresses: [\"127.0.0.1\"]\n", `is not IP:port`},
 		{"duplicate address", "version: 1\nlisten:\n  addresses: [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n", `listen.addresses[1]: "127.0.0.1:80" is listed twice`},

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -230,6 +231,11 @@ func (c *Config) validateListen(p *Problems) {
 		if ap.Addr().Is6() && c.MetadataOptions.HTTPProtocolIPv6 == Disabled {
 			p.add(path, "%q is IPv6 but metadata_options.http_protocol_ipv6 is disabled", a)
 		}
+	}
+	if l.Link != "" && len(l.Addresses) > 0 && !slices.ContainsFunc(c.ListenAddrPorts(), func(ap netip.AddrPort) bool {
+		return ap.Addr().Unmap().Is4() && !ap.Addr().IsLoopback() && !ap.Addr().IsUnspecified()
+	}) {
+		p.add("listen.link", "the link %q carries the IPv4 address the agent serves, but listen.addresses has none but loopback; add one such as %q, or set link to \"\" to manage no link", l.Link, IPv4Address)
 	}
 }
 

@@ -83,3 +83,47 @@ func ec2UUID(u string, littleEndian bool) bool {
 	}
 	return strings.HasPrefix(hex.EncodeToString([]byte{b[3], b[2], b[1], b[0]}), "ec2")
 }
+
+// otherClouds are the platforms, other than EC2, whose own metadata service
+// answers at 169.254.169.254, each with the DMI file and value (or prefix,
+// that cloud-init's ds-identify recognises it by.
+var otherClouds = []struct{ name, file, value string }{
+	{"Google Compute Engine", "product_name", "Google Compute Engine"},
+	{"Microsoft Azure", "chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"},
+	{"Oracle Cloud", "chassis_asset_tag", "OracleCloud.com"},
+	{"OpenStack", "product_name", "OpenStack Nova"},
+	{"OpenStack", "product_name", "OpenStack Compute"},
+	{"OpenStack", "chassis_asset_tag", "OpenStack Nova"},
+	{"OpenStack", "chassis_asset_tag", "OpenStack Compute"},
+	{"Open Telekom Cloud (OpenStack)", "chassis_asset_tag", "OpenTelekomCloud"},
+	{"Huawei Cloud (OpenStack)", "chassis_asset_tag", "HUAWEICLOUD"},
+	{"DigitalOcean", "sys_vendor", "DigitalOcean"},
+	{"Hetzner Cloud", "sys_vendor", "Hetzner"},
+	{"Vultr", "sys_vendor", "Vultr"},
+	{"3DS Outscale", "product_name", "3DS Outscale VM"},
+}
+
+// DetectOtherCloud says which platform other than EC2 sysRoot ("" = "/")
+// runs on, when that platform has a metadata service of its own at
+// 169.254.169.254, from DMI files only, like DetectEC2. cloud is "" for
+// none.
+func DetectOtherCloud(sysRoot string) (cloud, evidence string) {
+	if sysRoot == "" {
+		sysRoot = "/"
+	}
+	values := map[string]string{}
+	for _, c := range otherClouds {
+		v, ok := values[c.file]
+		if !ok {
+			b, err := os.ReadFile(filepath.Join(sysRoot, dmiDir, c.file))
+			if err == nil && len(b) < 256 {
+				v = strings.TrimSpace(string(b))
+			}
+			values[c.file] = v
+		}
+		if v != "" && v == c.value {
+			return c.name, fmt.Sprintf("%s is %q", filepath.Join(sysRoot, dmiDir, c.file), v)
+		}
+	}
+	return "", ""
+}

@@ -85,3 +85,48 @@ func TestEC2Guard(t *testing.T) {
 		t.Errorf("%d forced warnings, want 1:\n%s", n, logs)
 	}
 }
+
+func TestDetectOtherCloud(t *testing.T) {
+	for _, tc := range []struct {
+		name, cloud string
+		files       map[string]string
+	}{
+		{"no DMI at all", "", nil},
+		{"plain KVM", "", map[string]string{dmi + "sys_vendor": "QEMU\n", dmi + "product_name": "Standard PC (Q35 + ICH9, 2009)\n"}},
+		{"GCE", "Google Compute Engine", map[string]string{dmi + "sys_vendor": "Google\n", dmi + "product_name": "Google Compute Engine\n"}},
+		{"Azure", "Microsoft Azure", map[string]string{dmi + "sys_vendor": "Microsoft Corporation\n", dmi + "chassis_asset_tag": "7783-7084-3265-9085-8269-3286-77\n"}},
+		{"Hyper-V elsewhere", "", map[string]string{dmi + "sys_vendor": "Microsoft Corporation\n", dmi + "chassis_asset_tag": "None\n"}},
+		{"OCI", "Oracle Cloud", map[string]string{dmi + "chassis_asset_tag": "OracleCloud.com\n"}},
+		{"OpenStack", "OpenStack", map[string]string{dmi + "product_name": "OpenStack Nova\n"}},
+		{"DigitalOcean", "DigitalOcean", map[string]string{dmi + "sys_vendor": "DigitalOcean\n"}},
+		{"Hetzner", "Hetzner Cloud", map[string]string{dmi + "sys_vendor": "Hetzner\n"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := writeTree(t, tc.files)
+			cloud, evidence := DetectOtherCloud(root)
+			if cloud != tc.cloud || (cloud != "" && !strings.HasPrefix(evidence, root+"/"+dmi)) {
+				t.Errorf("DetectOtherCloud = %q, %q; want %q", cloud, evidence, tc.cloud)
+			}
+		})
+	}
+}
+
+func TestOtherCloudGuard(t *testing.T) {
+	root := writeTree(t, map[string]string{dmi + "product_name": "Google Compute Engine\n"})
+	f := newFake()
+	o, logs := testOptions(t)
+	o.SysRoot = root
+	if _, err := Ensure(f, o); !errors.Is(err, ErrOtherCloud) || !strings.Contains(err.Error(), "Google Compute Engine") || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("Ensure: err = %v, want ErrOtherCloud naming the cloud and --force", err)
+	}
+	if len(f.calls) != 0 {
+		t.Fatalf("changed the host before refusing: %v", f.calls)
+	}
+	o.Force = true
+	if res, err := Ensure(f, o); err != nil || !res.Created {
+		t.Fatalf("forced Ensure = %+v, %v", res, err)
+	}
+	if n := logs.count(`msg="this host runs on a cloud with its own metadata service at the address; claiming it anyway (forced)"`); n != 1 {
+		t.Errorf("%d forced warnings, want 1:\n%s", n, logs)
+	}
+}

@@ -50,6 +50,9 @@ var (
 	// ErrEC2: the host looks like a real EC2 instance, whose own metadata
 	// service the agent would hide.
 	ErrEC2 = errors.New("this host looks like a real EC2 instance")
+	// ErrOtherCloud: the host runs on another cloud whose own metadata
+	// service answers at 169.254.169.254.
+	ErrOtherCloud = errors.New("this host runs on a cloud with its own metadata service at 169.254.169.254")
 	// ErrNotOurs: a link of the configured name exists and is not the
 	// agent's.
 	ErrNotOurs = errors.New("link not managed by imds-agent")
@@ -324,7 +327,7 @@ func validLinkName(name string) error {
 func guardEC2(o Options, log *slog.Logger) error {
 	isEC2, evidence := DetectEC2(o.SysRoot)
 	if !isEC2 {
-		return nil
+		return guardOtherCloud(o, log)
 	}
 	if o.Force {
 		log.Warn("this host looks like a real EC2 instance; claiming the metadata address anyway (forced)",
@@ -333,6 +336,28 @@ func guardEC2(o Options, log *slog.Logger) error {
 	}
 	return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
 		ErrEC2, evidence, o.IPv4)
+}
+
+// guardOtherCloud refuses, unless forced, to claim 169.254.169.254 on a
+// cloud whose own metadata service answers there: the cloud's guest agents
+// and cloud-init would be answered by the agent instead.
+func guardOtherCloud(o Options, log *slog.Logger) error {
+	if o.IPv4 != netip.MustParseAddr("169.254.169.254") {
+		return nil
+	}
+	cloud, evidence := DetectOtherCloud(o.SysRoot)
+	if cloud == "" {
+		return nil
+	}
+	if o.Force {
+		log.Warn("this host runs on a cloud with its own metadata service at the address; claiming it anyway (forced)",
+			"cloud", cloud, "evidence", evidence, "address", o.IPv4)
+		return nil
+	}
+	return fmt.Errorf("%w: %s (%s); claiming %s would hide its metadata service from cloud-init and the cloud's agents; "+
+		"serve another address (listen.addresses, with listen.link: \"\") and point the SDKs at it with AWS_EC2_METADATA_SERVICE_ENDPOINT, "+
+		"or pass --force to claim it anyway",
+		ErrOtherCloud, cloud, evidence, o.IPv4)
 }
 
 // state is what inspect read: the link (nil when missing) and its addresses.
