@@ -107,6 +107,7 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 			}
 			wantCalls := []string{
 				"enable imds-agent.service", "daemon-reload", // install
+				"enable imds-agent.service", "daemon-reload", // install again
 				"start imds-agent.service",                                               // start
 				"stop imds-agent.service",                                                // stop
 				"stop imds-agent.service", "disable imds-agent.service", "daemon-reload", // uninstall
@@ -170,6 +171,11 @@ func child() error {
 	}
 	if err := os.WriteFile(os.Getenv("CHILD_UNIT_COPY"), unit, 0o644); err != nil {
 		return err
+	}
+	// Installing again (a new binary) replaces the unit instead of failing
+	// on kardianos/service's "Init already exists".
+	if err := h.control("install", opts); err != nil {
+		return fmt.Errorf("second install: %w", err)
 	}
 	for _, action := range []string{"start", "stop", "uninstall"} {
 		if err := h.control(action, opts); err != nil {

@@ -66,6 +66,7 @@ func Control(action string, opts Options) error {
 // host is the machine Control acts on; tests substitute its parts.
 type host struct {
 	etc            string   // where install writes configuration and drop-ins ("/etc")
+	unit           string   // the unit file kardianos/service writes
 	packagedUnits  []string // unit files that mean a package manages the service
 	systemdRuntime string   // exists when systemd runs the host
 	euid           func() int
@@ -79,6 +80,7 @@ type host struct {
 func systemHost() *host {
 	return &host{
 		etc:            "/etc",
+		unit:           "/etc/systemd/system/" + systemd.UnitName,
 		packagedUnits:  []string{"/usr/lib/systemd/system/" + systemd.UnitName, "/lib/systemd/system/" + systemd.UnitName},
 		systemdRuntime: "/run/systemd/system",
 		euid:           os.Geteuid,
@@ -223,10 +225,30 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	if err := ensureDir(filepath.Join(dir, "aws"), 0o750, gid, out); err != nil {
 		return err
 	}
+	// kardianos/service refuses to write over a unit: one an earlier
+	// install wrote is replaced (a new binary path, a newer unit), anything
+	// else is left alone.
+	replaced := false
+	if old, err := os.ReadFile(h.unit); err == nil {
+		header, _, _ := strings.Cut(systemd.Unit, "\n")
+		if !strings.HasPrefix(string(old), header+"\n") {
+			return fmt.Errorf("%s exists and is not a unit `imds-agent install` wrote; move it away first", h.unit)
+		}
+		if err := os.Remove(h.unit); err != nil {
+			return err
+		}
+		replaced = true
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
 	if err := svc.Install(); err != nil {
 		return fmt.Errorf("installing the unit: %w", err)
 	}
-	fmt.Fprintf(out, "installed and enabled /etc/systemd/system/%s, running %s\n", systemd.UnitName, exe)
+	if replaced {
+		fmt.Fprintf(out, "replaced and enabled %s, running %s; restart the service to run it: imds-agent stop && imds-agent start\n", h.unit, exe)
+		return nil
+	}
+	fmt.Fprintf(out, "installed and enabled %s, running %s\n", h.unit, exe)
 	fmt.Fprintf(out, "next: put source credentials in %s, attach a profile in %s, then run: imds-agent start\n", filepath.Join(dir, "aws"), cfg)
 	return nil
 }

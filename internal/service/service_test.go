@@ -65,6 +65,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 	mkdir(t, filepath.Join(dir, "etc"))
 	f.host = &host{
 		etc:            filepath.Join(dir, "etc"),
+		unit:           filepath.Join(dir, "etc/systemd/system", systemd.UnitName),
 		packagedUnits:  []string{filepath.Join(dir, "usr/lib/systemd/system", systemd.UnitName), filepath.Join(dir, "lib/systemd/system", systemd.UnitName)},
 		systemdRuntime: filepath.Join(dir, "run/systemd/system"),
 		euid:           func() int { return 0 },
@@ -194,11 +195,25 @@ func TestInstallLaysOutTheHost(t *testing.T) {
 	if err := os.Chmod(filepath.Join(f.etc, "imds-agent/aws"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err != nil {
+	// The unit the first install wrote (the fake service writes none) is
+	// replaced, not refused.
+	writeTestFile(t, f.unit, strings.ReplaceAll(systemd.Unit, systemd.BinaryPath, "/opt/imds agent/imds-agent"))
+	out.Reset()
+	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent", Out: &out}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(f.unit); err == nil || !strings.Contains(out.String(), "replaced and enabled "+f.unit) {
+		t.Errorf("the earlier unit was not replaced:\n%s", out.String())
 	}
 	checkFile(t, cfg, "version: 1\n", 0o644)
 	checkFile(t, filepath.Join(f.etc, "imds-agent/aws/credentials"), "[default]\n", 0o644)
+
+	// A unit someone else wrote under that name is left alone.
+	writeTestFile(t, f.unit, "[Unit]\nDescription=something else\n")
+	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err == nil || !strings.Contains(err.Error(), "move it away first") {
+		t.Errorf("install over a foreign unit: %v", err)
+	}
+	checkFile(t, f.unit, "[Unit]\nDescription=something else\n", 0o644)
 	checkDir(t, filepath.Join(f.etc, "imds-agent/aws"), 0o700, os.Getgid())
 }
 
