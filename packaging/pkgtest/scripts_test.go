@@ -3,6 +3,7 @@ package pkgtest
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,12 +12,14 @@ import (
 )
 
 // stubScript stands in for every program a maintainer script runs: it
-// records its name and arguments (and, for systemd-sysusers, its input) and
-// exits with the code in exit.NAME.ARG1 or else exit.NAME, if one exists.
+// records its name and arguments (and, for systemd-sysusers, its input),
+// prints out.NAME if one exists, and exits with the code in exit.NAME.ARG1
+// or else exit.NAME, if one exists.
 const stubScript = `#!/bin/sh
 name=${0##*/}
 echo "$name $*" >> "$STUB_DIR/log"
 [ "$name" = systemd-sysusers ] && /bin/cat >> "$STUB_DIR/log"
+[ -f "$STUB_DIR/out.$name" ] && /bin/cat "$STUB_DIR/out.$name"
 [ -f "$STUB_DIR/exit.$name.$1" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name.$1")"
 [ -f "$STUB_DIR/exit.$name" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name")"
 exit 0
@@ -37,11 +40,19 @@ func runScript(t *testing.T, script string, stubs []string, exits map[string]str
 			t.Fatal(err)
 		}
 	}
-	if err := os.Symlink("/usr/bin/stat", filepath.Join(bin, "stat")); err != nil { // the rpm's chroot test
-		t.Fatal(err)
+	if !slices.Contains(stubs, "stat") {
+		if err := os.Symlink("/usr/bin/stat", filepath.Join(bin, "stat")); err != nil { // the rpm's chroot test
+			t.Fatal(err)
+		}
 	}
-	for name, code := range exits {
-		writeFile(t, filepath.Join(dir, "exit."+name), code, 0o644)
+	// exits holds exit codes by program name, and, under "out:NAME", what
+	// the stub for NAME prints.
+	for name, v := range exits {
+		if prog, ok := strings.CutPrefix(name, "out:"); ok {
+			writeFile(t, filepath.Join(dir, "out."+prog), v, 0o644)
+			continue
+		}
+		writeFile(t, filepath.Join(dir, "exit."+name), v, 0o644)
 	}
 	writeFile(t, filepath.Join(dir, "log"), "", 0o644)
 	argv := append([]string{"--net", "--", "env", "-i", "PATH=" + bin, "STUB_DIR=" + dir, "/bin/sh", "-c", script, "sh"}, args...)
@@ -168,13 +179,13 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		{
 			name: "prerm remove", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "1"},
 			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{
-				"ischroot",
+				"ischroot --default-true",
 				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
 			}),
 		},
 		{
 			name: "prerm remove in a chroot", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "0"},
-			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{"ischroot"}),
+			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{"ischroot --default-true"}),
 		},
 		{name: "prerm upgrade", script: "prerm", args: []string{"upgrade", "0.0.1"}},
 		{
@@ -263,10 +274,24 @@ func TestRPMScriptletsRun(t *testing.T) {
 		},
 		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: pick(nil, []string{"networkctl reload", "nmcli general reload conf"})},
 		{
+			// PID 1's root is this root: not a chroot.
 			name: "%preun erase", tag: "PREUN", arg: "0",
+			stubs: append(append([]string(nil), stubs...), "stat"), exits: map[string]string{"out:stat": "2049:2\n"},
 			want: []string{
 				pick([]string{"systemctl --no-reload disable imds-agent.service"}, []string{"systemctl --no-reload disable --now imds-agent.service"})[0],
+				"stat -c %d:%i /proc/1/root/.",
+				"stat -c %d:%i /",
 				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
+			},
+		},
+		{
+			// PID 1's root cannot be read, so a chroot cannot be ruled out:
+			// the link stays.
+			name: "%preun erase, chroot unknown", tag: "PREUN", arg: "0",
+			stubs: append(append([]string(nil), stubs...), "stat"), exits: map[string]string{"stat": "1"},
+			want: []string{
+				pick([]string{"systemctl --no-reload disable imds-agent.service"}, []string{"systemctl --no-reload disable --now imds-agent.service"})[0],
+				"stat -c %d:%i /proc/1/root/.",
 			},
 		},
 		{name: "%preun upgrade", tag: "PREUN", arg: "1"},
