@@ -12,11 +12,13 @@
 package caller
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -64,6 +66,10 @@ var ErrClosed = errors.New("caller: resolver closed")
 
 // ErrTimeout is returned by a lookup the kernel did not answer in time.
 var ErrTimeout = errors.New("caller: lookup timed out")
+
+// maxBoundLinks bounds the links lookupBound asks about (lowest indexes
+// first: loopback, then the links the host was set up with).
+const maxBoundLinks = 64
 
 // ErrUnidentified is returned for a client on this host (its address is one
 // of this namespace's own) whose socket was not found: it closed, or it is
@@ -216,7 +222,9 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 // address is local to this namespace is looked for on each link; one found
 // on none is ErrUnidentified. A client elsewhere is not found, as before.
 // This path is rare (a client in another namespace takes one route look-up)
-// and, unlike the first look-up, allocates.
+// and, unlike the first look-up, allocates. Its cost is bounded: at most
+// maxBoundLinks links, within the lookup's timeout. Stopping early only
+// makes the caller unidentified, against whom the policy fails closed.
 func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, error) {
 	if r.route == nil {
 		return verdictNotFound, nil
@@ -231,7 +239,12 @@ func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, erro
 	if err != nil {
 		return verdictOther, fmt.Errorf("caller: listing links: %w", err)
 	}
-	for _, l := range links {
+	slices.SortFunc(links, func(a, b netlink.Link) int { return cmp.Compare(a.Attrs().Index, b.Attrs().Index) })
+	deadline := time.Now().Add(r.timeout)
+	for i, l := range links {
+		if i == maxBoundLinks || time.Now().After(deadline) {
+			break
+		}
 		bound := *q
 		bound.ifindex = uint32(l.Attrs().Index)
 		v, err := c.exchange(&bound, info, r.timeout)
