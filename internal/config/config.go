@@ -123,6 +123,7 @@ const (
 const (
 	DefaultSessionDuration = time.Hour
 	MinSessionDuration     = 15 * time.Minute // STS's minimum
+	MinRefreshWindow       = 5 * time.Minute  // the least refresh_before_expiry
 	MaxSessionDuration     = 12 * time.Hour   // STS's maximum
 	DefaultProfileRecheck  = 5 * time.Minute
 	DefaultLink            = "imds0"

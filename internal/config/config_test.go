@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,6 +35,8 @@ func TestParseErrors(t *testing.T) {
 		{"long session", "version: 1\ncredentials:\n  session_duration: 13h\n", `above STS's maximum of 12h`},
 		{"window too long", "version: 1\ncredentials:\n  session_duration: 15m\n  refresh_before_expiry: 15m\n", `c.yaml:4: credentials.refresh_before_expiry: 15m0s must be shorter than session_duration`},
 		{"window nonsense", "version: 1\ncredentials:\n  refresh_before_expiry: soon\n", `"soon" is neither auto nor a duration`},
+		{"window too short", "version: 1\ncredentials:\n  refresh_before_expiry: 1ms\n", `credentials.refresh_before_expiry: 1ms is below 5m0s`},
+		{"region of another partition's form", "version: 1\ninstance:\n  region: eusc-de-eas\n", `is not a region name`},
 		{"both role and profile", "version: 1\ncredentials:\n  instance_profile: web\n  role_arn: arn:aws:iam::123456789012:role/web\n", `c.yaml:4: credentials.role_arn: set either instance_profile or role_arn, not both`},
 		{"bad profile arn", "version: 1\ncredentials:\n  instance_profile: arn:aws:iam::1234:instance-profile/web\n", `is not an instance profile ARN`},
 		{"bad profile name", "version: 1\ncredentials:\n  instance_profile: 'web server'\n", `is neither an instance profile ARN nor a profile name`},
@@ -166,5 +169,15 @@ func TestLoadMissingFile(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
 	if err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("err = %v, want 'does not exist'", err)
+	}
+}
+
+// TestRegionNames: the region names of every partition's form are accepted.
+func TestRegionNames(t *testing.T) {
+	for _, r := range []string{"eu-west-1", "us-gov-west-1", "cn-north-1", "us-isob-east-1", "eusc-de-east-1"} {
+		text := fmt.Sprintf("version: 1\ninstance:\n  region: %s\n  availability_zone: %sa\n", r, r)
+		if _, err := Parse("c.yaml", []byte(text)); err != nil {
+			t.Errorf("region %s: %v", r, err)
+		}
 	}
 }

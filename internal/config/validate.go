@@ -50,7 +50,7 @@ func (p Problems) in(name string, lines lineIndex) error {
 
 var (
 	instanceIDRe = regexp.MustCompile(`^i-([0-9a-f]{8}|[0-9a-f]{17})$`)
-	regionRe     = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]+$`)
+	regionRe     = regexp.MustCompile(`^[a-z]{2,4}(-[a-z]+)+-[0-9]+$`) // eu-west-1, us-gov-west-1, eusc-de-east-1
 	amiRe        = regexp.MustCompile(`^ami-([0-9a-f]{8}|[0-9a-f]{17})$`)
 	accountRe    = regexp.MustCompile(`^[0-9]{12}$`)
 	iamNameRe    = regexp.MustCompile(`^[\w+=,.@-]{1,128}$`)
@@ -169,6 +169,8 @@ func (c *Config) validateCredentials(p *Problems) {
 	}
 	if w := time.Duration(cr.RefreshBeforeExpiry); w != 0 && w >= sd {
 		p.add("credentials.refresh_before_expiry", "%s must be shorter than session_duration (%s), or auto", w, sd)
+	} else if w != 0 && w < MinRefreshWindow {
+		p.add("credentials.refresh_before_expiry", "%s is below %s: EC2 has new credentials at least 5 minutes before the old ones expire, and SDKs count on that, or auto", w, MinRefreshWindow)
 	}
 	if r := cr.ProfileRecheck.D(); r < time.Second || r > 24*time.Hour {
 		p.add("credentials.profile_recheck", "%s must be between 1s and 24h", r)

@@ -24,6 +24,9 @@ import (
 	"github.com/imds-agent/imds-agent/internal/imds"
 )
 
+// MaxUserData is EC2's limit on user data, in bytes (16 KB, raw).
+const MaxUserData = 16 << 10
+
 // DefaultType is the instance type shown when the configuration names none.
 const DefaultType = "on-premises"
 
@@ -105,6 +108,12 @@ func (h Host) Instance(c config.Instance, skipLink string) (imds.Instance, error
 		in.MAC = hw.String()
 	}
 	if c.UserDataFile != "" {
+		// Checked before it is read: a device or a FIFO would block the
+		// start or the reload, and EC2 takes at most 16 KB of user data.
+		if fi, err := os.Stat(c.UserDataFile); err == nil && (!fi.Mode().IsRegular() || fi.Size() > MaxUserData) {
+			return imds.Instance{}, fmt.Errorf("instance.user_data_file: %s must be a regular file of at most %d bytes, as on EC2 (it is %s, %d bytes)",
+				c.UserDataFile, MaxUserData, fi.Mode().Type(), fi.Size())
+		}
 		data, err := h.ReadFile(c.UserDataFile)
 		if err != nil {
 			return imds.Instance{}, fmt.Errorf("instance.user_data_file: %w", err)
