@@ -324,4 +324,13 @@ func TestReloadKeepsRunningConfig(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Errorf("IMDSv1 after switching http_tokens to optional: %d", res.StatusCode)
 	}
+	// http_protocol_ipv6 decides which addresses are bound: a reload says
+	// it needs a restart.
+	if err := os.WriteFile(a.config, []byte(strings.Replace(changed, "http_tokens: optional", "http_tokens: optional\n  http_protocol_ipv6: disabled", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the restart warning", func() bool {
+		return strings.Contains(a.stderr.String(), "audit and http_protocol_ipv6 settings change only on restart")
+	})
 }
