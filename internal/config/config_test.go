@@ -35,6 +35,7 @@ func TestParseErrors(t *testing.T) {
 		{"long session", "version: 1\ncredentials:\n  session_duration: 13h\n", `above STS's maximum of 12h`},
 		{"window too long", "version: 1\ncredentials:\n  session_duration: 15m\n  refresh_before_expiry: 15m\n", `c.yaml:4: credentials.refresh_before_expiry: 15m0s must be shorter than session_duration`},
 		{"window nonsense", "version: 1\ncredentials:\n  refresh_before_expiry: soon\n", `"soon" is neither auto nor a duration`},
+		{"key without a value", "version: 1\nlog:\n  audit:\n", `c.yaml:3: log.audit has no value`},
 		{"window too short", "version: 1\ncredentials:\n  refresh_before_expiry: 1ms\n", `credentials.refresh_before_expiry: 1ms is below 5m0s`},
 		{"region of another partition's form", "version: 1\ninstance:\n  region: eusc-de-eas\n", `is not a region name`},
 		{"both role and profile", "version: 1\ncredentials:\n  instance_profile: web\n  role_arn: arn:aws:iam::123456789012:role/web\n", `c.yaml:4: credentials.role_arn: set either instance_profile or role_arn, not both`},

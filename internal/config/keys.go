@@ -61,6 +61,10 @@ func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
 			if err := walk(v, ft, path, lines); err != nil {
 				return err
 			}
+		} else if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+			// "audit:" with nothing after it would decode as false, and
+			// "link:" as "": a value left out must not switch things off.
+			return lineError{v.Line, fmt.Sprintf("%s has no value; write one (\"\" for empty text, [] for an empty list) or leave the key out", path)}
 		}
 	}
 	return nil
