@@ -199,10 +199,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := a.listen(); err != nil {
 		return err
 	}
+	// The audit writer outlives the server: requests still being answered
+	// while it drains are recorded too, and it stops once the server has.
+	auditCtx, stopAudit := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopAudit()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return a.manager.Run(ctx) })
 	if a.audit != nil {
-		g.Go(func() error { return a.audit.Run(ctx) })
+		g.Go(func() error { return a.audit.Run(auditCtx) })
 	}
 	a.mu.Lock()
 	for _, ln := range a.listeners {
@@ -245,6 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 		defer cancel()
 		defer a.memory.stop() // the connections closing would arm it
+		defer stopAudit()     // the last answers are recorded: flush them
 		return a.server.Shutdown(sctx)
 	})
 	err = g.Wait()

@@ -1,15 +1,20 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/imds-agent/imds-agent/internal/audit"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
 	"github.com/imds-agent/imds-agent/internal/imds"
@@ -29,34 +34,92 @@ func (c *jumpClock) Monotonic() time.Duration {
 
 func startAgent(t *testing.T) (*Agent, *jumpClock, context.CancelFunc) {
 	t.Helper()
+	a, clock, cancel, _ := startAgentWith(t, &strings.Builder{})
+	return a, clock, cancel
+}
+
+// startAgentWith starts an agent writing its audit records to audit; done
+// yields Run's result once it returns.
+func startAgentWith(t *testing.T, audit io.Writer) (a *Agent, clock *jumpClock, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Listen.Link = ""
 	cfg.Listen.Addresses = []string{"127.0.0.1:0"}
 	cfg.Admin.Socket = t.TempDir() + "/admin.sock"
 	cfg.Instance.ID = "i-0123456789abcdef0"
-	clock := &jumpClock{origin: time.Now()}
-	a, err := New(Options{Config: cfg, Host: hostinfo.System(), Clock: clock, Logger: slog.New(slog.DiscardHandler), AuditOutput: &strings.Builder{}})
+	clock = &jumpClock{origin: time.Now()}
+	a, err := New(Options{Config: cfg, Host: hostinfo.System(), Clock: clock, Logger: slog.New(slog.DiscardHandler), AuditOutput: audit})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	result := make(chan error, 1)
+	stopped := make(chan error, 1)
+	go func() {
+		err := a.Run(ctx)
+		result <- err
+		stopped <- err
+	}()
 	t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case <-stopped:
 		case <-time.After(10 * time.Second):
 			t.Error("agent did not stop")
 		}
 	})
 	select {
 	case <-a.Listening():
-	case err := <-done:
+	case err := <-result:
 		t.Fatal(err)
 	}
 	<-a.Manager().Ready()
-	return a, clock, cancel
+	return a, clock, cancel, result
+}
+
+// lockedBuffer is a bytes.Buffer safe for the audit writer and a test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestShutdownRecordsDrainedRequests: an answer recorded while the server
+// drains (its handler was running when the agent was told to stop) reaches
+// the audit output: the writer stops only after the server has drained.
+// A connection that has sent nothing keeps the drain going meanwhile.
+func TestShutdownRecordsDrainedRequests(t *testing.T) {
+	var out lockedBuffer
+	a, _, cancel, done := startAgentWith(t, &out)
+	conn, err := net.Dial("tcp", a.Addrs()[0].String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // accepted
+	cancel()
+	time.Sleep(200 * time.Millisecond) // the drain is under way
+	a.audit.Record(audit.Record{Time: time.Now(), Decision: "allow", Route: "credentials", Status: 200,
+		Remote: "127.0.0.1:4242", Local: true, Role: "in-flight"})
+	conn.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("agent did not stop")
+	}
+	if !strings.Contains(out.String(), "role=in-flight") {
+		t.Errorf("the answer given during the drain has no audit record:\n%s", out.String())
+	}
 }
 
 // TestWatchdogHealth: the watchdog is pinged only while a request through
