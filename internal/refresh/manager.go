@@ -607,8 +607,11 @@ func (m *Manager) forced(ctx context.Context) error {
 	}
 	m.refreshDue = m.opts.Clock.Monotonic()
 	m.failures = 0
-	before := m.refreshes
+	before, asked := m.refreshes, m.duration
 	m.refresh(ctx)
+	if m.refreshes == before && m.duration != asked && ctx.Err() == nil {
+		m.refresh(ctx) // the role's limit made it fall back to 1h: ask again now, as the loop would
+	}
 	m.publishStatus()
 	if m.refreshes == before {
 		if m.lastErr == nil {

@@ -672,6 +672,22 @@ func TestDurationFallback(t *testing.T) {
 	}
 }
 
+// TestForcedRefreshFallsBack: `imds-agent refresh` with a session_duration
+// the role refuses succeeds through the fallback to 1h, instead of
+// reporting the refused first attempt.
+func TestForcedRefreshFallsBack(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour, roleMax: time.Hour})
+	s.run(time.Minute, nil)
+	s.m.applyReload(s.settings(simOptions{target: profile.Target{RoleARN: roleA}, duration: 2 * time.Hour}))
+	before := s.m.Status().Refreshes
+	if err := s.m.forced(context.Background()); err != nil {
+		t.Fatalf("forced refresh: %v", err)
+	}
+	if st := s.m.Status(); st.Refreshes != before+1 || st.Expiration.Sub(st.LastRefresh) > time.Hour {
+		t.Errorf("after the forced refresh: %+v", st)
+	}
+}
+
 // TestDurationFallbackFollowsRole: the fallback to 1h belongs to the role
 // that forced it; another role in the instance profile, with a higher
 // maximum, gets session_duration again.
