@@ -18,6 +18,8 @@ import (
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
 	"github.com/imds-agent/imds-agent/internal/imds"
+	"github.com/imds-agent/imds-agent/internal/refresh"
+	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
 
 // jumpClock is the system clock whose monotonic reading can be pushed
@@ -187,5 +189,16 @@ func TestWatchdogHealthWhenRefusing(t *testing.T) {
 	a.handler.SetMetadata(imds.NewMetadata(in, opts))
 	if err := a.healthy(context.Background()); err != nil {
 		t.Errorf("an agent refusing everything, as configured, reported unhealthy: %v", err)
+	}
+}
+
+// TestStatusLineIsOneLine: an error text with line breaks cannot add
+// assignments (READY=1, WATCHDOG=1) to the sd_notify message.
+func TestStatusLineIsOneLine(t *testing.T) {
+	st := refresh.Status{State: snapshot.Pending, Target: "role arn:aws:iam::123456789012:role/app",
+		LastError: "refused\nREADY=1\r\nWATCHDOG=1", ConsecutiveFailures: 1}
+	line := statusLine(st, time.Now())
+	if strings.ContainsAny(line, "\r\n") || !strings.Contains(line, "refused READY=1  WATCHDOG=1") {
+		t.Errorf("STATUS= line %q", line)
 	}
 }

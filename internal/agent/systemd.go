@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
@@ -41,8 +43,17 @@ func monotonicUsec() int64 {
 	return ts.Sec*1_000_000 + ts.Nsec/1_000
 }
 
-// statusLine is the one-line STATUS= systemctl shows.
+// statusLine is the one-line STATUS= systemctl shows. An error's text
+// comes from outside (STS, a credential helper): a line break in it would
+// end STATUS= and start another assignment, READY=1 or WATCHDOG=1 perhaps,
+// so control characters become spaces.
 func statusLine(st refresh.Status, now time.Time) string {
+	st.LastError = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, st.LastError)
 	switch st.State {
 	case snapshot.NoRole:
 		return "serving metadata; no role attached (" + st.Target + ")"
