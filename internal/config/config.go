@@ -205,10 +205,11 @@ func (c *Config) applyDefaults(present func(path string) bool) {
 	if c.Instance.AvailabilityZone == "" {
 		c.Instance.AvailabilityZone = c.Instance.Region + "a"
 	}
-	if c.Credentials.SessionDuration == 0 {
+	// A duration written as 0s stays, for validation to refuse.
+	if !present("credentials.session_duration") {
 		c.Credentials.SessionDuration = Duration(DefaultSessionDuration)
 	}
-	if c.Credentials.ProfileRecheck == 0 {
+	if !present("credentials.profile_recheck") {
 		c.Credentials.ProfileRecheck = Duration(DefaultProfileRecheck)
 	}
 	if c.Credentials.SharedConfigFiles == nil {

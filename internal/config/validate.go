@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -208,7 +209,7 @@ func (c *Config) validateMetadataOptions(p *Problems) {
 
 func (c *Config) validateListen(p *Problems) {
 	l := c.Listen
-	if l.Link != "" && !linkRe.MatchString(l.Link) {
+	if l.Link != "" && (!linkRe.MatchString(l.Link) || l.Link == "." || l.Link == "..") {
 		p.add("listen.link", "%q is not a link name (at most 15 letters, digits and _.-), or \"\" to manage no link", l.Link)
 	}
 	if len(l.Addresses) == 0 {
@@ -254,7 +255,7 @@ func (c *Config) validateAccess(p *Problems) {
 			}
 		}
 	}
-	if c.Access.TokenRateLimit < 0 {
+	if r := c.Access.TokenRateLimit; r < 0 || math.IsNaN(r) || math.IsInf(r, 0) {
 		p.add("access.token_rate_limit", "%v must be 0 (unlimited) or a positive number of tokens per second", c.Access.TokenRateLimit)
 	}
 }
