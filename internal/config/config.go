@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -164,8 +165,11 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, located(name, err)
 	}
 	var extra yaml.Node
-	if err := dec.Decode(&extra); err == nil {
+	switch err := dec.Decode(&extra); {
+	case err == nil:
 		return nil, fmt.Errorf("%s:%d: a second YAML document follows the first; the file must hold exactly one", name, extra.Line)
+	case !errors.Is(err, io.EOF):
+		return nil, fmt.Errorf("%w (after the first YAML document; the file must hold exactly one)", located(name, err))
 	}
 
 	lines := lineIndex{}

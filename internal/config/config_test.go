@@ -39,6 +39,7 @@ func TestParseErrors(t *testing.T) {
 		{"recheck of 0s", "version: 1\ncredentials:\n  profile_recheck: 0s\n", `credentials.profile_recheck: 0s must be between 1s and 24h`},
 		{"rate limit not a number", "version: 1\naccess:\n  token_rate_limit: .nan\n", `access.token_rate_limit: NaN must be 0`},
 		{"link named dot-dot", "version: 1\nlisten:\n  link: \"..\"\n", `listen.link: ".." is not a link name`},
+		{"broken second document", "version: 1\n---\n: [bad\n", `after the first YAML document`},
 		{"key without a value", "version: 1\nlog:\n  audit:\n", `c.yaml:3: log.audit has no value`},
 		{"window too short", "version: 1\ncredentials:\n  refresh_before_expiry: 1ms\n", `credentials.refresh_before_expiry: 1ms is below 5m0s`},
 		{"region of another partition's form", "version: 1\ninstance:\n  region: eusc-de-eas\n", `is not a region name`},
