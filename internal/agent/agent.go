@@ -84,6 +84,7 @@ type Agent struct {
 	// admin, metrics and audit settings keep its values until a restart.
 	boot      *config.Config
 	readySent atomic.Bool
+	stopping  atomic.Bool // set when shutdown begins: reloads are ignored from then on
 
 	mu          sync.Mutex
 	cfg         *config.Config // the newest valid configuration
@@ -244,6 +245,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.superviseSystemd(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
+		a.stopping.Store(true)
 		a.notify("STOPPING=1")
 		a.log.Info("stopping")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
@@ -392,6 +394,12 @@ func (a *Agent) Reload() error {
 	default:
 		a.log.Warn("reload ignored: the agent is still starting")
 		return errors.New("still starting")
+	}
+	if a.stopping.Load() {
+		// A reload now would tell systemd READY=1 after STOPPING=1 and
+		// hold up the exit while the file is read.
+		a.log.Warn("reload ignored: the agent is stopping")
+		return errors.New("stopping")
 	}
 	a.reloading()
 	defer func() {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -201,4 +202,31 @@ func TestStatusLineIsOneLine(t *testing.T) {
 	if strings.ContainsAny(line, "\r\n") || !strings.Contains(line, "refused READY=1  WATCHDOG=1") {
 		t.Errorf("STATUS= line %q", line)
 	}
+}
+
+// TestReloadIgnoredWhileStopping: a SIGHUP that arrives during shutdown
+// changes nothing and sends nothing to systemd.
+func TestReloadIgnoredWhileStopping(t *testing.T) {
+	dir := t.TempDir()
+	path := dir + "/config.yaml"
+	if err := os.WriteFile(path, []byte("version: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, _, cancel, done := startAgentWith(t, &strings.Builder{})
+	a.o.ConfigPath = path
+	conn, err := net.Dial("tcp", a.Addrs()[0].String()) // keeps the drain going
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	deadline := time.Now().Add(5 * time.Second)
+	for !a.stopping.Load() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if err := a.Reload(); err == nil || err.Error() != "stopping" {
+		t.Errorf("Reload during shutdown: %v", err)
+	}
+	conn.Close()
+	<-done
 }
