@@ -161,17 +161,20 @@ func (h Host) imageID() string {
 }
 
 // bootTime is the host's boot time (EC2's pendingTime is the launch),
-// from sysinfo(2): /proc/stat is hidden by the service's ProcSubset=pid.
+// from CLOCK_BOOTTIME (/proc/stat is hidden by the service's
+// ProcSubset=pid). Both clocks are read to the nanosecond and the result
+// rounded, so a reload does not move it by a second as whole-second
+// readings would.
 func (h Host) bootTime() time.Time {
-	now := time.Now().UTC().Truncate(time.Second)
+	now := time.Now().UTC()
 	if h.Uptime == nil {
-		return now
+		return now.Round(time.Second)
 	}
 	up, err := h.Uptime()
 	if err != nil {
-		return now
+		return now.Round(time.Second)
 	}
-	return now.Add(-up)
+	return now.Add(-up).Round(time.Second)
 }
 
 // primaryAddress picks the first up, non-loopback interface with a private
@@ -201,11 +204,11 @@ func (h Host) primaryAddress(skipLink string) (ip, mac string) {
 }
 
 func uptime() (time.Duration, error) {
-	var si unix.Sysinfo_t
-	if err := unix.Sysinfo(&si); err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return 0, err
 	}
-	return time.Duration(si.Uptime) * time.Second, nil
+	return time.Duration(ts.Nano()), nil
 }
 
 func architecture(goarch string) string {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imds-agent/imds-agent/internal/config"
 )
@@ -37,6 +38,19 @@ func TestUserDataFile(t *testing.T) {
 			t.Errorf("%s: user data %q", tc.path, in.UserData)
 		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
 			t.Errorf("%s: err = %v, want %q", tc.path, err, tc.err)
+		}
+	}
+}
+
+// TestBootTimeIsStable: pendingTime, read again at a reload a second later,
+// is the same instant.
+func TestBootTimeIsStable(t *testing.T) {
+	h := System()
+	first := h.bootTime()
+	for range 12 {
+		time.Sleep(100 * time.Millisecond)
+		if b := h.bootTime(); !b.Equal(first) {
+			t.Fatalf("boot time moved from %s to %s", first, b)
 		}
 	}
 }
