@@ -609,8 +609,11 @@ func (m *Manager) forced(ctx context.Context) error {
 	m.failures = 0
 	before, asked := m.refreshes, m.duration
 	m.refresh(ctx)
-	if m.refreshes == before && m.duration != asked && ctx.Err() == nil {
-		m.refresh(ctx) // the role's limit made it fall back to 1h: ask again now, as the loop would
+	if m.refreshes == before && (m.duration != asked || clockSkew(m.lastErr)) && ctx.Err() == nil {
+		// The role's limit made it fall back to 1h, or the fresh client
+		// has just learnt the host's clock offset: ask again now, as the
+		// loop would.
+		m.refresh(ctx)
 	}
 	m.publishStatus()
 	if m.refreshes == before {

@@ -603,6 +603,22 @@ func TestClockSkewCorrected(t *testing.T) {
 	}
 }
 
+// TestForcedRefreshWithSkewedClock: a forced refresh reads the source
+// credentials again with a new client, which has to learn the clock offset
+// first; it asks again at once rather than report the first refusal.
+func TestForcedRefreshWithSkewedClock(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.emu.SetClockSkew(-20 * time.Minute)
+	s.run(time.Minute, nil)
+	before := s.m.Status().Refreshes
+	if err := s.m.forced(context.Background()); err != nil {
+		t.Fatalf("forced refresh: %v", err)
+	}
+	if got := s.m.Status().Refreshes; got != before+1 {
+		t.Errorf("%d refreshes after the forced one, want %d", got, before+1)
+	}
+}
+
 // TestHostClockFarAhead: the host's clock is two hours ahead, so credentials
 // for a one-hour session look expired on arrival. The agent serves them
 // (STS holds them valid), says why, and does not ask STS again every
