@@ -107,7 +107,7 @@ func (h *host) control(action string, opts Options) error {
 	}
 	if action == "install" || action == "uninstall" {
 		for _, u := range h.packagedUnits {
-			if _, err := os.Stat(u); err == nil {
+			if _, err := os.Stat(u); err == nil && !(action == "uninstall" && h.installedUnit()) {
 				return fmt.Errorf("%s: a package installed %s, so the package manages the service: use systemctl, and apt or dnf to remove it; "+
 					"`imds-agent install` would write /etc/systemd/system/%s, which would shadow the package's unit forever", action, u, systemd.UnitName)
 			}
@@ -195,6 +195,18 @@ func (h *host) dropIns() []struct{ path, text string } {
 	return files
 }
 
+// installedUnit reports whether the unit file is one `imds-agent install`
+// wrote. Where a package was installed afterwards, that unit shadows the
+// package's, and uninstall is how it goes away.
+func (h *host) installedUnit() bool {
+	b, err := os.ReadFile(h.unit)
+	if err != nil {
+		return false
+	}
+	header, _, _ := strings.Cut(systemd.Unit, "\n")
+	return strings.HasPrefix(string(b), header+"\n")
+}
+
 func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	drops := h.dropIns()
 	for _, f := range drops {
@@ -229,9 +241,8 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	// install wrote is replaced (a new binary path, a newer unit), anything
 	// else is left alone.
 	replaced := false
-	if old, err := os.ReadFile(h.unit); err == nil {
-		header, _, _ := strings.Cut(systemd.Unit, "\n")
-		if !strings.HasPrefix(string(old), header+"\n") {
+	if _, err := os.Stat(h.unit); err == nil {
+		if !h.installedUnit() {
 			return fmt.Errorf("%s exists and is not a unit `imds-agent install` wrote; move it away first", h.unit)
 		}
 		if err := os.Remove(h.unit); err != nil {
@@ -272,6 +283,12 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 	for _, f := range h.dropIns() {
 		if err := os.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
+		}
+	}
+	for _, u := range h.packagedUnits {
+		if _, err := os.Stat(u); err == nil {
+			fmt.Fprintf(out, "the package's unit %s is in charge now, with the same configuration and credentials: systemctl enable --now %s\n", u, systemd.UnitName)
+			return nil
 		}
 	}
 	fmt.Fprintf(out, "kept %s (configuration and credentials) and the user imds-agent; to remove them too: rm -r %s && userdel imds-agent\n",

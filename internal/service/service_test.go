@@ -289,3 +289,29 @@ func checkDir(t *testing.T, path string, mode os.FileMode, gid int) {
 		t.Errorf("%s: %v %d:%d, want a directory %v 0:%d", path, st.Mode(), sys.Uid, sys.Gid, mode, gid)
 	}
 }
+
+// TestUninstallHandsOverToThePackage: a package installed after
+// `imds-agent install` is shadowed by the unit install wrote; uninstall
+// removes that unit and says how to start the package's.
+func TestUninstallHandsOverToThePackage(t *testing.T) {
+	f := newFakeHost(t)
+	writeTestFile(t, f.packagedUnits[0], systemd.Unit)
+	writeTestFile(t, f.unit, systemd.Unit)
+	var out bytes.Buffer
+	if err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out}); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"stop", "uninstall"}, f.svc.calls); d != "" {
+		t.Errorf("calls (-want +got):\n%s", d)
+	}
+	if !strings.Contains(out.String(), "is in charge now") || strings.Contains(out.String(), "rm -r") {
+		t.Errorf("uninstall said:\n%s", out.String())
+	}
+	// A unit in /etc that install did not write is not install's to remove.
+	g := newFakeHost(t)
+	writeTestFile(t, g.packagedUnits[0], systemd.Unit)
+	writeTestFile(t, g.unit, "[Unit]\n")
+	if err := g.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err == nil || !strings.Contains(err.Error(), "a package installed") {
+		t.Errorf("uninstall over a foreign unit: %v", err)
+	}
+}
