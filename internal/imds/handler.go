@@ -232,7 +232,11 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(r), req.Time.Unix())
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
-	hdr[headerTTL] = r.Header[headerTTL]
+	if echo := r.Header[headerTTL]; echo[0][0] != '0' {
+		hdr[headerTTL] = echo // as sent, which is N: no allocation
+	} else {
+		hdr[headerTTL] = []string{strconv.Itoa(ttl)} // N without the leading zeros
+	}
 	hdr["Content-Length"] = tokenLength
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(tok[:])
@@ -240,14 +244,18 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 }
 
 // parseTTL accepts a single header value of 1 to MaxTokenTTL written in
-// plain decimal digits.
+// plain decimal digits, leading zeros included ("060" is 60).
 func parseTTL(v []string) (int, bool) {
-	if len(v) != 1 || len(v[0]) == 0 || len(v[0]) > 5 {
+	if len(v) != 1 {
+		return 0, false
+	}
+	digits := strings.TrimLeft(v[0], "0")
+	if len(v[0]) == 0 || len(digits) > 5 {
 		return 0, false
 	}
 	n := 0
-	for i := 0; i < len(v[0]); i++ {
-		c := v[0][i]
+	for i := 0; i < len(digits); i++ {
+		c := digits[i]
 		if c < '0' || c > '9' {
 			return 0, false
 		}

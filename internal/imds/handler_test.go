@@ -159,6 +159,8 @@ func TestTokenAPI(t *testing.T) {
 		{"ttl negative", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "-1"}, 400},
 		{"ttl too long", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "21601"}, 400},
 		{"ttl huge", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "99999999999999999999"}, 400},
+		{"ttl with leading zeros", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "000060"}, 200},
+		{"ttl zeros only", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "000"}, 400},
 		{"x-forwarded-for", "PUT", "/latest/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "10.0.0.1"}, 403},
 		{"versioned token path", "PUT", "/2021-03-23/api/token", map[string]string{"X-aws-ec2-metadata-token-ttl-seconds": "60"}, 403},
 		{"GET token path", "GET", "/latest/api/token", nil, 405},
@@ -179,6 +181,9 @@ func TestTokenAPI(t *testing.T) {
 			}
 			if tc.status == 405 && res.Header.Get("Allow") == "" {
 				t.Errorf("405 without Allow")
+			}
+			if want := tc.hdr["X-aws-ec2-metadata-token-ttl-seconds"]; tc.status == 200 && res.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds") != strings.TrimLeft(want, "0") {
+				t.Errorf("TTL echoed as %q for %q, want N", res.Header.Get("X-Aws-Ec2-Metadata-Token-Ttl-Seconds"), want)
 			}
 		})
 	}
