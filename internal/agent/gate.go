@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"golang.org/x/time/rate"
+
 	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/audit"
 	"github.com/imds-agent/imds-agent/internal/caller"
@@ -30,7 +32,21 @@ type gate struct {
 	probe    string // the watchdog's own requests carry this header value
 	rules    atomic.Pointer[gateRules]
 	warned   atomic.Bool
+
+	// Refusals are recorded at up to refusalRecordRate a second (bursts of
+	// refusalRecordBurst): anyone on the host can ask without a token as
+	// fast as they like, and their records would push everything else out
+	// of the journal. Credential answers are always recorded.
+	refusals   *rate.Limiter // nil: every refusal is recorded
+	suppressed atomic.Uint64 // refusals not recorded since the last one that was
 }
+
+const (
+	refusalRecordRate  = 200
+	refusalRecordBurst = 2000
+)
+
+func newRefusalLimiter() *rate.Limiter { return rate.NewLimiter(refusalRecordRate, refusalRecordBurst) }
 
 // gateRules is the reloadable part of the gate.
 type gateRules struct {
@@ -245,6 +261,16 @@ func (g *gate) Served(req *imds.Request, status int) {
 	secret := req.Route.Secret() && status == http.StatusOK
 	if !secret && !refusal(req.Reason) {
 		return
+	}
+	if !secret && g.refusals != nil {
+		if !g.refusals.Allow() {
+			g.suppressed.Add(1)
+			return
+		}
+		if n := g.suppressed.Swap(0); n > 0 {
+			g.log.Warn("refusals not recorded in the audit trail: more than the limit a second", "component", "audit",
+				"not_recorded", n, "limit_per_second", refusalRecordRate)
+		}
 	}
 	ci := g.callerOf(req.HTTP)
 	rec := audit.Record{

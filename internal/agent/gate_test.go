@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/audit"
 	"github.com/imds-agent/imds-agent/internal/config"
@@ -226,5 +228,43 @@ func TestGateTokenBinding(t *testing.T) {
 				t.Errorf("Verify = %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestGateRefusalRecordsAreLimited: refusals beyond the limit are counted,
+// not recorded, and the next one recorded says how many were left out;
+// credential answers are recorded whatever the limit.
+func TestGateRefusalRecordsAreLimited(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var out, logs bytes.Buffer
+	g.audit = audit.New(&out, "text", nil)
+	g.log = slog.New(slog.NewTextHandler(&logs, nil))
+	g.refusals = rate.NewLimiter(rate.Every(time.Hour), 2)
+	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
+		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	refuse := func() {
+		r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Reason: imds.ReasonTokenMissing}, http.StatusUnauthorized)
+	}
+	for range 5 {
+		refuse()
+	}
+	r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+	g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Snapshot: snap}, http.StatusOK)
+	g.refusals = rate.NewLimiter(rate.Inf, 0)
+	refuse()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.audit.Run(ctx); err != nil { // flushes
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "reason=token-missing"); n != 3 {
+		t.Errorf("%d refusal records, want 2 within the limit and 1 after it:\n%s", n, out.String())
+	}
+	if n := strings.Count(out.String(), `msg="credentials served"`); n != 1 {
+		t.Errorf("%d credential records, want 1", n)
+	}
+	if !strings.Contains(logs.String(), "not_recorded=3") {
+		t.Errorf("the count of refusals left out is not logged:\n%s", logs.String())
 	}
 }
