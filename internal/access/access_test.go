@@ -151,3 +151,26 @@ func FuzzDecide(f *testing.F) {
 		}
 	})
 }
+
+// TestTokenLimiterBounded: however many callers come, at most maxTracked
+// are remembered, the least recently seen going first, and a caller still
+// being seen keeps its allowance.
+func TestTokenLimiterBounded(t *testing.T) {
+	l := NewTokenLimiter(1)
+	now := time.Now()
+	if !l.Allow(app, now) || l.Allow(app, now) {
+		t.Fatal("one token a second: the second should be refused")
+	}
+	for uid := uint32(0); uid < 3*maxTracked; uid++ {
+		l.Allow(Caller{Identified: true, Local: true, UID: 100000 + uid}, now)
+		if uid%1000 == 0 {
+			l.Allow(app, now) // app keeps being seen, and keeps being refused
+		}
+	}
+	if len(l.callers) != maxTracked || l.order.Len() != maxTracked {
+		t.Errorf("%d callers remembered, want %d", len(l.callers), maxTracked)
+	}
+	if l.Allow(app, now) {
+		t.Error("a caller seen all along got a fresh allowance")
+	}
+}

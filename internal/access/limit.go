@@ -1,6 +1,7 @@
 package access
 
 import (
+	"container/list"
 	"net/netip"
 	"sync"
 	"time"
@@ -16,7 +17,8 @@ type TokenLimiter struct {
 	perSecond rate.Limit
 	burst     int
 	mu        sync.Mutex
-	callers   map[limitKey]*limitEntry
+	callers   map[limitKey]*list.Element // holding a *limitEntry
+	order     *list.List                 // least recently seen first
 }
 
 type limitKey struct {
@@ -26,18 +28,20 @@ type limitKey struct {
 }
 
 type limitEntry struct {
-	lim  *rate.Limiter
-	seen time.Time
+	key limitKey
+	lim *rate.Limiter
 }
 
-// maxTracked bounds memory: when more callers than this are tracked, those
-// not seen for a minute are forgotten.
+// maxTracked bounds memory and work: past it, the caller seen least
+// recently is forgotten (its next token starts a fresh allowance), at a
+// constant cost however many callers come.
 const maxTracked = 8192
 
 // NewTokenLimiter allows perSecond tokens per caller with a burst of the
 // same size (at least 1).
 func NewTokenLimiter(perSecond float64) *TokenLimiter {
-	return &TokenLimiter{perSecond: rate.Limit(perSecond), burst: max(1, int(perSecond)), callers: map[limitKey]*limitEntry{}}
+	return &TokenLimiter{perSecond: rate.Limit(perSecond), burst: max(1, int(perSecond)),
+		callers: map[limitKey]*list.Element{}, order: list.New()}
 }
 
 // Allow reports whether c may have another token now. Identified local
@@ -51,18 +55,18 @@ func (l *TokenLimiter) Allow(c Caller, now time.Time) bool {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	e, ok := l.callers[k]
-	if !ok {
-		if len(l.callers) >= maxTracked {
-			for key, old := range l.callers {
-				if now.Sub(old.seen) > time.Minute {
-					delete(l.callers, key)
-				}
-			}
+	var e *limitEntry
+	if el, ok := l.callers[k]; ok {
+		l.order.MoveToBack(el)
+		e = el.Value.(*limitEntry)
+	} else {
+		if l.order.Len() >= maxTracked {
+			oldest := l.order.Front()
+			l.order.Remove(oldest)
+			delete(l.callers, oldest.Value.(*limitEntry).key)
 		}
-		e = &limitEntry{lim: rate.NewLimiter(l.perSecond, l.burst)}
-		l.callers[k] = e
+		e = &limitEntry{key: k, lim: rate.NewLimiter(l.perSecond, l.burst)}
+		l.callers[k] = l.order.PushBack(e)
 	}
-	e.seen = now
 	return e.lim.AllowN(now, 1)
 }
