@@ -54,7 +54,7 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 		return ctx
 	}
 	s.http = &http.Server{
-		Handler:           h,
+		Handler:           withoutBodies(h),
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		ReadTimeout:       ReadTimeout,
 		WriteTimeout:      WriteTimeout,
@@ -76,6 +76,23 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 	}
 	return s
 }
+
+// withoutBodies answers a request that carries a body (no SDK sends one)
+// and then closes its connection, instead of letting net/http wait up to
+// ReadTimeout for the rest of the body after the answer: such a connection
+// counts as active, so the idle-connection cap would not bound how many a
+// client holds that way.
+func withoutBodies(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 || r.TransferEncoding != nil {
+			w.Header()["Connection"] = connectionClose
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+var connectionClose = []string{"close"}
 
 // OnQuiet sets f to be called, on the closing connection's goroutine, each
 // time the last open client connection closes. It must be set before Serve,

@@ -1,7 +1,10 @@
 package imds
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,5 +55,43 @@ func TestServerOnQuiet(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no quiet call after the last connection closed")
+	}
+}
+
+// TestServerClosesRequestsWithBodies: a request with a body is answered,
+// then its connection closed at once, not held while the server waits for
+// a body that trickles in.
+func TestServerClosesRequestsWithBodies(t *testing.T) {
+	s := NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	defer func() { _ = s.Shutdown(context.Background()) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\nx")); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = c.SetReadDeadline(start.Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if !res.Close {
+		t.Error("the answer does not say Connection: close")
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the answer: %v, want the connection closed", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("connection closed after %v, want at once", d)
 	}
 }
