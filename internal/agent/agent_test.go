@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,30 +78,12 @@ func startAgentWith(t *testing.T, audit io.Writer) (a *Agent, clock *jumpClock, 
 	return a, clock, cancel, result
 }
 
-// lockedBuffer is a bytes.Buffer safe for the audit writer and a test.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestShutdownRecordsDrainedRequests: an answer recorded while the server
 // drains (its handler was running when the agent was told to stop) reaches
 // the audit output: the writer stops only after the server has drained.
 // A connection that has sent nothing keeps the drain going meanwhile.
 func TestShutdownRecordsDrainedRequests(t *testing.T) {
-	var out lockedBuffer
+	var out strings.Builder // read once Run has returned, with the writer
 	a, _, cancel, done := startAgentWith(t, &out)
 	conn, err := net.Dial("tcp", a.Addrs()[0].String())
 	if err != nil {

@@ -154,14 +154,15 @@ func NewResolver(opts Options) (*Resolver, error) {
 // RemoteAddr say). IPv4-mapped IPv6 addresses are treated as IPv4. A client
 // socket not found in this network namespace gives Info{Local: false} and
 // no error, unless the client's address is one of this namespace's own:
-// that gives ErrUnidentified (see lookupBound). A kernel that does not answer within the timeout, or no free
-// netlink socket within it, gives ErrTimeout: the caller is then unknown,
-// not known to be remote. Other errors mean the lookup itself failed (or
-// the addresses are invalid).
+// that gives ErrUnidentified (see lookupBound). A kernel that does not
+// answer within the timeout, or no free netlink socket within it, gives
+// ErrTimeout: the caller is then unknown, not known to be remote. Other
+// errors mean the lookup itself failed (or the addresses are invalid).
 //
-// Finding the socket does not allocate; a miss does (lookupBound). A cgroup id not yet in the cache makes it walk the
-// cgroup hierarchy, at most every cgroupRefreshEvery; until the walk finds the
-// cgroup, Cgroup and Unit stay empty.
+// Finding the socket does not allocate; a miss does (lookupBound). A cgroup
+// id not yet in the cache makes it walk the cgroup hierarchy, at most every
+// cgroupRefreshEvery; until the walk finds the cgroup, Cgroup and Unit stay
+// empty.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	q, ok := newQuery(remote, local)
 	if !ok {

@@ -36,16 +36,7 @@ func DetectEC2(sysRoot string) (isEC2 bool, evidence string) {
 	if sysRoot == "" {
 		sysRoot = "/"
 	}
-	read := func(rel string) (path, value string) {
-		path = filepath.Join(sysRoot, rel)
-		f, err := os.Open(path)
-		if err != nil {
-			return path, ""
-		}
-		defer f.Close()
-		b, _ := io.ReadAll(io.LimitReader(f, 256)) // these files hold one short line
-		return path, strings.TrimSpace(string(b))
-	}
+	read := func(rel string) (path, value string) { return readDMI(sysRoot, rel) }
 	for _, name := range []string{"sys_vendor", "bios_vendor"} {
 		if p, v := read(filepath.Join(dmiDir, name)); v == "Amazon EC2" {
 			return true, fmt.Sprintf("%s is %q", p, v)
@@ -85,8 +76,8 @@ func ec2UUID(u string, littleEndian bool) bool {
 }
 
 // otherClouds are the platforms, other than EC2, whose own metadata service
-// answers at 169.254.169.254, each with the DMI file and value (or prefix,
-// that cloud-init's ds-identify recognises it by.
+// answers at 169.254.169.254, each with the DMI file and value that
+// cloud-init's ds-identify recognises it by.
 var otherClouds = []struct{ name, file, value string }{
 	{"Google Compute Engine", "product_name", "Google Compute Engine"},
 	{"Microsoft Azure", "chassis_asset_tag", "7783-7084-3265-9085-8269-3286-77"},
@@ -111,19 +102,23 @@ func DetectOtherCloud(sysRoot string) (cloud, evidence string) {
 	if sysRoot == "" {
 		sysRoot = "/"
 	}
-	values := map[string]string{}
 	for _, c := range otherClouds {
-		v, ok := values[c.file]
-		if !ok {
-			b, err := os.ReadFile(filepath.Join(sysRoot, dmiDir, c.file))
-			if err == nil && len(b) < 256 {
-				v = strings.TrimSpace(string(b))
-			}
-			values[c.file] = v
-		}
-		if v != "" && v == c.value {
-			return c.name, fmt.Sprintf("%s is %q", filepath.Join(sysRoot, dmiDir, c.file), v)
+		if p, v := readDMI(sysRoot, filepath.Join(dmiDir, c.file)); v == c.value {
+			return c.name, fmt.Sprintf("%s is %q", p, v)
 		}
 	}
 	return "", ""
+}
+
+// readDMI reads one of the short files DetectEC2 and DetectOtherCloud look
+// at: its path under sysRoot, and its value ("" when missing or unreadable).
+func readDMI(sysRoot, rel string) (path, value string) {
+	path = filepath.Join(sysRoot, rel)
+	f, err := os.Open(path)
+	if err != nil {
+		return path, ""
+	}
+	defer f.Close()
+	b, _ := io.ReadAll(io.LimitReader(f, 256)) // these files hold one short line
+	return path, strings.TrimSpace(string(b))
 }

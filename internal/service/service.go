@@ -106,11 +106,9 @@ func (h *host) control(action string, opts Options) error {
 		return fmt.Errorf("%s: systemd does not run this host (%s is missing); imds-agent runs as a systemd service only", action, h.systemdRuntime)
 	}
 	if action == "install" || action == "uninstall" {
-		for _, u := range h.packagedUnits {
-			if _, err := os.Stat(u); err == nil && !(action == "uninstall" && h.installedUnit()) {
-				return fmt.Errorf("%s: a package installed %s, so the package manages the service: use systemctl, and apt or dnf to remove it; "+
-					"`imds-agent install` would write /etc/systemd/system/%s, which would shadow the package's unit forever", action, u, systemd.UnitName)
-			}
+		if u := h.packagedUnit(); u != "" && !(action == "uninstall" && h.installedUnit()) {
+			return fmt.Errorf("%s: a package installed %s, so the package manages the service: use systemctl, and apt or dnf to remove it; "+
+				"`imds-agent install` would write /etc/systemd/system/%s, which would shadow the package's unit forever", action, u, systemd.UnitName)
 		}
 	}
 	exe, err := executable(opts.Executable)
@@ -193,6 +191,16 @@ func (h *host) dropIns() []struct{ path, text string } {
 		files = append(files, struct{ path, text string }{filepath.Join(h.etc, "NetworkManager/conf.d", systemd.NetworkManagerName), systemd.NetworkManager})
 	}
 	return files
+}
+
+// packagedUnit is the unit file a package installed, or "" for none.
+func (h *host) packagedUnit() string {
+	for _, u := range h.packagedUnits {
+		if _, err := os.Stat(u); err == nil {
+			return u
+		}
+	}
+	return ""
 }
 
 // installedUnit reports whether the unit file is one `imds-agent install`
@@ -285,11 +293,9 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 			return err
 		}
 	}
-	for _, u := range h.packagedUnits {
-		if _, err := os.Stat(u); err == nil {
-			fmt.Fprintf(out, "the package's unit %s is in charge now, with the same configuration and credentials: systemctl enable --now %s\n", u, systemd.UnitName)
-			return nil
-		}
+	if u := h.packagedUnit(); u != "" {
+		fmt.Fprintf(out, "the package's unit %s is in charge now, with the same configuration and credentials: systemctl enable --now %s\n", u, systemd.UnitName)
+		return nil
 	}
 	fmt.Fprintf(out, "kept %s (configuration and credentials) and the user imds-agent; to remove them too: rm -r %s && userdel imds-agent\n",
 		filepath.Join(h.etc, "imds-agent"), filepath.Join(h.etc, "imds-agent"))
