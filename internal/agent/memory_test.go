@@ -2,6 +2,7 @@ package agent
 
 import (
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -154,3 +155,21 @@ func TestReleaserReleases(t *testing.T) {
 
 // garbage is package-level so that the compiler cannot keep it off the heap.
 var garbage [][]byte
+
+// What sync.Pools hold is freed by a release too, not kept in the pools'
+// victim caches until the next cycle under load.
+func TestReleaseFreesPooledBuffers(t *testing.T) {
+	var pool sync.Pool
+	freed := make(chan struct{})
+	buf := new([64 << 10]byte)
+	runtime.AddCleanup(buf, func(ch chan struct{}) { close(ch) }, freed)
+	pool.Put(buf)
+	buf = nil
+	releaseMemory()
+	select {
+	case <-freed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a buffer left in a sync.Pool survived the release")
+	}
+	runtime.KeepAlive(&pool)
+}
