@@ -17,16 +17,19 @@ import (
 // Go's default GOGC=100 and its 4 MiB minimum heap, a cycle starts after
 // every ~2 MiB of garbage and marks those tables again: about 5 % of the
 // agent's CPU when it serves flat out, against about 1 % for a bare net/http
-// server (bench/README.md). With GOGC=400 a cycle starts after ~14 MiB of
-// garbage and the collector costs what it costs the bare server; the heap
-// then reaches ~16 MiB under sustained load. A soft limit of 256 MiB keeps a
-// flood of connections, which grows the live heap, from growing the heap
-// five times as much: past it the collector works harder instead. And once
-// no client connection has been open for a second, the memory freed since
-// the last collection goes back to the kernel, so after a burst of requests
-// the agent's RSS is back within about 2 MiB of its idle size.
+// server (bench/README.md). Each cycle marks them for ~2 ms, during which a
+// server on one CPU answers at about half speed, and the requests it delays
+// make the latency tail. With GOGC=800 a cycle starts after ~30 MiB of
+// garbage, half as often as at 400 (p99 under flat-out load 1.20-1.24x the
+// bare server's, against ~1.33x at 400); the heap then reaches ~32 MiB
+// under sustained load. A soft limit of 256 MiB keeps a flood of
+// connections, which grows the live heap, from growing the heap nine times
+// as much: past it the collector works harder instead. And once no client
+// connection has been open for a second, the memory freed since the last
+// collection goes back to the kernel, so after a burst of requests the
+// agent's RSS is back within about 2 MiB of its idle size.
 const (
-	gcPercent   = 400
+	gcPercent   = 800
 	memoryLimit = 256 << 20
 	quietDelay  = time.Second
 )
