@@ -20,9 +20,9 @@ import (
 // server (bench/README.md). Each cycle marks them for ~2 ms, during which a
 // server on one CPU answers at about half speed, and the requests it delays
 // make the latency tail. With GOGC=800 a cycle starts after ~30 MiB of
-// garbage, half as often as at 400 (p99 under flat-out load 1.20-1.24x the
-// bare server's, against ~1.33x at 400); the heap then reaches ~32 MiB
-// under sustained load. A soft limit of 256 MiB keeps a flood of
+// garbage, half as often as at 400 (p99 under flat-out load 1.07-1.24x the
+// bare server's in four runs, against ~1.33x at 400); the heap then reaches
+// ~32 MiB under sustained load. A soft limit of 256 MiB keeps a flood of
 // connections, which grows the live heap, from growing the heap nine times
 // as much: past it the collector works harder instead. And once no client
 // connection has been open for a second, the memory freed since the last
