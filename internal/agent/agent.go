@@ -155,7 +155,7 @@ func New(o Options) (*Agent, error) {
 	}
 	a.gate.rules.Store(rules)
 	a.handler = imds.NewHandler(meta, a.manager, a.tokens, o.Clock.Now, a.gate)
-	a.server = imds.NewServer(a.handler, o.Logger.With("component", "http"), a.gate.connContext)
+	a.server = imds.NewServer(a.handler, o.Logger.With("component", "http"), a.gate.connValue)
 	a.memory = newReleaser(a.server.Connections)
 	a.server.OnQuiet(a.memory.quiet)
 	return a, nil

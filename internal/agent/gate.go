@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,12 +57,10 @@ type gateRules struct {
 
 const probeHeader = "X-Imds-Agent-Probe"
 
-// connKey keys the per-connection caller record in a connection's context.
-type connKey struct{}
-
-// connInfo is what the agent knows about one client connection. The Once
-// identifies the caller exactly once, in connContext or, for a request that
-// came without a connection record, at its first use.
+// connInfo is what the agent knows about one client connection (the
+// server hands it to the hooks as imds.Request.Conn). The Once identifies
+// the caller exactly once, in connValue or, for a request that came without
+// a connection record, at its first use.
 type connInfo struct {
 	conn          net.Conn
 	local, remote netip.AddrPort
@@ -72,15 +69,15 @@ type connInfo struct {
 	ttl           int // the IP TTL / hop limit set on the socket; 0 = the system default
 }
 
-// connContext is the server's ConnContext: it records the connection and
-// identifies the caller. Every request needs the caller (the hop limit,
-// token binding, the policy, the audit record), and the look-up is cheaper
-// here than on the connection's goroutine: this runs on the server's accept
-// loop, whose stack is grown once, while a new connection's goroutine starts
-// with a small stack that the look-up's depth made it grow and copy once
-// more than net/http alone does (about 2 µs a connection in the cold flow's
-// profile, where the look-up itself costs 3.6 µs).
-func (g *gate) connContext(ctx context.Context, c net.Conn) context.Context {
+// connValue is the server's hook for a new connection: it records the
+// connection and identifies the caller. Every request needs the caller (the
+// hop limit, token binding, the policy, the audit record), and the look-up
+// is cheaper here than on the connection's goroutine: this runs on the
+// server's accept loop, whose stack is grown once, while a new connection's
+// goroutine starts with a small stack that the look-up's depth made it grow
+// and copy once more than net/http alone does (about 2 µs a connection in
+// the cold flow's profile, where the look-up itself costs 3.6 µs).
+func (g *gate) connValue(c net.Conn) any {
 	ci := &connInfo{conn: c}
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ci.remote = a.AddrPort()
@@ -89,26 +86,28 @@ func (g *gate) connContext(ctx context.Context, c net.Conn) context.Context {
 		ci.local = a.AddrPort()
 	}
 	ci.once.Do(func() { g.identify(ci) })
-	return context.WithValue(ctx, connKey{}, ci)
-}
-
-// connOf returns the record of r's connection, without identifying the
-// caller.
-func (g *gate) connOf(r *http.Request) *connInfo {
-	if ci, ok := r.Context().Value(connKey{}).(*connInfo); ok {
-		return ci
-	}
-	ci := &connInfo{}
-	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-		ci.remote = ap
-	}
 	return ci
 }
 
-// callerOf returns r's connection with its caller identified (by
-// connContext, or here for a request that came without one).
-func (g *gate) callerOf(r *http.Request) *connInfo {
-	ci := g.connOf(r)
+// connOf returns the record of req's connection, without identifying the
+// caller. A request that came without one gets one from its remote
+// address, kept on the request for the hooks that follow.
+func (g *gate) connOf(req *imds.Request) *connInfo {
+	if ci, ok := req.Conn.(*connInfo); ok {
+		return ci
+	}
+	ci := &connInfo{}
+	if ap, err := netip.ParseAddrPort(req.HTTP.RemoteAddr); err == nil {
+		ci.remote = ap
+	}
+	req.Conn = ci
+	return ci
+}
+
+// callerOf returns req's connection with its caller identified (by
+// connValue, or here for a request that came without a connection record).
+func (g *gate) callerOf(req *imds.Request) *connInfo {
+	ci := g.connOf(req)
 	ci.once.Do(func() { g.identify(ci) })
 	return ci
 }
@@ -133,17 +132,17 @@ func (g *gate) identify(ci *connInfo) {
 }
 
 // CallerUID implements imds.Hooks.
-func (g *gate) CallerUID(r *http.Request) (uint32, bool) {
-	ci := g.callerOf(r)
+func (g *gate) CallerUID(req *imds.Request) (uint32, bool) {
+	ci := g.callerOf(req)
 	return ci.caller.UID, ci.caller.Identified
 }
 
 // TokenBinding implements imds.Hooks.
-func (g *gate) TokenBinding(r *http.Request) imds.Binding {
+func (g *gate) TokenBinding(req *imds.Request) imds.Binding {
 	if !g.rules.Load().bindTokens {
 		return imds.Binding{}
 	}
-	ci := g.callerOf(r)
+	ci := g.callerOf(req)
 	if ci.caller.Local && !ci.caller.Identified {
 		// A local user the kernel did not name: the token is bound to a
 		// UID no process has, so that no caller can use it, rather than
@@ -166,7 +165,7 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 	if req.Route == imds.RouteToken {
 		return g.admitToken(req, rules, opts)
 	}
-	if ci := g.connOf(r); !req.Token && ci.ttl != 0 {
+	if ci := g.connOf(req); !req.Token && ci.ttl != 0 {
 		// An IMDSv1 request on a connection whose socket was set to the
 		// hop limit for an earlier token answer: EC2 answers it normally.
 		g.setTTL(ci, 0)
@@ -178,7 +177,7 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 	if req.Route.Credentials() {
 		class = access.Credentials
 	}
-	if ok, _ := rules.policy.Decide(class, g.callerOf(r).caller); !ok {
+	if ok, _ := rules.policy.Decide(class, g.callerOf(req).caller); !ok {
 		return http.StatusForbidden, imds.ReasonAccessDenied
 	}
 	return 0, imds.ReasonNone
@@ -192,7 +191,7 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 // hop limit 1 it gets no answer, at 2 it does (and its answer leaves with a
 // TTL one lower, so further routed hops count too).
 func (g *gate) admitToken(req *imds.Request, rules *gateRules, opts imds.Options) (int, imds.Reason) {
-	ci := g.callerOf(req.HTTP)
+	ci := g.callerOf(req)
 	ttl := opts.HopLimit
 	if !ci.caller.Local {
 		ttl--
@@ -220,11 +219,11 @@ func (g *gate) admitToken(req *imds.Request, rules *gateRules, opts imds.Options
 // setTTL sets the socket's IP TTL (IPv6 unicast hop limit); 0 restores
 // the system default.
 func (g *gate) setTTL(ci *connInfo, ttl int) {
-	tc, ok := ci.conn.(*net.TCPConn)
+	sc, ok := ci.conn.(syscall.Conn)
 	if !ok {
 		return
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
 		return
 	}
@@ -272,7 +271,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 				"not_recorded", n, "limit_per_second", refusalRecordRate)
 		}
 	}
-	ci := g.callerOf(req.HTTP)
+	ci := g.callerOf(req)
 	rec := audit.Record{
 		Time:     req.Time,
 		Decision: "deny",

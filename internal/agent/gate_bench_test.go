@@ -42,9 +42,9 @@ func (w *discardWriter) Write(b []byte) (int, error) {
 // keep-alive connection, through the metadata handler and the agent's real
 // hooks: the caller found by sock_diag (once, for the connection), the Host
 // check, the default access policy, metrics and an audit record written by
-// the audit writer (to io.Discard). The token's MAC is checked in full every
-// time, as on a new connection: the per-connection memo is imds.Server's,
-// and the benchmark calls the handler directly.
+// the audit writer (to io.Discard). The request carries the connection's
+// record as imds.Server gives it, so the token's MAC is checked once and
+// remembered, as on an SDK's kept-alive connection.
 func BenchmarkCredentialsGETGate(b *testing.B) {
 	log := slog.New(slog.DiscardHandler)
 	now := time.Now
@@ -96,7 +96,7 @@ func BenchmarkCredentialsGETGate(b *testing.B) {
 	h := imds.NewHandler(imds.NewMetadata(imds.Instance{ID: "i-0123456789abcdef0", Region: "eu-west-1"},
 		imds.Options{Enabled: true, TokensRequired: true, HopLimit: 1}), creds, tokens, now, g)
 
-	connCtx := g.connContext(context.Background(), server)
+	connCtx := imds.WithConn(context.Background(), server, g.connValue(server))
 	r := httptest.NewRequestWithContext(connCtx, http.MethodGet, "http://"+listen.String()+"/latest/meta-data/iam/security-credentials/"+DevRole, nil)
 	r.RemoteAddr = server.RemoteAddr().String()
 	r.Header.Set("X-aws-ec2-metadata-token", tokens.Issue(21600, imds.Binding{}))

@@ -41,14 +41,14 @@ func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
 	return g
 }
 
-// request builds a request from remote to local whose caller is already
+// request builds a request to host whose connection's caller is already
 // identified as c.
-func request(method, path, host string, c access.Caller) *http.Request {
+func request(method, path, host string, c access.Caller) *imds.Request {
 	r := httptest.NewRequest(method, "http://"+host+path, nil)
 	r.Host = host
 	ci := &connInfo{caller: c}
 	ci.once.Do(func() {}) // identified already
-	return r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
+	return &imds.Request{HTTP: r, Conn: ci, Time: time.Now()}
 }
 
 var (
@@ -96,7 +96,8 @@ func TestGateAdmit(t *testing.T) {
 			if tc.route == imds.RouteToken {
 				method = http.MethodPut
 			}
-			req := &imds.Request{HTTP: request(method, tc.path, tc.host, tc.caller), Route: tc.route, Token: true}
+			req := request(method, tc.path, tc.host, tc.caller)
+			req.Route, req.Token = tc.route, true
 			status, reason := g.Admit(req, imds.Options{Enabled: true, TokensRequired: true, HopLimit: tc.hopLimit})
 			if status != tc.status || reason != tc.reason {
 				t.Errorf("Admit = %d %v, want %d %v", status, reason, tc.status, tc.reason)
@@ -143,8 +144,7 @@ func TestGateTTL(t *testing.T) {
 		ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: tc.caller}
 		ci.once.Do(func() {})
 		r := httptest.NewRequest(http.MethodPut, "http://127.0.0.1:80/latest/api/token", nil)
-		r = r.WithContext(context.WithValue(r.Context(), connKey{}, ci))
-		if st, _ := g.Admit(&imds.Request{HTTP: r, Route: imds.RouteToken}, imds.Options{Enabled: true, HopLimit: tc.hop}); st != 0 {
+		if st, _ := g.Admit(&imds.Request{HTTP: r, Conn: ci, Route: imds.RouteToken}, imds.Options{Enabled: true, HopLimit: tc.hop}); st != 0 {
 			t.Fatalf("token refused: %d", st)
 		}
 		if got := ttlOf(); got != tc.want {
@@ -152,8 +152,7 @@ func TestGateTTL(t *testing.T) {
 		}
 		// An IMDSv1 GET on the same connection gets the default back.
 		r2 := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:80/latest/meta-data/", nil)
-		r2 = r2.WithContext(context.WithValue(r2.Context(), connKey{}, ci))
-		g.Admit(&imds.Request{HTTP: r2, Route: imds.RouteMetaData}, imds.Options{Enabled: true, HopLimit: tc.hop})
+		g.Admit(&imds.Request{HTTP: r2, Conn: ci, Route: imds.RouteMetaData}, imds.Options{Enabled: true, HopLimit: tc.hop})
 		if got := ttlOf(); got != def {
 			t.Errorf("after an IMDSv1 request: TTL %d, want the default %d", got, def)
 		}
@@ -175,8 +174,9 @@ func TestGateAuditNamesUserUnits(t *testing.T) {
 		{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 33,
 			Unit: "nginx.service", Cgroup: "/system.slice/nginx.service"},
 	} {
-		r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", c)
-		g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Snapshot: snap}, http.StatusOK)
+		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", c)
+		req.Route, req.Snapshot = imds.RouteCredentials, snap
+		g.Served(req, http.StatusOK)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -243,14 +243,16 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
 		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
 	refuse := func() {
-		r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
-		g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Reason: imds.ReasonTokenMissing}, http.StatusUnauthorized)
+		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		req.Route, req.Reason = imds.RouteCredentials, imds.ReasonTokenMissing
+		g.Served(req, http.StatusUnauthorized)
 	}
 	for range 5 {
 		refuse()
 	}
-	r := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
-	g.Served(&imds.Request{HTTP: r, Route: imds.RouteCredentials, Time: time.Now(), Snapshot: snap}, http.StatusOK)
+	req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+	req.Route, req.Snapshot = imds.RouteCredentials, snap
+	g.Served(req, http.StatusOK)
 	g.refusals = rate.NewLimiter(rate.Inf, 0)
 	refuse()
 	ctx, cancel := context.WithCancel(context.Background())

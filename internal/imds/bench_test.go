@@ -28,13 +28,13 @@ func (w *discardWriter) reset() {
 }
 
 // credentialsRequest is an SDK's credential GET with a valid token. On a
-// keep-alive connection, it carries the connection's state, as requests
+// keep-alive connection, it carries the connection's record, as requests
 // served by Server do.
 func credentialsRequest(tb testing.TB, f *fixture, keepAlive bool) *http.Request {
 	tb.Helper()
 	ctx := context.Background()
 	if keepAlive {
-		ctx = context.WithValue(ctx, connStateKey{}, &connState{})
+		ctx = WithConn(ctx, nil, nil)
 	}
 	r := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254/latest/meta-data/iam/security-credentials/"+testRole.Name, nil)
 	r.Header.Set("X-aws-ec2-metadata-token", f.token(tb))

@@ -72,7 +72,10 @@ func (h *Handler) Metadata() *Metadata { return h.meta.Load() }
 // only then the path's existence.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := h.meta.Load()
-	req := Request{HTTP: r, Time: h.now()}
+	req := Request{HTTP: r, Time: h.now(), conn: connOf(r)}
+	if req.conn != nil {
+		req.Conn = req.conn.value
+	}
 	path := r.URL.Path
 	if strings.Contains(path, "//") {
 		path = collapseSlashes(path)
@@ -147,7 +150,7 @@ func classify(path string) (Route, string) {
 		}
 		return RouteVersionedToken, ""
 	}
-	if !versionSet[version] {
+	if version != "latest" && !versionSet[version] { // SDKs all ask for latest
 		return RouteUnknown, ""
 	}
 	rel := strings.TrimSuffix(rest, "/")
@@ -180,10 +183,10 @@ func classify(path string) (Route, string) {
 // either mode; no token is accepted only when tokens are optional.
 func (h *Handler) authorized(w http.ResponseWriter, req *Request, m *Metadata) bool {
 	if v, ok := req.HTTP.Header[headerToken]; ok && len(v) > 0 {
-		uid, known := h.hooks.CallerUID(req.HTTP)
+		uid, known := h.hooks.CallerUID(req)
 		var memo *tokenMemo
-		if c := connStateOf(req.HTTP); c != nil {
-			memo = &c.tokens
+		if req.conn != nil {
+			memo = &req.conn.tokens
 		}
 		switch h.tokens.verify(v[0], uid, known, req.Time.Unix(), memo) {
 		case TokenValid:
@@ -229,7 +232,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		h.refuse(w, req, status, reason)
 		return
 	}
-	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(r), req.Time.Unix())
+	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(req), req.Time.Unix())
 	hdr := w.Header()
 	hdr["Content-Type"] = textPlain
 	if echo := r.Header[headerTTL]; echo[0][0] != '0' {

@@ -108,6 +108,12 @@ type Request struct {
 	// Snapshot is the credential snapshot the answer was made from (iam
 	// routes only).
 	Snapshot *snapshot.Snapshot
+	// Conn is what the server's connValue returned for the request's
+	// connection; nil for a request that came without a connection record.
+	// Hooks may set it, for the later hooks on the same request.
+	Conn any
+
+	conn *conn // the server's record of the connection, if any
 }
 
 // Hooks is how the agent polices and observes requests without the handler
@@ -115,9 +121,9 @@ type Request struct {
 // the request path and must be cheap and non-blocking.
 type Hooks interface {
 	// CallerUID returns the local UID of the caller, if known.
-	CallerUID(r *http.Request) (uid uint32, known bool)
-	// TokenBinding says whether a token issued to r is bound to its UID.
-	TokenBinding(r *http.Request) Binding
+	CallerUID(req *Request) (uid uint32, known bool)
+	// TokenBinding says whether a token issued for req is bound to its UID.
+	TokenBinding(req *Request) Binding
 	// Admit decides on a request that passed the method and token checks
 	// (for the token route: a well-formed PUT). A non-zero status refuses it.
 	Admit(req *Request, opts Options) (status int, reason Reason)
@@ -128,7 +134,7 @@ type Hooks interface {
 // NopHooks admits everything and observes nothing.
 type NopHooks struct{}
 
-func (NopHooks) CallerUID(*http.Request) (uint32, bool) { return 0, false }
-func (NopHooks) TokenBinding(*http.Request) Binding     { return Binding{} }
-func (NopHooks) Admit(*Request, Options) (int, Reason)  { return 0, ReasonNone }
-func (NopHooks) Served(*Request, int)                   {}
+func (NopHooks) CallerUID(*Request) (uint32, bool)     { return 0, false }
+func (NopHooks) TokenBinding(*Request) Binding         { return Binding{} }
+func (NopHooks) Admit(*Request, Options) (int, Reason) { return 0, ReasonNone }
+func (NopHooks) Served(*Request, int)                  {}

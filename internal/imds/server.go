@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -28,31 +29,73 @@ type Server struct {
 	quiet func()
 }
 
-// connState is what the handler keeps about one client connection.
-type connState struct {
-	tokens tokenMemo
+// conn is the server's record of one client connection, found with one
+// context look-up per request: the connection itself (what net/http
+// serves), its place among the idle connections, the token it last
+// verified, and what the hooks keep about it.
+type conn struct {
+	net.Conn
+	prev, next *conn // in the shedder's idle list
+	listed     bool  // in that list
+	shedded    bool  // closed to make room; never listed again
+	tokens     tokenMemo
+	value      any // what the server's connValue returned for it
 }
 
-type connStateKey struct{}
+// NetConn returns the accepted connection.
+func (c *conn) NetConn() net.Conn { return c.Conn }
 
-// connStateOf returns the state of r's connection; nil when r did not come
-// through a Server.
-func connStateOf(r *http.Request) *connState {
-	c, _ := r.Context().Value(connStateKey{}).(*connState)
+// CloseWrite half-closes a TCP connection, as net/http does before closing
+// one it answered with an error.
+func (c *conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// SyscallConn gives access to the socket (its options), where the
+// accepted connection has one.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, errors.ErrUnsupported
+}
+
+type connKey struct{}
+
+// connOf returns the record of r's connection; nil when r did not come
+// through a Server (or WithConn).
+func connOf(r *http.Request) *conn {
+	c, _ := r.Context().Value(connKey{}).(*conn)
 	return c
 }
 
-// NewServer returns a server for h. connContext, if not nil, derives each
-// connection's context (the caller lookup hangs its answer there).
-func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Context, net.Conn) context.Context) *Server {
-	s := &Server{shed: newShedder(MaxIdleConns)}
-	withState := func(ctx context.Context, c net.Conn) context.Context {
-		ctx = context.WithValue(ctx, connStateKey{}, &connState{})
-		if connContext != nil {
-			ctx = connContext(ctx, c)
-		}
-		return ctx
+// WithConn returns ctx carrying a record for the connection c, as a Server
+// keeps for each one, with v as what the hooks see in Request.Conn: for
+// serving a Handler without a Server (tests and benchmarks).
+func WithConn(ctx context.Context, c net.Conn, v any) context.Context {
+	return context.WithValue(ctx, connKey{}, &conn{Conn: c, value: v})
+}
+
+// listener hands net/http connection records instead of bare connections.
+type listener struct{ net.Listener }
+
+func (l listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
 	}
+	return &conn{Conn: c}, nil
+}
+
+// NewServer returns a server for h. connValue, if not nil, is called once
+// for each new connection, on the accept loop, and what it returns is
+// handed to the hooks with every request on that connection
+// (Request.Conn): the caller lookup keeps its answer there.
+func NewServer(h http.Handler, log *slog.Logger, connValue func(net.Conn) any) *Server {
+	s := &Server{shed: newShedder(MaxIdleConns)}
 	s.http = &http.Server{
 		Handler:           withoutBodies(h),
 		ReadHeaderTimeout: ReadHeaderTimeout,
@@ -60,10 +103,16 @@ func NewServer(h http.Handler, log *slog.Logger, connContext func(context.Contex
 		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
-		ConnContext:       withState,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		ConnState: func(c net.Conn, st http.ConnState) {
-			s.shed.track(c, st)
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			c := nc.(*conn) // Serve's listener made it
+			if connValue != nil {
+				c.value = connValue(c)
+			}
+			return context.WithValue(ctx, connKey{}, c)
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		ConnState: func(nc net.Conn, st http.ConnState) {
+			s.shed.track(nc.(*conn), st)
 			switch st {
 			case http.StateNew:
 				s.conns.Add(1)
@@ -108,7 +157,7 @@ func (s *Server) Connections() int64 { return s.conns.Load() }
 
 // Serve accepts connections on ln until Shutdown; it then returns nil.
 func (s *Server) Serve(ln net.Listener) error {
-	if err := s.http.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	if err := s.http.Serve(listener{ln}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
 	return nil

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -93,5 +95,83 @@ func TestServerClosesRequestsWithBodies(t *testing.T) {
 	}
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("connection closed after %v, want at once", d)
+	}
+}
+
+// connHooks records what the hooks saw of each request's connection.
+type connHooks struct {
+	NopHooks
+	seen chan any
+}
+
+func (h connHooks) Served(req *Request, _ int) { h.seen <- req.Conn }
+
+// TestServerHandsHooksTheConnection: connValue runs once per connection,
+// and every request on it hands the hooks that value; the connection it is
+// given still reaches the socket (the hop limit is set through it).
+func TestServerHandsHooksTheConnection(t *testing.T) {
+	f := newFixture(t, Options{Enabled: true, HopLimit: 1}, testInstance)
+	hooks := connHooks{seen: make(chan any, 8)}
+	h := NewHandler(NewMetadata(testInstance, Options{Enabled: true, HopLimit: 1}), f.creds, f.tokens, time.Now, hooks)
+	type record struct {
+		n      int
+		socket bool
+	}
+	var made atomic.Int32
+	s := NewServer(h, slog.New(slog.DiscardHandler), func(c net.Conn) any {
+		_, ok := c.(syscall.Conn)
+		return &record{n: int(made.Add(1)), socket: ok}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	defer func() { _ = s.Shutdown(context.Background()) }()
+
+	get := func(c net.Conn) *record {
+		t.Helper()
+		if _, err := c.Write([]byte("GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		select {
+		case v := <-hooks.seen:
+			r, _ := v.(*record)
+			if r == nil {
+				t.Fatalf("the hooks got %#v, not the connection's value", v)
+			}
+			return r
+		case <-time.After(5 * time.Second):
+			t.Fatal("no request reached the hooks")
+		}
+		return nil
+	}
+	dial := func() net.Conn {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	a, b := dial(), dial()
+	first, again, other := get(a), get(a), get(b)
+	if first != again {
+		t.Errorf("two requests on one connection saw two values (%d, %d)", first.n, again.n)
+	}
+	if other == first {
+		t.Error("two connections share one value")
+	}
+	if !first.socket {
+		t.Error("the connection handed to connValue does not reach its socket")
+	}
+	if n := made.Load(); n != 2 {
+		t.Errorf("connValue ran %d times for 2 connections", n)
 	}
 }

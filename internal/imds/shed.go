@@ -1,7 +1,6 @@
 package imds
 
 import (
-	"net"
 	"net/http"
 	"sync"
 )
@@ -14,80 +13,61 @@ import (
 // off by ReadHeaderTimeout, idle ones by IdleTimeout.
 const MaxIdleConns = 4096
 
-// shedder tracks connections in the new and idle states, oldest first. It
-// runs twice per request (active, then idle again), so a state change costs
-// one map look-up and a few pointer moves, and allocates nothing after a
-// connection's first.
+// shedder keeps the connections in the new and idle states, oldest first.
+// It runs twice per request (active, then idle again); the list links the
+// connection records themselves, so a state change is a few pointer moves
+// under a mutex, with no look-up and no allocation.
 type shedder struct {
-	max   int
-	mu    sync.Mutex
-	conns map[net.Conn]*shedNode // every open connection not yet shed
-	idle  shedList               // the new and idle ones, oldest first
-	shed  uint64
+	max  int
+	mu   sync.Mutex
+	idle connList // the new and idle connections, oldest first
+	shed uint64
 }
 
-// shedNode is one connection's place in the idle list.
-type shedNode struct {
-	conn       net.Conn
-	prev, next *shedNode
-	listed     bool
-}
-
-// shedList is a doubly linked list of nodes around a sentinel.
-type shedList struct {
-	root shedNode
+// connList is a doubly linked list of connection records around a
+// sentinel.
+type connList struct {
+	root conn
 	n    int
 }
 
-func (l *shedList) pushBack(e *shedNode) {
+func (l *connList) pushBack(c *conn) {
 	if l.root.next == nil {
 		l.root.next, l.root.prev = &l.root, &l.root
 	}
 	last := l.root.prev
-	e.prev, e.next = last, &l.root
-	last.next, l.root.prev = e, e
-	e.listed = true
+	c.prev, c.next = last, &l.root
+	last.next, l.root.prev = c, c
+	c.listed = true
 	l.n++
 }
 
-func (l *shedList) remove(e *shedNode) {
-	e.prev.next, e.next.prev = e.next, e.prev
-	e.prev, e.next = nil, nil
-	e.listed = false
+func (l *connList) remove(c *conn) {
+	c.prev.next, c.next.prev = c.next, c.prev
+	c.prev, c.next = nil, nil
+	c.listed = false
 	l.n--
 }
 
-func (l *shedList) front() *shedNode { return l.root.next }
+func (l *connList) front() *conn { return l.root.next }
 
-func newShedder(max int) *shedder {
-	return &shedder{max: max, conns: map[net.Conn]*shedNode{}}
-}
+func newShedder(max int) *shedder { return &shedder{max: max} }
 
-// track is the server's ConnState hook.
-func (s *shedder) track(c net.Conn, st http.ConnState) {
-	var victims []net.Conn
+// track moves c on a state change (the server's ConnState hook).
+func (s *shedder) track(c *conn, st http.ConnState) {
+	var victims []*conn
 	s.mu.Lock()
-	e := s.conns[c]
-	if e != nil && e.listed {
-		s.idle.remove(e)
+	if c.listed {
+		s.idle.remove(c)
 	}
-	switch st {
-	case http.StateNew, http.StateIdle:
-		if e == nil {
-			e = &shedNode{conn: c}
-			s.conns[c] = e
-		}
-		s.idle.pushBack(e)
+	if (st == http.StateNew || st == http.StateIdle) && !c.shedded {
+		s.idle.pushBack(c)
 		for s.idle.n > s.max {
 			old := s.idle.front()
 			s.idle.remove(old)
-			delete(s.conns, old.conn)
-			victims = append(victims, old.conn)
+			old.shedded = true
+			victims = append(victims, old)
 			s.shed++
-		}
-	case http.StateClosed, http.StateHijacked:
-		if e != nil {
-			delete(s.conns, c)
 		}
 	}
 	s.mu.Unlock()
