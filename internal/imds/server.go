@@ -104,7 +104,10 @@ func NewServer(h http.Handler, log *slog.Logger, connValue func(net.Conn) any) *
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
-			c := nc.(*conn) // Serve's listener made it
+			c, ok := nc.(*conn) // Serve's listener made it
+			if !ok {
+				return ctx
+			}
 			if connValue != nil {
 				c.value = connValue(c)
 			}
@@ -112,7 +115,9 @@ func NewServer(h http.Handler, log *slog.Logger, connValue func(net.Conn) any) *
 		},
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		ConnState: func(nc net.Conn, st http.ConnState) {
-			s.shed.track(nc.(*conn), st)
+			if c, ok := nc.(*conn); ok {
+				s.shed.track(c, st)
+			}
 			switch st {
 			case http.StateNew:
 				s.conns.Add(1)
