@@ -35,15 +35,11 @@ type Server struct {
 // verified, and what the hooks keep about it.
 type conn struct {
 	net.Conn
-	prev, next *conn // in the shedder's idle list
-	listed     bool  // in that list
+	prev, next *conn // in the shedder's idle list; nil when not in it
 	shedded    bool  // closed to make room; never listed again
 	tokens     tokenMemo
 	value      any // what the server's connValue returned for it
 }
-
-// NetConn returns the accepted connection.
-func (c *conn) NetConn() net.Conn { return c.Conn }
 
 // CloseWrite half-closes a TCP connection, as net/http does before closing
 // one it answered with an error.

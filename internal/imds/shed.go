@@ -38,18 +38,19 @@ func (l *connList) pushBack(c *conn) {
 	last := l.root.prev
 	c.prev, c.next = last, &l.root
 	last.next, l.root.prev = c, c
-	c.listed = true
 	l.n++
 }
 
 func (l *connList) remove(c *conn) {
 	c.prev.next, c.next.prev = c.next, c.prev
 	c.prev, c.next = nil, nil
-	c.listed = false
 	l.n--
 }
 
 func (l *connList) front() *conn { return l.root.next }
+
+// listed reports whether c is in the shedder's idle list.
+func (c *conn) listed() bool { return c.prev != nil }
 
 func newShedder(max int) *shedder { return &shedder{max: max} }
 
@@ -57,7 +58,7 @@ func newShedder(max int) *shedder { return &shedder{max: max} }
 func (s *shedder) track(c *conn, st http.ConnState) {
 	var victims []*conn
 	s.mu.Lock()
-	if c.listed {
+	if c.listed() {
 		s.idle.remove(c)
 	}
 	if (st == http.StateNew || st == http.StateIdle) && !c.shedded {

@@ -33,13 +33,13 @@ func TestShedderClosesOldestIdle(t *testing.T) {
 		t.Error("the oldest new connection was not closed")
 	}
 	for _, i := range []int{2, 3, 4} {
-		if !conns[i].listed {
+		if !conns[i].listed() {
 			t.Errorf("connection %d is no longer tracked", i)
 		}
 	}
 	s.track(conns[3], http.StateClosed)
-	if conns[3].listed || s.idle.n != 2 { // 1 active, 2 and 4 new
-		t.Errorf("closed connection still tracked: %v %d", conns[3].listed, s.idle.n)
+	if conns[3].listed() || s.idle.n != 2 { // 1 active, 2 and 4 new
+		t.Errorf("closed connection still tracked: %v %d", conns[3].listed(), s.idle.n)
 	}
 	s.track(conns[1], http.StateIdle) // the active one done: now the newest idle
 	more := pipeConns(t, 1)
@@ -50,15 +50,15 @@ func TestShedderClosesOldestIdle(t *testing.T) {
 	if _, err := conns[2].Write([]byte("x")); err == nil {
 		t.Error("the oldest new connection was not closed")
 	}
-	if !conns[1].listed {
+	if !conns[1].listed() {
 		t.Error("the connection that went idle last was shed")
 	}
 	// A shed connection that net/http reports idle once more (a request
 	// was under way as it was closed) is not listed again: it would count
 	// against the cap until it closed, and be closed twice.
 	s.track(conns[0], http.StateIdle)
-	if conns[0].listed || s.idle.n != 3 {
-		t.Errorf("a shed connection was listed again: %v, %d listed", conns[0].listed, s.idle.n)
+	if conns[0].listed() || s.idle.n != 3 {
+		t.Errorf("a shed connection was listed again: %v, %d listed", conns[0].listed(), s.idle.n)
 	}
 	s.track(conns[0], http.StateClosed)
 	if s.idle.n != 3 || s.Shed() != 2 {
