@@ -160,3 +160,24 @@ func BenchmarkTokenVerifyMemo(b *testing.B) {
 		}
 	}
 }
+
+// TestEqualConstantTime: a difference in any byte, in the whole words or
+// the bytes after them, makes two strings unequal.
+func TestEqualConstantTime(t *testing.T) {
+	for _, n := range []int{0, 1, 7, 8, 9, 16, 56, 61} {
+		a := strings.Repeat("abcdefgh", 8)[:n]
+		if !equalConstantTime(a, strings.Clone(a)) {
+			t.Errorf("len %d: equal strings compare unequal", n)
+		}
+		for i := 0; i < n; i++ {
+			b := []byte(a)
+			b[i] ^= 0x80
+			if equalConstantTime(a, string(b)) {
+				t.Errorf("len %d: a difference at byte %d is missed", n, i)
+			}
+		}
+		if equalConstantTime(a, a+"x") {
+			t.Errorf("len %d: a longer string compares equal", n)
+		}
+	}
+}
