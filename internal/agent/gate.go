@@ -60,13 +60,15 @@ const probeHeader = "X-Imds-Agent-Probe"
 // connInfo is what the agent knows about one client connection (the
 // server hands it to the hooks as imds.Request.Conn). The Once identifies
 // the caller exactly once, in connValue or, for a request that came without
-// a connection record, at its first use.
+// a connection record, at its first use. The requests of one connection
+// come one after the other (HTTP/1.1), so the rest needs no lock.
 type connInfo struct {
 	conn          net.Conn
 	local, remote netip.AddrPort
 	once          sync.Once
 	caller        access.Caller
-	ttl           int // the IP TTL / hop limit set on the socket; 0 = the system default
+	ttl           int          // the IP TTL / hop limit set on the socket; 0 = the system default
+	audit         audit.Repeat // the connection's last audit record, formatted
 }
 
 // connValue is the server's hook for a new connection: it records the
@@ -295,7 +297,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 			rec.KeySuffix = s.KeySuffix
 		}
 	}
-	g.audit.Record(rec)
+	g.audit.RecordRepeat(rec, &ci.audit)
 }
 
 // refusal reports whether a reason is a refusal worth auditing (as opposed

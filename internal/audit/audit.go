@@ -81,7 +81,29 @@ func New(w io.Writer, format string, onDrop func()) *Logger {
 
 // Record adds r to the batch without waiting for the output; it is dropped
 // (and counted) if too much is waiting already.
-func (l *Logger) Record(r Record) {
+func (l *Logger) Record(r Record) { l.record(&r, nil) }
+
+// Repeat keeps the formatted form of one record's values, all but its
+// time, for the records that repeat them: those of one client connection,
+// which asks for the same credentials as the same caller request after
+// request. The zero Repeat is ready; one goroutine uses it at a time.
+type Repeat struct {
+	l     *Logger
+	key   Record // the values formatted; its Time is zero
+	plain bool   // key's values are plain, and tail holds them formatted
+	tail  []byte // the record's line after its time
+}
+
+// RecordRepeat is Record for a record that is likely to repeat the last
+// one recorded with rep but for its time: the values are formatted only
+// when they change.
+func (l *Logger) RecordRepeat(r Record, rep *Repeat) { l.record(&r, rep) }
+
+func (l *Logger) record(r *Record, rep *Repeat) {
+	var tail []byte // r's line after its time, formatted already
+	if rep != nil && r.plainTime() {
+		tail = rep.tailOf(l, r)
+	}
 	l.mu.Lock()
 	if l.pending >= QueueSize || len(l.batch) >= maxPendingBytes {
 		l.mu.Unlock()
@@ -95,7 +117,11 @@ func (l *Logger) Record(r Record) {
 		l.batch = make([]byte, 0, batchCap)
 	}
 	before := len(l.batch)
-	l.batch = l.appendRecord(l.batch, &r)
+	if tail != nil {
+		l.batch = append(l.appendTime(l.batch, r.Time), tail...)
+	} else {
+		l.batch = l.appendRecord(l.batch, r)
+	}
 	l.pending++
 	signal := before == 0 || (before < flushSize && len(l.batch) >= flushSize)
 	l.mu.Unlock()
@@ -105,6 +131,25 @@ func (l *Logger) Record(r Record) {
 		default:
 		}
 	}
+}
+
+// tailOf returns r's line after its time, as l formats it: the one kept
+// if r repeats the values it was formatted from; nil if they are not
+// plain.
+func (p *Repeat) tailOf(l *Logger, r *Record) []byte {
+	key := *r
+	key.Time = time.Time{}
+	if p.l != l || p.key != key {
+		p.l, p.key = l, key
+		p.plain = key.plainValues()
+		if p.plain {
+			p.tail = l.appendTail(p.tail[:0], &key)
+		}
+	}
+	if !p.plain {
+		return nil
+	}
+	return p.tail
 }
 
 // Dropped returns how many records were dropped.
@@ -187,20 +232,33 @@ func (r *Record) message() string {
 // common record (plain ASCII values) is formatted here, in a fraction of
 // slog's time; anything else goes through slog itself.
 func (l *Logger) appendRecord(b []byte, r *Record) []byte {
-	if !r.plain() {
+	if !r.plainTime() || !r.plainValues() {
 		return l.appendSlow(b, r)
 	}
-	if l.json {
-		return r.appendJSON(b, &l.clock)
-	}
-	return r.appendText(b, &l.clock)
+	return l.appendTail(l.appendTime(b, r.Time), r)
 }
 
-// plain reports whether every value in r is written the same, unquoted
-// and unescaped, by both handlers, and its time in the range both take.
-func (r *Record) plain() bool {
+// appendTime starts a record's line: up to and including its time.
+func (l *Logger) appendTime(b []byte, t time.Time) []byte {
+	if l.json {
+		return l.clock.appendNano(append(b, `{"time":"`...), t)
+	}
+	return l.clock.appendMillis(append(b, "time="...), t)
+}
+
+// appendTail ends a record's line: everything after its time.
+func (l *Logger) appendTail(b []byte, r *Record) []byte {
+	if l.json {
+		return r.appendJSONTail(b)
+	}
+	return r.appendTextTail(b)
+}
+
+// plainTime reports whether both handlers write r's time, in the range
+// they take (slog leaves a zero time out).
+func (r *Record) plainTime() bool {
 	if r.Time.IsZero() {
-		return false // slog leaves the time out
+		return false
 	}
 	// Both handlers write a four-digit year (0000 to 9999); Year() is
 	// only worth its cost near the ends of that range.
@@ -209,6 +267,12 @@ func (r *Record) plain() bool {
 			return false
 		}
 	}
+	return true
+}
+
+// plainValues reports whether every value in r is written the same,
+// unquoted and unescaped, by both handlers.
+func (r *Record) plainValues() bool {
 	for _, s := range [...]string{r.Decision, r.Route, r.Remote} {
 		if s == "" || !plainString(s) {
 			return false
@@ -248,9 +312,7 @@ func plainString(s string) bool {
 	return true
 }
 
-func (r *Record) appendText(b []byte, c *timeCache) []byte {
-	b = append(b, "time="...)
-	b = c.appendMillis(b, r.Time)
+func (r *Record) appendTextTail(b []byte) []byte {
 	b = append(b, " level=INFO msg=\""...)
 	b = append(b, r.message()...)
 	b = append(b, "\" component=audit decision="...)
@@ -289,9 +351,7 @@ func (r *Record) appendText(b []byte, c *timeCache) []byte {
 	return append(b, '\n')
 }
 
-func (r *Record) appendJSON(b []byte, c *timeCache) []byte {
-	b = append(b, `{"time":"`...)
-	b = c.appendNano(b, r.Time)
+func (r *Record) appendJSONTail(b []byte) []byte {
 	b = append(b, `","level":"INFO","msg":"`...)
 	b = append(b, r.message()...)
 	b = append(b, `","component":"audit","decision":"`...)

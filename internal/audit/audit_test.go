@@ -154,6 +154,50 @@ func TestTimeFormatsMatchSlog(t *testing.T) {
 	}
 }
 
+// TestRepeatMatchesRecord: records sent through a Repeat come out as
+// Record writes them, whatever changes from one to the next: the time
+// alone, a value, a value slog must quote, the logger and its format.
+func TestRepeatMatchesRecord(t *testing.T) {
+	base := Record{Time: time.Date(2026, 11, 27, 4, 5, 6, 7_890_123, time.UTC), Decision: "allow", Route: "credentials",
+		Status: 200, Remote: "127.0.0.1:41234", Local: true, UID: 1000, UIDKnown: true, Unit: "web.service", Role: "web", KeySuffix: "ABCD"}
+	steps := []func(r *Record){
+		func(r *Record) {},
+		func(r *Record) { r.Time = r.Time.Add(time.Millisecond) },
+		func(r *Record) { r.Time = r.Time.Add(2 * time.Second) },
+		func(r *Record) { r.KeySuffix = "WXYZ" },
+		func(r *Record) { r.KeySuffix = "WXYZ"; r.Time = r.Time.Add(time.Second) },
+		func(r *Record) { r.Decision, r.Status, r.Reason, r.KeySuffix = "deny", 403, "access-denied", "" },
+		func(r *Record) { r.Unit = "a b.service" },
+		func(r *Record) { r.Unit = "a b.service"; r.Time = r.Time.Add(time.Millisecond) },
+		func(r *Record) {},
+		func(r *Record) { r.Time = time.Time{} },
+		func(r *Record) {},
+		func(r *Record) { r.Time = r.Time.In(time.FixedZone("X", 3600)) },
+		func(r *Record) { r.Time = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) },
+		func(r *Record) { r.Remote = "[::1]:80" },
+		func(r *Record) {}, // as the next logger's first
+	}
+	var rep Repeat
+	for _, format := range []string{"text", "json", "text"} {
+		var want, got bytes.Buffer
+		plain, repeated := New(&want, format, nil), New(&got, format, nil)
+		for _, step := range steps {
+			r := base
+			step(&r)
+			plain.Record(r)
+			repeated.RecordRepeat(r, &rep)
+		}
+		plain.flush()
+		repeated.flush()
+		if got.String() != want.String() {
+			t.Errorf("%s: through a Repeat:\n%s\nwith Record:\n%s", format, got.String(), want.String())
+		}
+		if n := strings.Count(got.String(), "\n"); n != len(steps) {
+			t.Errorf("%s: %d records written, want %d", format, n, len(steps))
+		}
+	}
+}
+
 // writeSlow writes r with slog's handler, as the agent did before records
 // were formatted by hand.
 func (l *Logger) writeSlow(w *bytes.Buffer, r *Record) {
@@ -179,5 +223,36 @@ func BenchmarkFormat(b *testing.B) {
 				buf = l.appendSlow(buf[:0], &r)
 			}
 		})
+	}
+}
+
+// BenchmarkRecord: one record into the batch, formatted whole (Record) or
+// from the values of the one before (RecordRepeat, a kept-alive
+// connection's credential GETs).
+func BenchmarkRecord(b *testing.B) {
+	r := Record{Time: time.Now(), Decision: "allow", Route: "credentials", Status: 200, Remote: "127.0.0.1:41234",
+		Local: true, UID: 1000, UIDKnown: true, Cgroup: "/user.slice/user-1000.slice/session-3.scope", Role: "web", KeySuffix: "ABCD"}
+	for _, format := range []string{"text", "json"} {
+		for _, repeat := range []bool{false, true} {
+			name := format
+			if repeat {
+				name += "-repeat"
+			}
+			b.Run(name, func(b *testing.B) {
+				l := New(io.Discard, format, nil)
+				var rep Repeat
+				b.ReportAllocs()
+				for b.Loop() {
+					if repeat {
+						l.RecordRepeat(r, &rep)
+					} else {
+						l.Record(r)
+					}
+					if len(l.batch) >= flushSize { // as the writer takes it
+						l.batch, l.pending = l.batch[:0], 0
+					}
+				}
+			})
+		}
 	}
 }
