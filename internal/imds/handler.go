@@ -46,6 +46,7 @@ type Handler struct {
 	tokens *Tokens
 	now    func() time.Time
 	hooks  Hooks
+	date   atomic.Pointer[date] // the Date header of the last second served
 }
 
 // NewHandler returns a handler serving meta and the credentials of creds.
@@ -233,14 +234,12 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		return
 	}
 	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(req), req.Time.Unix())
-	hdr := w.Header()
-	hdr["Content-Type"] = textPlain
+	hdr := h.header(w, req, textPlain, tokenLength)
 	if echo := r.Header[headerTTL]; echo[0][0] != '0' {
 		hdr[headerTTL] = echo // as sent, which is N: no allocation
 	} else {
 		hdr[headerTTL] = []string{strconv.Itoa(ttl)} // N without the leading zeros
 	}
-	hdr["Content-Length"] = tokenLength
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(tok[:])
 	h.hooks.Served(req, http.StatusOK)
@@ -333,16 +332,43 @@ func (h *Handler) write(w http.ResponseWriter, req *Request, ctype []string, b b
 	h.writeStatus(w, req, http.StatusOK, ctype, b)
 }
 
-// writeStatus sends b with status. The header value slices are shared by
-// every response and never modified (an Add would reallocate them: each has
-// a capacity of one).
+// writeStatus sends b with status.
 func (h *Handler) writeStatus(w http.ResponseWriter, req *Request, status int, ctype []string, b body) {
-	hdr := w.Header()
-	hdr["Content-Type"] = ctype
-	hdr["Content-Length"] = b.ContentLength
+	h.header(w, req, ctype, b.ContentLength)
 	w.WriteHeader(status)
 	_, _ = w.Write(b.Bytes)
 	h.hooks.Served(req, status)
+}
+
+// header sets the headers every answer carries and returns w's header.
+// The value slices are shared by every response and never modified (an Add
+// would reallocate them: each has a capacity of one).
+func (h *Handler) header(w http.ResponseWriter, req *Request, ctype, length []string) http.Header {
+	hdr := w.Header()
+	hdr["Content-Type"] = ctype
+	hdr["Content-Length"] = length
+	hdr["Date"] = h.dateOf(req.Time)
+	return hdr
+}
+
+// date is a Date header value and the second it says.
+type date struct {
+	sec   int64
+	value []string
+}
+
+// dateOf returns the Date header for t, formatted once a second. The
+// handler sets it from the clock reading it took the request up with;
+// net/http would otherwise read the clock again and format the date for
+// every answer.
+func (h *Handler) dateOf(t time.Time) []string {
+	sec := t.Unix()
+	if d := h.date.Load(); d != nil && d.sec == sec {
+		return d.value
+	}
+	d := &date{sec: sec, value: []string{t.UTC().Format(http.TimeFormat)}}
+	h.date.Store(d)
+	return d.value
 }
 
 // StatusDrop, returned by Hooks.Admit, sends no answer at all: the
@@ -366,9 +392,7 @@ func (h *Handler) refuse(w http.ResponseWriter, req *Request, status int, reason
 	}
 	req.Reason = reason
 	b := errorPages[status]
-	hdr := w.Header()
-	hdr["Content-Type"] = textHTML
-	hdr["Content-Length"] = b.ContentLength
+	h.header(w, req, textHTML, b.ContentLength)
 	w.WriteHeader(status)
 	_, _ = w.Write(b.Bytes)
 	h.hooks.Served(req, status)

@@ -175,3 +175,54 @@ func TestServerHandsHooksTheConnection(t *testing.T) {
 		t.Errorf("connValue ran %d times for 2 connections", n)
 	}
 }
+
+// TestServerDateHeader: every answer carries one Date header, in net/http's
+// format, for the time the handler took the request up (the fixture's
+// clock, two days from the real one, so net/http's own would show).
+func TestServerDateHeader(t *testing.T) {
+	f := newFixture(t, required, testInstance)
+	s := NewServer(f.h, slog.New(slog.DiscardHandler), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(ln) }()
+	defer func() { _ = s.Shutdown(context.Background()) }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rd := bufio.NewReader(c)
+	ask := func(req string) *http.Response {
+		t.Helper()
+		if _, err := c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		res, err := http.ReadResponse(rd, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		return res
+	}
+	token := f.token(t)
+	requests := map[string]string{
+		"token":       "PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token-ttl-seconds: 60\r\n\r\n",
+		"credentials": "GET /latest/meta-data/iam/security-credentials/web HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: " + token + "\r\n\r\n",
+		"no token":    "GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n",
+		"not found":   "GET /latest/meta-data/nothing HTTP/1.1\r\nHost: x\r\nX-aws-ec2-metadata-token: " + token + "\r\n\r\n",
+		"method":      "POST /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n",
+	}
+	for _, step := range []time.Duration{0, 400 * time.Millisecond, 700 * time.Millisecond, time.Hour} {
+		f.advance(step)
+		want := f.now.Load().UTC().Format(http.TimeFormat)
+		for name, req := range requests {
+			res := ask(req)
+			if got := res.Header["Date"]; len(got) != 1 || got[0] != want {
+				t.Errorf("%s at %v: status %d, Date %q, want [%q]", name, f.now.Load(), res.StatusCode, got, want)
+			}
+		}
+	}
+}
