@@ -88,10 +88,11 @@ func (l *Logger) Record(r Record) { l.record(&r, nil) }
 // which asks for the same credentials as the same caller request after
 // request. The zero Repeat is ready; one goroutine uses it at a time.
 type Repeat struct {
-	l     *Logger
-	key   Record // the values formatted; its Time is zero
-	plain bool   // key's values are plain, and tail holds them formatted
-	tail  []byte // the record's line after its time
+	l         *Logger
+	key       Record // the last record's values; its Time is zero
+	formatted bool   // key came more than once, and plain and tail say how it is written
+	plain     bool   // key's values are plain, and tail holds them formatted
+	tail      []byte // the record's line after its time
 }
 
 // RecordRepeat is Record for a record that is likely to repeat the last
@@ -133,14 +134,20 @@ func (l *Logger) record(r *Record, rep *Repeat) {
 	}
 }
 
-// tailOf returns r's line after its time, as l formats it: the one kept
-// if r repeats the values it was formatted from; nil if they are not
-// plain.
+// tailOf returns r's line after its time, as l formats it, kept for the
+// records that repeat r's values. It returns nil, and r is formatted whole,
+// when r's values are not plain or differ from the last record's: values
+// are kept formatted once they come twice, so that a connection with one
+// record (an SDK process that fetches once) pays nothing for keeping them.
 func (p *Repeat) tailOf(l *Logger, r *Record) []byte {
 	key := *r
 	key.Time = time.Time{}
 	if p.l != l || p.key != key {
-		p.l, p.key = l, key
+		p.l, p.key, p.formatted = l, key, false
+		return nil
+	}
+	if !p.formatted {
+		p.formatted = true
 		p.plain = key.plainValues()
 		if p.plain {
 			p.tail = l.appendTail(p.tail[:0], &key)
