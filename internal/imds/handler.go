@@ -234,6 +234,9 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		return
 	}
 	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(req), req.Time.Unix())
+	if req.conn != nil {
+		req.conn.tokens.last.Store(tok) // the GETs that follow on this connection send it
+	}
 	hdr := h.header(w, req, textPlain, tokenLength)
 	if echo := r.Header[headerTTL]; echo[0][0] != '0' {
 		hdr[headerTTL] = echo // as sent, which is N: no allocation
@@ -241,7 +244,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		hdr[headerTTL] = []string{strconv.Itoa(ttl)} // N without the leading zeros
 	}
 	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(tok[:])
+	_, _ = w.Write(tok.token[:])
 	h.hooks.Served(req, http.StatusOK)
 }
 

@@ -177,8 +177,8 @@ func TestServerHandsHooksTheConnection(t *testing.T) {
 }
 
 // TestServerDateHeader: every answer carries one Date header, in net/http's
-// format, for the time the handler took the request up (the fixture's
-// clock, two days from the real one, so net/http's own would show).
+// format, for the time the handler took the request up: the fixture's
+// fixed clock, not the real one, so a Date net/http wrote would show.
 func TestServerDateHeader(t *testing.T) {
 	f := newFixture(t, required, testInstance)
 	s := NewServer(f.h, slog.New(slog.DiscardHandler), nil)

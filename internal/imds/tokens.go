@@ -79,29 +79,32 @@ type Binding struct {
 
 // Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL).
 func (t *Tokens) Issue(ttlSeconds int, b Binding) string {
-	tok := t.issue(ttlSeconds, b, t.now().Unix())
-	return string(tok[:])
+	e := t.issue(ttlSeconds, b, t.now().Unix())
+	return string(e.token[:])
 }
 
-// issue is Issue at a given time (Unix seconds), returning the token's
-// bytes (what the handler writes) rather than a string.
-func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) *[TokenLen]byte {
+// issue is Issue at a given time (Unix seconds). It returns the token's
+// bytes (what the handler writes) with what the token says, as verify
+// would find it, for the memo of the connection it is issued on.
+func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) *verifiedToken {
 	s := t.macs.Get().(*tokenScratch)
 	defer t.macs.Put(s)
+	e := &verifiedToken{expiry: now + int64(ttlSeconds)}
+	if b.Bound {
+		e.bound, e.uid = true, b.UID
+	}
 	raw := &s.raw
 	raw[0] = tokenVersion
-	binary.BigEndian.PutUint64(raw[1:9], uint64(now+int64(ttlSeconds)))
+	binary.BigEndian.PutUint64(raw[1:9], uint64(e.expiry))
 	raw[9] = 0
-	binary.BigEndian.PutUint32(raw[10:14], 0)
-	if b.Bound {
+	if e.bound {
 		raw[9] = flagBoundUID
-		binary.BigEndian.PutUint32(raw[10:14], b.UID)
 	}
+	binary.BigEndian.PutUint32(raw[10:14], e.uid)
 	binary.BigEndian.PutUint32(raw[14:18], mathrand.Uint32())
 	copy(raw[tokenPayloadLen:], s.macOf(raw[:tokenPayloadLen]))
-	tok := new([TokenLen]byte)
-	tokenEncoding.Encode(tok[:], raw[:])
-	return tok
+	tokenEncoding.Encode(e.token[:], raw[:])
+	return e
 }
 
 // TokenStatus is the outcome of checking a token.
@@ -133,7 +136,7 @@ func (t *Tokens) verify(token string, uid uint32, known bool, now int64, memo *t
 		return TokenMalformed
 	}
 	if memo != nil {
-		if e := memo.last.Load(); e != nil && equalConstantTime(e.token, token) {
+		if e := memo.last.Load(); e != nil && equalConstantTime(e.token[:], token) {
 			return e.status(uid, known, now)
 		}
 	}
@@ -151,21 +154,21 @@ func (t *Tokens) verify(token string, uid uint32, known bool, now int64, memo *t
 		return TokenForged
 	}
 	e := verifiedToken{
-		token:  token,
 		expiry: int64(binary.BigEndian.Uint64(raw[1:9])),
 		bound:  raw[9]&flagBoundUID != 0,
 		uid:    binary.BigEndian.Uint32(raw[10:14]),
 	}
 	if memo != nil {
 		kept := e
+		copy(kept.token[:], token)
 		memo.last.Store(&kept)
 	}
 	return e.status(uid, known, now)
 }
 
-// verifiedToken is what a token with a valid MAC says.
+// verifiedToken is a token with a valid MAC and what it says.
 type verifiedToken struct {
-	token  string
+	token  [TokenLen]byte
 	expiry int64 // Unix seconds
 	bound  bool
 	uid    uint32
@@ -181,25 +184,25 @@ func (e *verifiedToken) status(uid uint32, known bool, now int64) TokenStatus {
 	return TokenValid
 }
 
-// tokenMemo remembers the last token whose MAC was verified on one client
-// connection: an SDK sends the same token with every request on its
-// connection, and the MAC need not be computed again for it. Tokens are
-// matched byte for byte (in constant time), so only the exact spelling that
-// was verified is recognised.
+// tokenMemo remembers the last token issued or verified on one client
+// connection: an SDK asks for its token and sends it with every request
+// on the same connection, and the MAC need not be computed again for it.
+// Tokens are matched byte for byte (in constant time), so only the exact
+// spelling that was issued or verified is recognised.
 type tokenMemo struct {
 	last atomic.Pointer[verifiedToken]
 }
 
 // equalConstantTime compares a and b in time that depends on their length
 // only, eight bytes at a time.
-func equalConstantTime(a, b string) bool {
+func equalConstantTime(a []byte, b string) bool {
 	if len(a) != len(b) {
 		return false
 	}
 	var v uint64
 	i := 0
 	for ; i+8 <= len(a); i += 8 {
-		v |= word(a[i:]) ^ word(b[i:])
+		v |= binary.LittleEndian.Uint64(a[i:]) ^ word(b[i:])
 	}
 	for ; i < len(a); i++ {
 		v |= uint64(a[i] ^ b[i])

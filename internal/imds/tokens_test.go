@@ -1,6 +1,9 @@
 package imds
 
 import (
+	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -144,10 +147,52 @@ func TestTokenMemo(t *testing.T) {
 	check("free token expired")
 	now = now.Add(60 * time.Second)
 	check("both expired")
-	if e := memo.last.Load(); e != nil && e.token == forged {
+	if e := memo.last.Load(); e != nil && string(e.token[:]) == forged {
 		t.Error("a forged token was remembered")
 	}
 }
+
+// TestTokenPUTFillsMemo: the token a PUT issues is remembered by its
+// connection as a full verification of it would be, so the connection's
+// GETs answer exactly as they would without the memo.
+func TestTokenPUTFillsMemo(t *testing.T) {
+	f := newFixture(t, required, testInstance)
+	for _, hooks := range []Hooks{NopHooks{}, boundHooks{uid: 1000}} {
+		f.h.hooks = hooks
+		c := &conn{}
+		r := httptest.NewRequestWithContext(context.WithValue(context.Background(), connKey{}, c),
+			http.MethodPut, "http://169.254.169.254/latest/api/token", nil)
+		r.Header.Set("X-aws-ec2-metadata-token-ttl-seconds", "60")
+		rec := httptest.NewRecorder()
+		f.h.ServeHTTP(rec, r)
+		tok := rec.Body.String()
+		e := c.tokens.last.Load()
+		if rec.Code != http.StatusOK || e == nil || string(e.token[:]) != tok {
+			t.Fatalf("%T: PUT answered %d %q; the connection remembers %v", hooks, rec.Code, tok, e)
+		}
+		for _, step := range []time.Duration{0, 59 * time.Second, time.Second} {
+			f.advance(step)
+			now := f.now.Load().Unix()
+			for _, caller := range []struct {
+				uid   uint32
+				known bool
+			}{{0, false}, {1000, true}, {1001, true}, {1000, false}} {
+				want := f.tokens.verify(tok, caller.uid, caller.known, now, nil)
+				if got := f.tokens.verify(tok, caller.uid, caller.known, now, &c.tokens); got != want || c.tokens.last.Load() != e {
+					t.Errorf("%T, %v after the PUT, uid %d known %v: from the memo %v, verified %v", hooks, f.now.Load().Sub(testNow), caller.uid, caller.known, got, want)
+				}
+			}
+		}
+	}
+}
+
+// boundHooks binds every token to uid.
+type boundHooks struct {
+	NopHooks
+	uid uint32
+}
+
+func (h boundHooks) TokenBinding(*Request) Binding { return Binding{Bound: true, UID: h.uid} }
 
 func BenchmarkTokenVerifyMemo(b *testing.B) {
 	tk, _ := NewTokens(time.Now)
@@ -166,17 +211,17 @@ func BenchmarkTokenVerifyMemo(b *testing.B) {
 func TestEqualConstantTime(t *testing.T) {
 	for _, n := range []int{0, 1, 7, 8, 9, 16, 56, 61} {
 		a := strings.Repeat("abcdefgh", 8)[:n]
-		if !equalConstantTime(a, strings.Clone(a)) {
+		if !equalConstantTime([]byte(a), a) {
 			t.Errorf("len %d: equal strings compare unequal", n)
 		}
 		for i := 0; i < n; i++ {
 			b := []byte(a)
 			b[i] ^= 0x80
-			if equalConstantTime(a, string(b)) {
+			if equalConstantTime(b, a) {
 				t.Errorf("len %d: a difference at byte %d is missed", n, i)
 			}
 		}
-		if equalConstantTime(a, a+"x") {
+		if equalConstantTime([]byte(a), a+"x") {
 			t.Errorf("len %d: a longer string compares equal", n)
 		}
 	}
