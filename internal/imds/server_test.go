@@ -14,23 +14,40 @@ import (
 	"time"
 )
 
-// OnQuiet fires when the last open connection closes, not before.
-func TestServerOnQuiet(t *testing.T) {
-	s := NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler), nil)
-	quiet := make(chan int64, 4)
-	s.OnQuiet(func() { quiet <- s.Connections() })
+// serveLoopback serves s on a loopback port until the test ends and
+// returns its address.
+func serveLoopback(t *testing.T, s *Server) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go func() { _ = s.Serve(ln) }()
-	defer func() { _ = s.Shutdown(context.Background()) }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	return ln.Addr().String()
+}
+
+// dialLoopback connects to addr; the connection is closed when the test
+// ends, if it was not before.
+func dialLoopback(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// OnQuiet fires when the last open connection closes, not before.
+func TestServerOnQuiet(t *testing.T) {
+	s := NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler), nil)
+	quiet := make(chan int64, 4)
+	s.OnQuiet(func() { quiet <- s.Connections() })
+	addr := serveLoopback(t, s)
 
 	dial := func() net.Conn {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		c := dialLoopback(t, addr)
 		// A whole request and its answer: the server has seen the
 		// connection.
 		if _, err := c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
@@ -65,17 +82,8 @@ func TestServerOnQuiet(t *testing.T) {
 // a body that trickles in.
 func TestServerClosesRequestsWithBodies(t *testing.T) {
 	s := NewServer(http.NotFoundHandler(), slog.New(slog.DiscardHandler), nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	defer func() { _ = s.Shutdown(context.Background()) }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	addr := serveLoopback(t, s)
+	c := dialLoopback(t, addr)
 	if _, err := c.Write([]byte("PUT /latest/api/token HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\nx")); err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +130,7 @@ func TestServerHandsHooksTheConnection(t *testing.T) {
 		_, ok := c.(syscall.Conn)
 		return &record{n: int(made.Add(1)), socket: ok}
 	})
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	defer func() { _ = s.Shutdown(context.Background()) }()
+	addr := serveLoopback(t, s)
 
 	get := func(c net.Conn) *record {
 		t.Helper()
@@ -152,15 +155,7 @@ func TestServerHandsHooksTheConnection(t *testing.T) {
 		}
 		return nil
 	}
-	dial := func() net.Conn {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	a, b := dial(), dial()
+	a, b := dialLoopback(t, addr), dialLoopback(t, addr)
 	first, again, other := get(a), get(a), get(b)
 	if first != again {
 		t.Errorf("two requests on one connection saw two values (%d, %d)", first.n, again.n)
@@ -182,17 +177,8 @@ func TestServerHandsHooksTheConnection(t *testing.T) {
 func TestServerDateHeader(t *testing.T) {
 	f := newFixture(t, required, testInstance)
 	s := NewServer(f.h, slog.New(slog.DiscardHandler), nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = s.Serve(ln) }()
-	defer func() { _ = s.Shutdown(context.Background()) }()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	addr := serveLoopback(t, s)
+	c := dialLoopback(t, addr)
 	rd := bufio.NewReader(c)
 	ask := func(req string) *http.Response {
 		t.Helper()
