@@ -72,11 +72,25 @@ func (h *Handler) Metadata() *Metadata { return h.meta.Load() }
 // endpoint switch, then the method, then the token, then local policy, and
 // only then the path's existence.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	m := h.meta.Load()
-	req := Request{HTTP: r, Time: h.now(), conn: connOf(r)}
-	if req.conn != nil {
-		req.Conn = req.conn.value
+	c := connOf(r)
+	if c == nil {
+		h.serve(w, &Request{HTTP: r, Time: h.now()})
+		return
 	}
+	// A connection's requests come one after the other (HTTP/1.1), and
+	// the hooks keep no Request beyond their call: each request reuses
+	// the connection's, which is then cleared so that an idle connection
+	// holds on to nothing of its last request.
+	req := &c.req
+	*req = Request{HTTP: r, Time: h.now(), Conn: c.value, conn: c}
+	h.serve(w, req)
+	*req = Request{}
+}
+
+// serve answers req, whose HTTP and Time are set.
+func (h *Handler) serve(w http.ResponseWriter, req *Request) {
+	m := h.meta.Load()
+	r := req.HTTP
 	path := r.URL.Path
 	if strings.Contains(path, "//") {
 		path = collapseSlashes(path)
@@ -84,57 +98,57 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var rel string
 	req.Route, rel = classify(path)
 	if !m.opts.Enabled {
-		h.refuse(w, &req, http.StatusForbidden, ReasonEndpointDisabled)
+		h.refuse(w, req, http.StatusForbidden, ReasonEndpointDisabled)
 		return
 	}
 	if req.Route == RouteToken || req.Route == RouteVersionedToken {
-		h.serveToken(w, &req, m)
+		h.serveToken(w, req, m)
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header()["Allow"] = allowGet
-		h.refuse(w, &req, http.StatusMethodNotAllowed, ReasonMethod)
+		h.refuse(w, req, http.StatusMethodNotAllowed, ReasonMethod)
 		return
 	}
-	if !h.authorized(w, &req, m) {
+	if !h.authorized(w, req, m) {
 		return
 	}
 	if req.Route.Credentials() {
 		req.Snapshot = h.creds.Snapshot()
 	}
-	if status, reason := h.hooks.Admit(&req, m.opts); status != 0 {
-		h.refuse(w, &req, status, reason)
+	if status, reason := h.hooks.Admit(req, m.opts); status != 0 {
+		h.refuse(w, req, status, reason)
 		return
 	}
 	switch req.Route {
 	case RouteVersions:
-		h.write(w, &req, textPlain, m.versions)
+		h.write(w, req, textPlain, m.versions)
 	case RouteRoot:
-		h.write(w, &req, textPlain, m.root)
+		h.write(w, req, textPlain, m.root)
 	case RouteMetaData:
 		if h.creds.Snapshot().State == snapshot.NoRole {
-			h.write(w, &req, textPlain, m.metaNoIAM)
+			h.write(w, req, textPlain, m.metaNoIAM)
 		} else {
-			h.write(w, &req, textPlain, m.metaWithIAM)
+			h.write(w, req, textPlain, m.metaWithIAM)
 		}
 	case RouteIdentity:
-		h.write(w, &req, textPlain, m.identityDocument(h.accountID(m)))
+		h.write(w, req, textPlain, m.identityDocument(h.accountID(m)))
 	case RouteUserData:
 		if b, ok := m.files[rel]; ok {
-			h.write(w, &req, octetStream, b)
+			h.write(w, req, octetStream, b)
 			return
 		}
-		h.refuse(w, &req, http.StatusNotFound, ReasonNotFound)
+		h.refuse(w, req, http.StatusNotFound, ReasonNotFound)
 	case RouteIAM, RouteInfo, RouteRoleList, RouteRoleListExtended, RouteCredentials, RouteCredentialsExtended:
-		h.serveIAM(w, &req, rel)
+		h.serveIAM(w, req, rel)
 	case RouteMetadata:
 		if b, ok := m.files[rel]; ok {
-			h.write(w, &req, textPlain, b)
+			h.write(w, req, textPlain, b)
 			return
 		}
-		h.refuse(w, &req, http.StatusNotFound, ReasonNotFound)
+		h.refuse(w, req, http.StatusNotFound, ReasonNotFound)
 	default:
-		h.refuse(w, &req, http.StatusNotFound, ReasonNotFound)
+		h.refuse(w, req, http.StatusNotFound, ReasonNotFound)
 	}
 }
 

@@ -467,3 +467,54 @@ func TestHeaderCase(t *testing.T) {
 		}
 	}
 }
+
+// seenHooks copies the Request each hook call gets, then replaces its
+// connection value, as a hook may.
+type seenHooks struct {
+	NopHooks
+	seen *[]Request
+}
+
+func (h seenHooks) Served(req *Request, _ int) {
+	*h.seen = append(*h.seen, *req)
+	req.Conn = "set by a hook"
+}
+
+// TestConnectionRequestReused: the requests of one connection share one
+// Request, yet each reaches the hooks as if it were new (nothing of the
+// one before, the connection's value restored), and an idle connection
+// keeps nothing of its last request.
+func TestConnectionRequestReused(t *testing.T) {
+	f := newFixture(t, optional, testInstance)
+	var seen []Request
+	f.h.hooks = seenHooks{seen: &seen}
+	tok := f.token(t)
+	seen = nil
+	ctx := WithConn(t.Context(), nil, "the connection's")
+	c := connOf(httptest.NewRequestWithContext(ctx, http.MethodGet, "/", nil))
+
+	creds := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254/latest/meta-data/iam/security-credentials/"+testRole.Name, nil)
+	creds.Header.Set("X-aws-ec2-metadata-token", tok)
+	plain := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254/latest/meta-data/instance-id", nil)
+	missing := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254/latest/meta-data/nothing-here", nil)
+	for _, r := range []*http.Request{creds, plain, missing} {
+		f.advance(time.Second)
+		f.h.ServeHTTP(httptest.NewRecorder(), r)
+		if c.req != (Request{}) {
+			t.Fatalf("after %s the connection still holds %+v", r.URL.Path, c.req)
+		}
+	}
+	want := []Request{
+		{HTTP: creds, Time: testNow.Add(time.Second), Route: RouteCredentials, Token: true, Snapshot: f.creds.Snapshot(), Conn: "the connection's", conn: c},
+		{HTTP: plain, Time: testNow.Add(2 * time.Second), Route: RouteMetadata, Conn: "the connection's", conn: c},
+		{HTTP: missing, Time: testNow.Add(3 * time.Second), Route: RouteMetadata, Reason: ReasonNotFound, Conn: "the connection's", conn: c},
+	}
+	if len(seen) != len(want) {
+		t.Fatalf("the hooks saw %d requests, want %d", len(seen), len(want))
+	}
+	for i := range want {
+		if seen[i] != want[i] {
+			t.Errorf("request %d reached the hooks as %+v, want %+v", i, seen[i], want[i])
+		}
+	}
+}

@@ -118,7 +118,8 @@ type Request struct {
 
 // Hooks is how the agent polices and observes requests without the handler
 // knowing about callers, policy, metrics or audit. Every method is called on
-// the request path and must be cheap and non-blocking.
+// the request path and must be cheap and non-blocking. A Request is valid
+// only during the call: the next request on the connection reuses it.
 type Hooks interface {
 	// CallerUID returns the local UID of the caller, if known.
 	CallerUID(req *Request) (uid uint32, known bool)

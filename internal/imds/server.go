@@ -32,13 +32,15 @@ type Server struct {
 // conn is the server's record of one client connection, found with one
 // context look-up per request: the connection itself (what net/http
 // serves), its place among the idle connections, the token it last
-// verified, and what the hooks keep about it.
+// verified, what the hooks keep about it, and the Request the handler
+// fills for each of its requests.
 type conn struct {
 	net.Conn
 	prev, next *conn // in the shedder's idle list; nil when not in it
 	shedded    bool  // closed to make room; never listed again
 	tokens     tokenMemo
-	value      any // what the server's connValue returned for it
+	value      any     // what the server's connValue returned for it
+	req        Request // the request being served; zero between requests
 }
 
 // CloseWrite half-closes a TCP connection, as net/http does before closing
