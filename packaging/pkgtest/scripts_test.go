@@ -28,8 +28,8 @@ exit 0
 // runScript runs a maintainer script the way dpkg or rpm does, with PATH
 // holding only stubs (so nothing on this machine is touched: not the user
 // database, not /etc, not systemd) and in a network namespace of its own.
-// It returns the stubs' log.
-func runScript(t *testing.T, script string, stubs []string, exits map[string]string, args ...string) []string {
+// It returns the stubs' log and what the script printed.
+func runScript(t *testing.T, script string, stubs []string, exits map[string]string, args ...string) ([]string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
@@ -71,7 +71,47 @@ func runScript(t *testing.T, script string, stubs []string, exits map[string]str
 	for _, l := range lines(string(log)) {
 		calls = append(calls, strings.TrimSpace(l))
 	}
-	return calls
+	return calls, out
+}
+
+// etcUnit is where `imds-agent install` writes its unit, which would
+// override the package's.
+const etcUnit = "/etc/systemd/system/imds-agent.service"
+
+// etcUnitWarning is what the install scripts print when one is there.
+const etcUnitWarning = "imds-agent: " + etcUnit + " overrides the unit this package installed"
+
+// placeEtcUnit puts a unit file ("file") or a mask ("mask") at etcUnit
+// for the rest of the test, or checks that nothing is there (""). It
+// refuses to replace what the machine has.
+func placeEtcUnit(t *testing.T, kind string) {
+	t.Helper()
+	if _, err := os.Lstat(etcUnit); err == nil {
+		t.Fatalf("%s exists on this machine; these tests check what the scripts say about it, and would replace it", etcUnit)
+	}
+	if kind == "" {
+		return
+	}
+	dir := filepath.Dir(etcUnit)
+	if _, err := os.Stat(dir); err != nil {
+		mkdirAll(t, dir)
+		t.Cleanup(func() { _ = os.Remove(dir) })
+	}
+	t.Cleanup(func() {
+		if err := os.Remove(etcUnit); err != nil {
+			t.Errorf("removing the test's %s: %v", etcUnit, err)
+		}
+	})
+	switch kind {
+	case "file":
+		writeFile(t, etcUnit, "# imds-agent: written by a test\n[Service]\nExecStart=/usr/local/bin/imds-agent run\n", 0o644)
+	case "mask":
+		if err := os.Symlink("/dev/null", etcUnit); err != nil {
+			t.Fatal(err)
+		}
+	default:
+		t.Fatalf("placeEtcUnit: unknown kind %q", kind)
+	}
 }
 
 func mkdirAll(t *testing.T, dir string) {
@@ -126,13 +166,23 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		}
 		return out
 	}
+	upgrade := cat([]string{
+		"getent passwd imds-agent",
+		"dpkg-statoverride --list /etc/imds-agent/aws",
+		"deb-systemd-helper unmask imds-agent.service",
+		"deb-systemd-helper --quiet was-enabled imds-agent.service",
+		"deb-systemd-helper enable imds-agent.service",
+	}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+		"deb-systemd-invoke restart imds-agent.service"))
 	for _, tc := range []struct {
-		name   string
-		script string
-		args   []string
-		stubs  []string
-		exits  map[string]string
-		want   []string
+		name     string
+		script   string
+		args     []string
+		stubs    []string
+		exits    map[string]string
+		etcUnit  string // placeEtcUnit's kind
+		want     []string
+		wantWarn bool // etcUnitWarning
 	}{
 		{
 			name: "postinst configure, first install", script: "postinst", args: []string{"configure", ""},
@@ -165,16 +215,15 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
 				"deb-systemd-invoke start imds-agent.service")),
 		},
+		{name: "postinst configure, upgrade", script: "postinst", args: []string{"configure", "0.0.0"}, want: upgrade},
 		{
-			name: "postinst configure, upgrade", script: "postinst", args: []string{"configure", "0.0.0"},
-			want: cat([]string{
-				"getent passwd imds-agent",
-				"dpkg-statoverride --list /etc/imds-agent/aws",
-				"deb-systemd-helper unmask imds-agent.service",
-				"deb-systemd-helper --quiet was-enabled imds-agent.service",
-				"deb-systemd-helper enable imds-agent.service",
-			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-				"deb-systemd-invoke restart imds-agent.service")),
+			// `imds-agent install` ran before the package came.
+			name: "postinst configure, upgrade, a unit file in /etc", script: "postinst", args: []string{"configure", "0.0.0"},
+			etcUnit: "file", want: upgrade, wantWarn: true,
+		},
+		{
+			name: "postinst configure, upgrade, the unit masked", script: "postinst", args: []string{"configure", "0.0.0"},
+			etcUnit: "mask", want: upgrade,
 		},
 		{
 			name: "prerm remove", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "1"},
@@ -213,9 +262,13 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 			if s == nil {
 				s = stubs
 			}
-			got := runScript(t, script(tc.script), s, tc.exits, tc.args...)
+			placeEtcUnit(t, tc.etcUnit)
+			got, out := runScript(t, script(tc.script), s, tc.exits, tc.args...)
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("programs run (-want +got):\n%s", d)
+			}
+			if warned := strings.Contains(out, etcUnitWarning); warned != tc.wantWarn {
+				t.Errorf("warned about %s: %v, want %v; printed:\n%s", etcUnit, warned, tc.wantWarn, out)
 			}
 		})
 	}
@@ -241,12 +294,15 @@ func TestRPMScriptletsRun(t *testing.T) {
 		}
 		return stopped
 	}
+	postUpgrade := pick(nil, []string{"networkctl reload", "nmcli general reload conf"})
 	for _, tc := range []struct {
 		name, tag string
 		arg       string
 		stubs     []string
 		exits     map[string]string
+		etcUnit   string // placeEtcUnit's kind
 		want      []string
+		wantWarn  bool // etcUnitWarning
 	}{
 		{
 			name: "%pre install", tag: "PREIN", arg: "1",
@@ -272,7 +328,9 @@ func TestRPMScriptletsRun(t *testing.T) {
 				[]string{"systemctl --no-reload preset imds-agent.service", "systemctl -q is-enabled imds-agent.service",
 					"systemctl --no-block start imds-agent.service", "networkctl reload", "nmcli general reload conf"}),
 		},
-		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: pick(nil, []string{"networkctl reload", "nmcli general reload conf"})},
+		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: postUpgrade},
+		{name: "%post upgrade, a unit file in /etc", tag: "POSTIN", arg: "2", etcUnit: "file", want: postUpgrade, wantWarn: true},
+		{name: "%post upgrade, the unit masked", tag: "POSTIN", arg: "2", etcUnit: "mask", want: postUpgrade},
 		{
 			// PID 1's root is this root: not a chroot.
 			name: "%preun erase", tag: "PREUN", arg: "0",
@@ -310,9 +368,13 @@ func TestRPMScriptletsRun(t *testing.T) {
 			if strings.TrimSpace(text) == "" || text == "(none)" {
 				t.Fatalf("no %s scriptlet", tc.tag)
 			}
-			got := runScript(t, text, s, tc.exits, tc.arg)
+			placeEtcUnit(t, tc.etcUnit)
+			got, out := runScript(t, text, s, tc.exits, tc.arg)
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("programs run (-want +got):\n%s", d)
+			}
+			if warned := strings.Contains(out, etcUnitWarning); warned != tc.wantWarn {
+				t.Errorf("warned about %s: %v, want %v; printed:\n%s", etcUnit, warned, tc.wantWarn, out)
 			}
 		})
 	}
