@@ -203,7 +203,7 @@ func (h *Handler) authorized(w http.ResponseWriter, req *Request, m *Metadata) b
 		if req.conn != nil {
 			memo = &req.conn.tokens
 		}
-		switch h.tokens.verify(v[0], uid, known, req.Time.Unix(), memo) {
+		switch h.tokens.verify(v[0], uid, known, req.Time.UnixMilli(), memo) {
 		case TokenValid:
 			req.Token = true
 			return true
@@ -247,7 +247,7 @@ func (h *Handler) serveToken(w http.ResponseWriter, req *Request, m *Metadata) {
 		h.refuse(w, req, status, reason)
 		return
 	}
-	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(req), req.Time.Unix())
+	tok := h.tokens.issue(ttl, h.hooks.TokenBinding(req), req.Time.UnixMilli())
 	if req.conn != nil {
 		req.conn.tokens.last.Store(tok) // the GETs that follow on this connection send it
 	}

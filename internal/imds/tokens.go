@@ -17,8 +17,8 @@ import (
 // Token layout before encoding (42 bytes, 56 base64url characters, the
 // length of EC2's own tokens):
 //
-//	[0]      format version (1)
-//	[1:9]    expiry, Unix seconds, big endian
+//	[0]      format version (2)
+//	[1:9]    expiry, Unix milliseconds, big endian
 //	[9]      flags (bit 0: bound to a local UID)
 //	[10:14]  UID, when bound
 //	[14:18]  random, so two tokens issued together differ
@@ -28,7 +28,7 @@ import (
 // with the number issued, and a restart (a new key) invalidates them all, as
 // on EC2.
 const (
-	tokenVersion    = 1
+	tokenVersion    = 2 // 1 counted the expiry in whole seconds
 	tokenPayloadLen = 18
 	tokenMACLen     = 24
 	tokenRawLen     = tokenPayloadLen + tokenMACLen
@@ -77,19 +77,20 @@ type Binding struct {
 	UID   uint32
 }
 
-// Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL).
+// Issue returns a new token valid for ttl seconds (1 to MaxTokenTTL) from
+// now, to the millisecond.
 func (t *Tokens) Issue(ttlSeconds int, b Binding) string {
-	e := t.issue(ttlSeconds, b, t.now().Unix())
+	e := t.issue(ttlSeconds, b, t.now().UnixMilli())
 	return string(e.token[:])
 }
 
-// issue is Issue at a given time (Unix seconds). It returns the token's
-// bytes (what the handler writes) with what the token says, as verify
-// would find it, for the memo of the connection it is issued on.
+// issue is Issue at a given time (Unix milliseconds). It returns the
+// token's bytes (what the handler writes) with what the token says, as
+// verify would find it, for the memo of the connection it is issued on.
 func (t *Tokens) issue(ttlSeconds int, b Binding, now int64) *verifiedToken {
 	s := t.macs.Get().(*tokenScratch)
 	defer t.macs.Put(s)
-	e := &verifiedToken{expiry: now + int64(ttlSeconds)}
+	e := &verifiedToken{expiry: now + int64(ttlSeconds)*1000}
 	if b.Bound {
 		e.bound, e.uid = true, b.UID
 	}
@@ -126,10 +127,10 @@ func (s TokenStatus) String() string {
 // reports whether the caller's UID could be determined). The MAC comparison
 // is constant time.
 func (t *Tokens) Verify(token string, uid uint32, known bool) TokenStatus {
-	return t.verify(token, uid, known, t.now().Unix(), nil)
+	return t.verify(token, uid, known, t.now().UnixMilli(), nil)
 }
 
-// verify is Verify at a given time (Unix seconds). With a memo, a token
+// verify is Verify at a given time (Unix milliseconds). With a memo, a token
 // whose MAC it already checked is not checked again.
 func (t *Tokens) verify(token string, uid uint32, known bool, now int64, memo *tokenMemo) TokenStatus {
 	if len(token) != TokenLen {
@@ -169,7 +170,7 @@ func (t *Tokens) verify(token string, uid uint32, known bool, now int64, memo *t
 // verifiedToken is a token with a valid MAC and what it says.
 type verifiedToken struct {
 	token  [TokenLen]byte
-	expiry int64 // Unix seconds
+	expiry int64 // Unix milliseconds
 	bound  bool
 	uid    uint32
 }

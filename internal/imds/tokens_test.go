@@ -38,6 +38,33 @@ func TestTokensRoundTrip(t *testing.T) {
 	}
 }
 
+// TestTokenExpiryToTheMillisecond: a token lives for its whole TTL from
+// the moment it was issued, not from the start of that second, so a
+// one-second token issued late in a second is not gone at once.
+func TestTokenExpiryToTheMillisecond(t *testing.T) {
+	issued := testNow.Add(900 * time.Millisecond)
+	now := issued
+	tk, err := NewTokens(func() time.Time { return now })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := tk.Issue(1, Binding{})
+	for _, tc := range []struct {
+		after time.Duration
+		want  TokenStatus
+	}{
+		{0, TokenValid},
+		{100 * time.Millisecond, TokenValid}, // the next second has begun
+		{999 * time.Millisecond, TokenValid},
+		{time.Second, TokenExpired},
+	} {
+		now = issued.Add(tc.after)
+		if s := tk.Verify(tok, 0, false); s != tc.want {
+			t.Errorf("%v after issue: %v, want %v", tc.after, s, tc.want)
+		}
+	}
+}
+
 func TestTokenBinding(t *testing.T) {
 	tk, _ := NewTokens(func() time.Time { return testNow })
 	bound := tk.Issue(60, Binding{Bound: true, UID: 1000})
@@ -136,7 +163,7 @@ func TestTokenMemo(t *testing.T) {
 			want := tk.Verify(tc.tok, tc.uid, tc.known)
 			// Twice: a miss that fills the memo, then a hit.
 			for i := range 2 {
-				if got := tk.verify(tc.tok, tc.uid, tc.known, now.Unix(), memo); got != want {
+				if got := tk.verify(tc.tok, tc.uid, tc.known, now.UnixMilli(), memo); got != want {
 					t.Errorf("%s: memo verify #%d of %.8s… (uid %d known %v) = %v, want %v", when, i, tc.tok, tc.uid, tc.known, got, want)
 				}
 			}
@@ -172,7 +199,7 @@ func TestTokenPUTFillsMemo(t *testing.T) {
 		}
 		for _, step := range []time.Duration{0, 59 * time.Second, time.Second} {
 			f.advance(step)
-			now := f.now.Load().Unix()
+			now := f.now.Load().UnixMilli()
 			for _, caller := range []struct {
 				uid   uint32
 				known bool
@@ -200,7 +227,7 @@ func BenchmarkTokenVerifyMemo(b *testing.B) {
 	memo := &tokenMemo{}
 	b.ReportAllocs()
 	for b.Loop() {
-		if tk.verify(tok, 0, false, time.Now().Unix(), memo) != TokenValid {
+		if tk.verify(tok, 0, false, time.Now().UnixMilli(), memo) != TokenValid {
 			b.Fatal("invalid")
 		}
 	}
