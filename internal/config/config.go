@@ -164,12 +164,18 @@ func Parse(name string, data []byte) (*Config, error) {
 	if err := dec.Decode(&root); err != nil {
 		return nil, located(name, err)
 	}
-	var extra yaml.Node
-	switch err := dec.Decode(&extra); {
-	case err == nil:
-		return nil, fmt.Errorf("%s:%d: a second YAML document follows the first; the file must hold exactly one", name, extra.Line)
-	case !errors.Is(err, io.EOF):
-		return nil, fmt.Errorf("%w (after the first YAML document; the file must hold exactly one)", located(name, err))
+	for {
+		var extra yaml.Node
+		err := dec.Decode(&extra)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w (after the first YAML document; the file must hold exactly one)", located(name, err))
+		}
+		if !emptyDocument(&extra) { // a stray trailing "---" is harmless
+			return nil, fmt.Errorf("%s:%d: a second YAML document follows the first; the file must hold exactly one", name, extra.Line)
+		}
 	}
 
 	lines := lineIndex{}
@@ -191,6 +197,16 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, problems.in(name, lines)
 	}
 	return &c, nil
+}
+
+// emptyDocument reports whether n is a document with nothing in it (only
+// comments, if anything), as a "---" at the end of a file starts.
+func emptyDocument(n *yaml.Node) bool {
+	if n.Kind != yaml.DocumentNode || len(n.Content) != 1 {
+		return false
+	}
+	v := n.Content[0]
+	return v.Kind == yaml.ScalarNode && v.Tag == "!!null" && v.Value == ""
 }
 
 // applyDefaults fills every value the file left out; present reports

@@ -14,6 +14,16 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
+// TestParseEmptyTrailingDocument: a "---" (and comments) after the one
+// document, as templating tools leave, is no second document.
+func TestParseEmptyTrailingDocument(t *testing.T) {
+	for _, in := range []string{"version: 1\n---\n", "---\nversion: 1\n---\n# the end\n", "version: 1\n---\n---\n", "version: 1\n...\n---\n"} {
+		if _, err := Parse("c.yaml", []byte(in)); err != nil {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	tests := []struct {
 		name, in, want string
@@ -27,6 +37,8 @@ func TestParseErrors(t *testing.T) {
 		{"section not a mapping", "version: 1\nlisten: 5\n", `c.yaml:2: listen must be a mapping of keys`},
 		{"not a mapping", "- a\n- b\n", "c.yaml:1: the file must be a mapping"},
 		{"two documents", "version: 1\n---\nversion: 1\n", "c.yaml:2: a second YAML document"},
+		{"a document after an empty one", "version: 1\n---\n---\nversion: 1\n", "c.yaml:3: a second YAML document"},
+		{"a null document", "version: 1\n---\nnull\n", "c.yaml:2: a second YAML document"},
 		{"syntax", "version: 1\n  bad: [\n", "c.yaml:"},
 		{"bad type", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: lots\n", `c.yaml:3: cannot use the string`},
 		{"bad duration", "version: 1\ncredentials:\n  session_duration: 1 hour\n", `c.yaml:3: "1 hour" is not a duration`},
