@@ -69,6 +69,10 @@ type connInfo struct {
 	caller        access.Caller
 	ttl           int          // the IP TTL / hop limit set on the socket; 0 = the system default
 	audit         audit.Repeat // the connection's last audit record, formatted
+	// cgroupID is the caller's cgroup while its path is still to be found
+	// (by a walk of the hierarchy, on the connection's own goroutine); 0
+	// once it is known, or when there is none to find.
+	cgroupID uint64
 }
 
 // connValue is the server's hook for a new connection: it records the
@@ -78,7 +82,10 @@ type connInfo struct {
 // server's accept loop, whose stack is grown once, while a new connection's
 // goroutine starts with a small stack that the look-up's depth made it grow
 // and copy once more than net/http alone does (about 2 µs a connection in
-// the cold flow's profile, where the look-up itself costs 3.6 µs).
+// the cold flow's profile, where the look-up itself costs 3.6 µs). A
+// caller in a cgroup the resolver has not seen yet is named by the first
+// hook that needs it, not here: walking the hierarchy takes milliseconds on
+// a host with thousands of cgroups, and the accept loop must not wait.
 func (g *gate) connValue(c net.Conn) any {
 	ci := &connInfo{conn: c}
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
@@ -107,20 +114,27 @@ func (g *gate) connOf(req *imds.Request) *connInfo {
 }
 
 // callerOf returns req's connection with its caller identified (by
-// connValue, or here for a request that came without a connection record).
+// connValue, or here for a request that came without a connection record)
+// and its cgroup named.
 func (g *gate) callerOf(req *imds.Request) *connInfo {
 	ci := g.connOf(req)
 	ci.once.Do(func() { g.identify(ci) })
+	if ci.cgroupID != 0 {
+		g.nameCgroup(ci)
+	}
 	return ci
 }
 
 func (g *gate) identify(ci *connInfo) {
 	ci.caller.Addr = ci.remote.Addr().Unmap()
 	if g.resolver != nil && ci.remote.IsValid() {
-		info, err := g.resolver.Lookup(ci.local, ci.remote)
+		info, err := g.resolver.LookupSocket(ci.local, ci.remote)
 		if err == nil {
 			ci.caller.Local, ci.caller.Identified = info.Local, info.Local
 			ci.caller.UID, ci.caller.Unit, ci.caller.Cgroup = info.UID, info.Unit, info.Cgroup
+			if info.Local && info.CgroupID != 0 && info.Cgroup == "" {
+				ci.cgroupID = info.CgroupID
+			}
 			return
 		}
 		if g.warned.CompareAndSwap(false, true) {
@@ -131,6 +145,16 @@ func (g *gate) identify(ci *connInfo) {
 	// everyone would be worse than not enforcing the hop limit), but not as
 	// any particular user: the access policy then fails closed.
 	ci.caller.Local = true
+}
+
+// nameCgroup finds the path and unit of the caller's cgroup, which
+// identify left to the connection's goroutine. One attempt per
+// connection: a cgroup the walk does not find stays unknown.
+func (g *gate) nameCgroup(ci *connInfo) {
+	info := caller.Info{Local: true, CgroupID: ci.cgroupID}
+	ci.cgroupID = 0
+	g.resolver.ResolveCgroup(&info)
+	ci.caller.Cgroup, ci.caller.Unit = info.Cgroup, info.Unit
 }
 
 // CallerUID implements imds.Hooks.

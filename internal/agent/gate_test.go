@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/audit"
+	"github.com/imds-agent/imds-agent/internal/caller"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/metrics"
@@ -268,5 +270,63 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "not_recorded=3") {
 		t.Errorf("the count of refusals left out is not logged:\n%s", logs.String())
+	}
+}
+
+// TestGateNamesCgroupOffTheAcceptLoop: connValue, on the server's accept
+// loop, finds the caller's socket but leaves naming a cgroup the resolver
+// has not seen (a walk of the hierarchy) to the first hook that needs the
+// caller, on the connection's goroutine.
+func TestGateNamesCgroupOffTheAcceptLoop(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	r, err := caller.NewResolver(caller.Options{Logger: g.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	g.resolver = r
+
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+
+	ci := g.connValue(server).(*connInfo)
+	if !ci.caller.Identified {
+		t.Fatalf("the test's own connection was not identified: %+v", ci.caller)
+	}
+	if ci.cgroupID == 0 && ci.caller.Cgroup == "" {
+		t.Skip("no cgroup v2 hierarchy, or the kernel reports no cgroup id for sockets")
+	}
+	if ci.cgroupID == 0 || ci.caller.Cgroup != "" {
+		t.Fatalf("connValue named the cgroup (%q, pending id %d); the walk is the connection's to make", ci.caller.Cgroup, ci.cgroupID)
+	}
+	req := &imds.Request{HTTP: httptest.NewRequest(http.MethodPut, "http://127.0.0.1/latest/api/token", nil), Conn: ci, Time: time.Now()}
+	if _, known := g.CallerUID(req); !known {
+		t.Error("the caller's UID is unknown")
+	}
+	self, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want string
+	for _, l := range strings.Split(string(self), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			want = p
+		}
+	}
+	if ci.caller.Cgroup != want || ci.cgroupID != 0 {
+		t.Errorf("after the first hook: cgroup %q (pending id %d), want %q (/proc/self/cgroup)", ci.caller.Cgroup, ci.cgroupID, want)
 	}
 }

@@ -162,8 +162,21 @@ func NewResolver(opts Options) (*Resolver, error) {
 // Finding the socket does not allocate; a miss does (lookupBound). A cgroup
 // id not yet in the cache makes it walk the cgroup hierarchy, at most every
 // cgroupRefreshEvery; until the walk finds the cgroup, Cgroup and Unit stay
-// empty.
+// empty. Lookup is LookupSocket followed by ResolveCgroup.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
+	info, err := r.LookupSocket(local, remote)
+	if err == nil {
+		r.ResolveCgroup(&info)
+	}
+	return info, err
+}
+
+// LookupSocket is Lookup without walking the cgroup hierarchy: Cgroup and
+// Unit are filled only for a cgroup already in the cache, and a client
+// socket in any other cgroup comes back with its CgroupID alone, for
+// ResolveCgroup. A lookup on a path that must not wait for a walk (the
+// hierarchy of a busy container host takes milliseconds) uses it.
+func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 	q, ok := newQuery(remote, local)
 	if !ok {
 		return Info{}, errBadAddr
@@ -209,11 +222,24 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	}
 	info.Local = true
 	if info.CgroupID != 0 && r.cgroups != nil {
-		if e, ok := r.cgroups.lookup(info.CgroupID); ok {
+		if e, ok := r.cgroups.cached(info.CgroupID); ok {
 			info.Cgroup, info.Unit = e.path, e.unit
 		}
 	}
 	return info, nil
+}
+
+// ResolveCgroup fills the Cgroup and Unit of a local client found by
+// LookupSocket from its CgroupID, walking the hierarchy when the id is not
+// in the cache (at most every cgroupRefreshEvery: a cgroup the last walk
+// missed stays unknown until then).
+func (r *Resolver) ResolveCgroup(info *Info) {
+	if !info.Local || info.CgroupID == 0 || info.Cgroup != "" || r.cgroups == nil {
+		return
+	}
+	if e, ok := r.cgroups.lookup(info.CgroupID); ok {
+		info.Cgroup, info.Unit = e.path, e.unit
+	}
 }
 
 // lookupBound looks again for a client socket the exact lookup missed. The

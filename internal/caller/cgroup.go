@@ -60,13 +60,20 @@ func newCgroupCache(root string, log *slog.Logger, now func() time.Time, max int
 	return &cgroupCache{root: root, log: log, now: now, max: max}
 }
 
+// cached returns the cgroup with this id if the last walk found it.
+func (c *cgroupCache) cached(id uint64) (cgroupEntry, bool) {
+	if m := c.m.Load(); m != nil {
+		e, ok := (*m)[id]
+		return e, ok
+	}
+	return cgroupEntry{}, false
+}
+
 // lookup returns the cgroup with this id. On a miss it walks the hierarchy
 // again, unless a walk started less than cgroupRefreshEvery ago.
 func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
-	if m := c.m.Load(); m != nil {
-		if e, ok := (*m)[id]; ok {
-			return e, true
-		}
+	if e, ok := c.cached(id); ok {
+		return e, true
 	}
 	if !c.due() {
 		return cgroupEntry{}, false
@@ -74,10 +81,8 @@ func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
 	c.walkMu.Lock()
 	defer c.walkMu.Unlock()
 	// Another lookup may have walked while this one waited.
-	if m := c.m.Load(); m != nil {
-		if e, ok := (*m)[id]; ok {
-			return e, true
-		}
+	if e, ok := c.cached(id); ok {
+		return e, true
 	}
 	if !c.due() {
 		return cgroupEntry{}, false

@@ -280,3 +280,39 @@ func TestLookupNoCgroupRoot(t *testing.T) {
 		t.Errorf("Lookup = %+v, want local with no cgroup path", got)
 	}
 }
+
+// LookupSocket never walks the hierarchy: a cgroup not in the cache comes
+// back as an id alone, and ResolveCgroup walks to name it. Lookup after
+// that finds it in the cache.
+func TestLookupSocketLeavesTheWalk(t *testing.T) {
+	self := selfCgroup(t)
+	r := newResolver(t, Options{})
+	if r.cgroups == nil || self.root == "" {
+		t.Skip("no cgroup v2 hierarchy mounted")
+	}
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	_, server := connect(t, "tcp4", ln)
+	local, remote := ends(server)
+
+	got, err := r.LookupSocket(local, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.CgroupID == 0 {
+		t.Skip("the kernel reports no cgroup id for sockets")
+	}
+	if got.CgroupID != self.id || got.Cgroup != "" || got.Unit != "" || r.cgroups.walks.Load() != 0 {
+		t.Fatalf("LookupSocket before any walk = %+v after %d walks; want cgroup id %d alone, no walk", got, r.cgroups.walks.Load(), self.id)
+	}
+	r.ResolveCgroup(&got)
+	if got.Cgroup != self.path || got.Unit != unitFromCgroup(self.path) || r.cgroups.walks.Load() != 1 {
+		t.Errorf("ResolveCgroup = %+v after %d walks; want path %q after 1", got, r.cgroups.walks.Load(), self.path)
+	}
+	again, err := r.LookupSocket(local, remote)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != got || r.cgroups.walks.Load() != 1 {
+		t.Errorf("LookupSocket once the cache holds the cgroup = %+v after %d walks; want %+v after 1", again, r.cgroups.walks.Load(), got)
+	}
+}
