@@ -52,23 +52,9 @@ func BenchmarkCredentialsGETGate(b *testing.B) {
 	creds := staticCreds{snapshot.New(role, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
 		SecretAccessKey: "secret", SessionToken: "token", Expiration: now().Add(time.Hour)}, now())}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer server.Close()
-
+	_, server := loopbackPair(b)
 	g := &gate{log: log}
+	var err error
 	if g.resolver, err = caller.NewResolver(caller.Options{Logger: log}); err != nil {
 		b.Logf("no caller lookup: %v", err)
 		g.resolver = nil

@@ -43,6 +43,28 @@ func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
 	return g
 }
 
+// loopbackPair returns the two ends of a TCP connection on 127.0.0.1,
+// closed when the test ends.
+func loopbackPair(tb testing.TB) (client, server net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
+	server, err = ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { server.Close() })
+	return client, server
+}
+
 // request builds a request to host whose connection's caller is already
 // identified as c.
 func request(method, path, host string, c access.Caller) *imds.Request {
@@ -113,21 +135,7 @@ func TestGateAdmit(t *testing.T) {
 // IMDSv1 request after a token on the same connection restores the default.
 func TestGateTTL(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	_, s := loopbackPair(t)
 	ttlOf := func() int {
 		raw, _ := s.(*net.TCPConn).SyscallConn()
 		var v int
@@ -286,22 +294,7 @@ func TestGateNamesCgroupOffTheAcceptLoop(t *testing.T) {
 	defer r.Close()
 	g.resolver = r
 
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
-
+	_, server := loopbackPair(t)
 	ci := g.connValue(server).(*connInfo)
 	if !ci.caller.Identified {
 		t.Fatalf("the test's own connection was not identified: %+v", ci.caller)
