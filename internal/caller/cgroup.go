@@ -69,18 +69,18 @@ func (c *cgroupCache) cached(id uint64) (cgroupEntry, bool) {
 	return cgroupEntry{}, false
 }
 
-// lookup returns the cgroup with this id. On a miss it walks the hierarchy
-// again, unless a walk started less than cgroupRefreshEvery ago.
+// lookup returns the cgroup with this id. On a miss it waits for a walk of
+// the hierarchy in progress, if any, or walks it again, unless a walk
+// started less than cgroupRefreshEvery ago.
 func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
 	if e, ok := c.cached(id); ok {
 		return e, true
 	}
-	if !c.due() {
-		return cgroupEntry{}, false
-	}
 	c.walkMu.Lock()
 	defer c.walkMu.Unlock()
-	// Another lookup may have walked while this one waited.
+	// A walk in progress when this lookup came (it was waiting for the
+	// lock) may have found the cgroup: a second connection from a new
+	// cgroup comes while the first one's walk runs.
 	if e, ok := c.cached(id); ok {
 		return e, true
 	}

@@ -238,6 +238,48 @@ func TestCgroupCache(t *testing.T) {
 	}
 }
 
+// A lookup that misses while another's walk is in progress waits for that
+// walk rather than calling the cgroup unknown: two connections from a new
+// cgroup often come together.
+func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
+	root := t.TempDir()
+	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 100)
+	c.lookup(1 << 62) // the first walk
+	clock.t = clock.t.Add(cgroupRefreshEvery)
+	if err := os.Mkdir(filepath.Join(root, "new.scope"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	id := inodeOf(t, filepath.Join(root, "new.scope"))
+
+	// Another connection's lookup has started the walk that will find it.
+	c.walkMu.Lock()
+	c.lastWalk.Store(clock.t.UnixNano())
+	type result struct {
+		e  cgroupEntry
+		ok bool
+	}
+	done := make(chan result, 1)
+	go func() {
+		e, ok := c.lookup(id)
+		done <- result{e, ok}
+	}()
+	select {
+	case r := <-done:
+		c.walkMu.Unlock()
+		t.Fatalf("lookup during a walk returned %+v, %v without waiting for it", r.e, r.ok)
+	case <-time.After(50 * time.Millisecond):
+	}
+	c.refresh()
+	c.walkMu.Unlock()
+	if r := <-done; !r.ok || r.e.path != "/new.scope" {
+		t.Errorf("lookup during a walk = %+v, %v; want /new.scope from that walk", r.e, r.ok)
+	}
+	if n := c.walks.Load(); n != 2 {
+		t.Errorf("%d walks, want 2", n)
+	}
+}
+
 func TestCgroupCacheBounded(t *testing.T) {
 	root := t.TempDir()
 	for i := range 10 {
