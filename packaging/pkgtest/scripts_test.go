@@ -74,44 +74,42 @@ func runScript(t *testing.T, script string, stubs []string, exits map[string]str
 	return calls, out
 }
 
-// etcUnit is where `imds-agent install` writes its unit, which would
+// etcUnitDir is where `imds-agent install` writes its unit, which would
 // override the package's.
-const etcUnit = "/etc/systemd/system/imds-agent.service"
+const etcUnitDir = "/etc/systemd/system/"
 
-// etcUnitWarning is what the install scripts print when one is there.
-const etcUnitWarning = "imds-agent: " + etcUnit + " overrides the unit this package installed"
-
-// placeEtcUnit puts a unit file ("file") or a mask ("mask") at etcUnit
-// for the rest of the test, or checks that nothing is there (""). It
-// refuses to replace what the machine has.
-func placeEtcUnit(t *testing.T, kind string) {
+// withUnitDir returns script reading a scratch directory instead of
+// etcUnitDir, with a unit file of the given kind there ("" for none), and
+// the warning the script prints when it finds one that overrides the
+// package's. The machine's own /etc is never read or written.
+func withUnitDir(t *testing.T, script, kind string) (string, string) {
 	t.Helper()
-	if _, err := os.Lstat(etcUnit); err == nil {
-		t.Fatalf("%s exists on this machine; these tests check what the scripts say about it, and would replace it", etcUnit)
+	dir := t.TempDir()
+	if kind != "" && !strings.Contains(script, etcUnitDir) {
+		t.Fatalf("the script never looks at %s", etcUnitDir)
 	}
-	if kind == "" {
-		return
-	}
-	dir := filepath.Dir(etcUnit)
-	if _, err := os.Stat(dir); err != nil {
-		mkdirAll(t, dir)
-		t.Cleanup(func() { _ = os.Remove(dir) })
-	}
-	t.Cleanup(func() {
-		if err := os.Remove(etcUnit); err != nil {
-			t.Errorf("removing the test's %s: %v", etcUnit, err)
-		}
-	})
+	script = strings.ReplaceAll(script, etcUnitDir, dir+"/")
+	unit := filepath.Join(dir, "imds-agent.service")
 	switch kind {
+	case "":
 	case "file":
-		writeFile(t, etcUnit, "# imds-agent: written by a test\n[Service]\nExecStart=/usr/local/bin/imds-agent run\n", 0o644)
+		writeFile(t, unit, "[Service]\nExecStart=/usr/local/bin/imds-agent run\n", 0o644)
+	case "empty": // systemd reads an empty unit file as a mask
+		writeFile(t, unit, "", 0o644)
 	case "mask":
-		if err := os.Symlink("/dev/null", etcUnit); err != nil {
+		if err := os.Symlink("/dev/null", unit); err != nil {
+			t.Fatal(err)
+		}
+	case "link": // systemctl link: a unit file kept elsewhere, on purpose
+		other := filepath.Join(t.TempDir(), "imds-agent.service")
+		writeFile(t, other, "[Service]\nExecStart=/opt/imds-agent/imds-agent run\n", 0o644)
+		if err := os.Symlink(other, unit); err != nil {
 			t.Fatal(err)
 		}
 	default:
-		t.Fatalf("placeEtcUnit: unknown kind %q", kind)
+		t.Fatalf("withUnitDir: unknown kind %q", kind)
 	}
+	return script, "imds-agent: " + unit + " overrides the unit this package installed"
 }
 
 func mkdirAll(t *testing.T, dir string) {
@@ -180,9 +178,10 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		args     []string
 		stubs    []string
 		exits    map[string]string
-		etcUnit  string // placeEtcUnit's kind
+		etcUnit  string // withUnitDir's kind
+		noStderr bool   // run with standard error closed
 		want     []string
-		wantWarn bool // etcUnitWarning
+		wantWarn bool
 	}{
 		{
 			name: "postinst configure, first install", script: "postinst", args: []string{"configure", ""},
@@ -222,8 +221,22 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 			etcUnit: "file", want: upgrade, wantWarn: true,
 		},
 		{
+			// The warning must not fail the script (set -e) where it
+			// cannot be printed.
+			name: "postinst configure, upgrade, a unit file in /etc, no stderr", script: "postinst", args: []string{"configure", "0.0.0"},
+			etcUnit: "file", noStderr: true, want: upgrade,
+		},
+		{
 			name: "postinst configure, upgrade, the unit masked", script: "postinst", args: []string{"configure", "0.0.0"},
 			etcUnit: "mask", want: upgrade,
+		},
+		{
+			name: "postinst configure, upgrade, the unit masked by an empty file", script: "postinst", args: []string{"configure", "0.0.0"},
+			etcUnit: "empty", want: upgrade,
+		},
+		{
+			name: "postinst configure, upgrade, a unit linked in", script: "postinst", args: []string{"configure", "0.0.0"},
+			etcUnit: "link", want: upgrade,
 		},
 		{
 			name: "prerm remove", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "1"},
@@ -262,13 +275,16 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 			if s == nil {
 				s = stubs
 			}
-			placeEtcUnit(t, tc.etcUnit)
-			got, out := runScript(t, script(tc.script), s, tc.exits, tc.args...)
+			text, warning := withUnitDir(t, script(tc.script), tc.etcUnit)
+			if tc.noStderr {
+				text = "exec 2>&-\n" + text
+			}
+			got, out := runScript(t, text, s, tc.exits, tc.args...)
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("programs run (-want +got):\n%s", d)
 			}
-			if warned := strings.Contains(out, etcUnitWarning); warned != tc.wantWarn {
-				t.Errorf("warned about %s: %v, want %v; printed:\n%s", etcUnit, warned, tc.wantWarn, out)
+			if warned := strings.Contains(out, warning); warned != tc.wantWarn {
+				t.Errorf("warned about a unit in /etc: %v, want %v; printed:\n%s", warned, tc.wantWarn, out)
 			}
 		})
 	}
@@ -300,9 +316,9 @@ func TestRPMScriptletsRun(t *testing.T) {
 		arg       string
 		stubs     []string
 		exits     map[string]string
-		etcUnit   string // placeEtcUnit's kind
+		etcUnit   string // withUnitDir's kind
 		want      []string
-		wantWarn  bool // etcUnitWarning
+		wantWarn  bool
 	}{
 		{
 			name: "%pre install", tag: "PREIN", arg: "1",
@@ -331,6 +347,8 @@ func TestRPMScriptletsRun(t *testing.T) {
 		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: postUpgrade},
 		{name: "%post upgrade, a unit file in /etc", tag: "POSTIN", arg: "2", etcUnit: "file", want: postUpgrade, wantWarn: true},
 		{name: "%post upgrade, the unit masked", tag: "POSTIN", arg: "2", etcUnit: "mask", want: postUpgrade},
+		{name: "%post upgrade, the unit masked by an empty file", tag: "POSTIN", arg: "2", etcUnit: "empty", want: postUpgrade},
+		{name: "%post upgrade, a unit linked in", tag: "POSTIN", arg: "2", etcUnit: "link", want: postUpgrade},
 		{
 			// PID 1's root is this root: not a chroot.
 			name: "%preun erase", tag: "PREUN", arg: "0",
@@ -368,13 +386,13 @@ func TestRPMScriptletsRun(t *testing.T) {
 			if strings.TrimSpace(text) == "" || text == "(none)" {
 				t.Fatalf("no %s scriptlet", tc.tag)
 			}
-			placeEtcUnit(t, tc.etcUnit)
+			text, warning := withUnitDir(t, text, tc.etcUnit)
 			got, out := runScript(t, text, s, tc.exits, tc.arg)
 			if d := cmp.Diff(tc.want, got); d != "" {
 				t.Errorf("programs run (-want +got):\n%s", d)
 			}
-			if warned := strings.Contains(out, etcUnitWarning); warned != tc.wantWarn {
-				t.Errorf("warned about %s: %v, want %v; printed:\n%s", etcUnit, warned, tc.wantWarn, out)
+			if warned := strings.Contains(out, warning); warned != tc.wantWarn {
+				t.Errorf("warned about a unit in /etc: %v, want %v; printed:\n%s", warned, tc.wantWarn, out)
 			}
 		})
 	}
