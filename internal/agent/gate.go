@@ -151,10 +151,8 @@ func (g *gate) identify(ci *connInfo) {
 // identify left to the connection's goroutine. One attempt per
 // connection: a cgroup the walk does not find stays unknown.
 func (g *gate) nameCgroup(ci *connInfo) {
-	info := caller.Info{Local: true, CgroupID: ci.cgroupID}
+	ci.caller.Cgroup, ci.caller.Unit = g.resolver.CgroupOf(ci.cgroupID)
 	ci.cgroupID = 0
-	g.resolver.ResolveCgroup(&info)
-	ci.caller.Cgroup, ci.caller.Unit = info.Cgroup, info.Unit
 }
 
 // CallerUID implements imds.Hooks.

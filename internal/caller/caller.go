@@ -162,11 +162,11 @@ func NewResolver(opts Options) (*Resolver, error) {
 // Finding the socket does not allocate; a miss does (lookupBound). A cgroup
 // id not yet in the cache makes it walk the cgroup hierarchy, at most every
 // cgroupRefreshEvery; until the walk finds the cgroup, Cgroup and Unit stay
-// empty. Lookup is LookupSocket followed by ResolveCgroup.
+// empty. Lookup is LookupSocket followed by CgroupOf.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	info, err := r.LookupSocket(local, remote)
-	if err == nil {
-		r.ResolveCgroup(&info)
+	if err == nil && info.Local && info.Cgroup == "" {
+		info.Cgroup, info.Unit = r.CgroupOf(info.CgroupID)
 	}
 	return info, err
 }
@@ -174,7 +174,7 @@ func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 // LookupSocket is Lookup without walking the cgroup hierarchy: Cgroup and
 // Unit are filled only for a cgroup already in the cache, and a client
 // socket in any other cgroup comes back with its CgroupID alone, for
-// ResolveCgroup. A lookup on a path that must not wait for a walk (the
+// CgroupOf. A lookup on a path that must not wait for a walk (the
 // hierarchy of a busy container host takes milliseconds) uses it.
 func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 	q, ok := newQuery(remote, local)
@@ -229,17 +229,16 @@ func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 	return info, nil
 }
 
-// ResolveCgroup fills the Cgroup and Unit of a local client found by
-// LookupSocket from its CgroupID, walking the hierarchy when the id is not
-// in the cache (at most every cgroupRefreshEvery: a cgroup the last walk
-// missed stays unknown until then).
-func (r *Resolver) ResolveCgroup(info *Info) {
-	if !info.Local || info.CgroupID == 0 || info.Cgroup != "" || r.cgroups == nil {
-		return
+// CgroupOf returns the path and systemd unit of the cgroup with this id (a
+// CgroupID from LookupSocket), walking the hierarchy when the id is not in
+// the cache (at most every cgroupRefreshEvery: a cgroup the last walk
+// missed stays unknown until then). Both are empty when it is unknown.
+func (r *Resolver) CgroupOf(id uint64) (path, unit string) {
+	if id == 0 || r.cgroups == nil {
+		return "", ""
 	}
-	if e, ok := r.cgroups.lookup(info.CgroupID); ok {
-		info.Cgroup, info.Unit = e.path, e.unit
-	}
+	e, _ := r.cgroups.lookup(id)
+	return e.path, e.unit
 }
 
 // lookupBound looks again for a client socket the exact lookup missed. The

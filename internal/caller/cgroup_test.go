@@ -324,7 +324,7 @@ func TestLookupNoCgroupRoot(t *testing.T) {
 }
 
 // LookupSocket never walks the hierarchy: a cgroup not in the cache comes
-// back as an id alone, and ResolveCgroup walks to name it. Lookup after
+// back as an id alone, and CgroupOf walks to name it. Lookup after
 // that finds it in the cache.
 func TestLookupSocketLeavesTheWalk(t *testing.T) {
 	self := selfCgroup(t)
@@ -346,9 +346,9 @@ func TestLookupSocketLeavesTheWalk(t *testing.T) {
 	if got.CgroupID != self.id || got.Cgroup != "" || got.Unit != "" || r.cgroups.walks.Load() != 0 {
 		t.Fatalf("LookupSocket before any walk = %+v after %d walks; want cgroup id %d alone, no walk", got, r.cgroups.walks.Load(), self.id)
 	}
-	r.ResolveCgroup(&got)
+	got.Cgroup, got.Unit = r.CgroupOf(got.CgroupID)
 	if got.Cgroup != self.path || got.Unit != unitFromCgroup(self.path) || r.cgroups.walks.Load() != 1 {
-		t.Errorf("ResolveCgroup = %+v after %d walks; want path %q after 1", got, r.cgroups.walks.Load(), self.path)
+		t.Errorf("CgroupOf = %q, %q after %d walks; want path %q after 1", got.Cgroup, got.Unit, r.cgroups.walks.Load(), self.path)
 	}
 	again, err := r.LookupSocket(local, remote)
 	if err != nil {
