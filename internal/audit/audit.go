@@ -59,8 +59,12 @@ const (
 	maxPendingBytes = 4 << 20
 	// FlushInterval spaces the writes: a record that finds the output idle
 	// for that long is written at once; records arriving faster share one
-	// write per interval.
-	FlushInterval = 2 * time.Millisecond
+	// write per interval. Each write costs a fixed amount besides its
+	// bytes: in the benchmark's cold flow (12,000 records a second to an
+	// ext4 file) the writer spent 0.72 µs a record with 2 ms batches and
+	// 0.32 µs with 10 ms ones. A crash loses at most the interval's
+	// records.
+	FlushInterval = 10 * time.Millisecond
 	// flushSize is the batch size written without waiting for
 	// FlushInterval.
 	flushSize = 64 << 10

@@ -256,3 +256,68 @@ func BenchmarkRecord(b *testing.B) {
 		}
 	}
 }
+
+// countingWriter counts the writes it is handed and the lines in them.
+type countingWriter struct {
+	mu            sync.Mutex
+	writes, lines int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes++
+	c.lines += bytes.Count(p, []byte("\n"))
+	return len(p), nil
+}
+
+func (c *countingWriter) counts() (writes, lines int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes, c.lines
+}
+
+// TestRecordsShareWrites: a lone record is written by itself, and records
+// that come faster than FlushInterval share writes.
+func TestRecordsShareWrites(t *testing.T) {
+	var out countingWriter
+	l := New(&out, "text", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitLines := func(n int) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, lines := out.counts(); lines >= n {
+				return
+			}
+			if time.Now().After(deadline) {
+				w, lines := out.counts()
+				t.Fatalf("%d of %d records written in %d writes", lines, n, w)
+			}
+		}
+	}
+	rec := Record{Time: time.Unix(0, 0), Decision: "allow", Route: "credentials", Status: 200, Remote: "127.0.0.1:5000",
+		Local: true, UID: 33, UIDKnown: true, Unit: "nginx.service", Role: "web", KeySuffix: "ABCD"}
+	l.Record(rec)
+	waitLines(1)
+	if w, _ := out.counts(); w != 1 {
+		t.Fatalf("a lone record took %d writes", w)
+	}
+	// A trickle, one record after each short pause: the writer is idle
+	// when each comes, and only its waiting out the interval makes them
+	// share. However long the pauses are on this machine, the writes come
+	// at most one an interval, plus the one that ends the wait.
+	const n = 200
+	start := time.Now()
+	for range n {
+		time.Sleep(100 * time.Microsecond)
+		l.Record(rec)
+	}
+	waitLines(1 + n)
+	took := time.Since(start)
+	if w, _ := out.counts(); w-1 > int(took/FlushInterval)+2 {
+		t.Errorf("%d records over %v took %d writes; at most one every %v", n, took, w-1, FlushInterval)
+	}
+}
