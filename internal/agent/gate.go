@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -183,7 +184,7 @@ const noUID = ^uint32(0)
 func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 	r := req.HTTP
 	rules := g.rules.Load()
-	if r.Host != "" && !rules.hosts[r.Host] {
+	if r.Host != "" && !rules.hostAllowed(r.Host) {
 		return http.StatusForbidden, imds.ReasonBadHost
 	}
 	if req.Route == imds.RouteToken {
@@ -348,25 +349,88 @@ func compileRules(cfg *config.Config, listening []netip.AddrPort, log *slog.Logg
 	return r, nil
 }
 
-// allowedHosts are the Host header values a legitimate client sends: the
-// addresses served, with and without the port (and without it only where
-// the port is 80), and EC2's instance-data names. A browser lured into a
-// DNS-rebinding attack sends the attacker's host name instead.
+// allowedHosts are the Host header values a legitimate client sends, in
+// canonicalHost's form: the addresses served, with their port unless it is
+// 80, localhost on the loopback ones, and EC2's instance-data names. A
+// browser lured into a DNS-rebinding attack sends the attacker's host name
+// instead.
 func allowedHosts(listening []netip.AddrPort) map[string]bool {
 	hosts := map[string]bool{"instance-data": true, "instance-data.ec2.internal": true}
 	for _, ap := range listening {
-		host := ap.Addr().Unmap().String()
-		if ap.Addr().Is6() && !ap.Addr().Is4In6() {
-			host = "[" + host + "]"
-		}
-		port := strconv.Itoa(int(ap.Port()))
-		hosts[host+":"+port] = true
-		if ap.Port() == 80 {
-			hosts[host] = true
-		}
-		if ap.Addr().IsLoopback() {
-			hosts["localhost:"+port] = true
+		addr := ap.Addr().Unmap()
+		hosts[joinHost(hostOfAddr(addr), ap.Port())] = true
+		if addr.IsLoopback() {
+			hosts[joinHost("localhost", ap.Port())] = true
 		}
 	}
 	return hosts
+}
+
+// hostAllowed reports whether a request's Host header names the service.
+// The SDKs send the forms allowedHosts lists; any other spelling of the
+// same host (upper case, an explicit port 80, a trailing dot, another
+// form of an IPv6 address) is put in that form first.
+func (r *gateRules) hostAllowed(host string) bool {
+	if r.hosts[host] {
+		return true
+	}
+	c, ok := canonicalHost(host)
+	return ok && r.hosts[c]
+}
+
+// canonicalHost returns a Host header value (RFC 9110: host, then an
+// optional port) in one spelling: a name in lower case without a trailing
+// dot, an IP address in its canonical form (IPv6 in brackets), then the
+// port unless it is 80. It reports false for a value that is not a host.
+func canonicalHost(hostport string) (string, bool) {
+	host, port := hostport, ""
+	bracketed := strings.HasPrefix(hostport, "[")
+	if bracketed {
+		end := strings.IndexByte(hostport, ']')
+		if end < 0 {
+			return "", false
+		}
+		host, port = hostport[1:end], hostport[end+1:]
+		if port != "" && port[0] != ':' {
+			return "", false
+		}
+		port = strings.TrimPrefix(port, ":")
+	} else if i := strings.LastIndexByte(hostport, ':'); i >= 0 {
+		host, port = hostport[:i], hostport[i+1:]
+	}
+	n := uint64(80)
+	if port != "" {
+		var err error
+		if n, err = strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			return "", false
+		}
+	}
+	if addr, err := netip.ParseAddr(host); err == nil {
+		// Brackets hold an IPv6 address, and only they may.
+		if addr.Zone() != "" || addr.Is6() != bracketed {
+			return "", false
+		}
+		return joinHost(hostOfAddr(addr.Unmap()), uint16(n)), true
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" || bracketed || strings.ContainsAny(host, "[]:") {
+		return "", false
+	}
+	return joinHost(host, uint16(n)), true
+}
+
+// hostOfAddr spells addr as a Host header does: IPv6 in brackets.
+func hostOfAddr(addr netip.Addr) string {
+	if addr.Is6() {
+		return "[" + addr.String() + "]"
+	}
+	return addr.String()
+}
+
+// joinHost appends the port to host unless it is HTTP's default, 80.
+func joinHost(host string, port uint16) string {
+	if port == 80 {
+		return host
+	}
+	return host + ":" + strconv.Itoa(int(port))
 }

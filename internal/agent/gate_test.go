@@ -68,8 +68,8 @@ func loopbackPair(tb testing.TB) (client, server net.Conn) {
 // request builds a request to host whose connection's caller is already
 // identified as c.
 func request(method, path, host string, c access.Caller) *imds.Request {
-	r := httptest.NewRequest(method, "http://"+host+path, nil)
-	r.Host = host
+	r := httptest.NewRequest(method, "http://169.254.169.254"+path, nil)
+	r.Host = host // as sent, which need not make a valid URL
 	ci := &connInfo{caller: c}
 	ci.once.Do(func() {}) // identified already
 	return &imds.Request{HTTP: r, Conn: ci, Time: time.Now()}
@@ -104,6 +104,15 @@ func TestGateAdmit(t *testing.T) {
 		{"instance-data", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "instance-data", localRoot, 0, imds.ReasonNone},
 		{"DNS rebinding", open, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "evil.example", localRoot, 403, imds.ReasonBadHost},
 		{"another port", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254:8080", localRoot, 403, imds.ReasonBadHost},
+		{"name in upper case", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "Instance-Data", localRoot, 0, imds.ReasonNone},
+		{"name with port 80", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "instance-data:80", localRoot, 0, imds.ReasonNone},
+		{"name with a trailing dot", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "instance-data.ec2.internal.", localRoot, 0, imds.ReasonNone},
+		{"IPv6 address spelled out", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "[FD00:EC2:0:0:0:0:0:254]:80", localRoot, 0, imds.ReasonNone},
+		{"port 80 with a leading zero", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254:080", localRoot, 0, imds.ReasonNone},
+		{"IPv6 without brackets", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "fd00:ec2::254", localRoot, 403, imds.ReasonBadHost},
+		{"name on another port", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "instance-data:8080", localRoot, 403, imds.ReasonBadHost},
+		{"rebinding name in upper case", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "EVIL.EXAMPLE", localRoot, 403, imds.ReasonBadHost},
+		{"localhost, not listened on", open, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "localhost", localRoot, 403, imds.ReasonBadHost},
 		{"token, local, hop 1", open, 1, imds.RouteToken, "/latest/api/token", "169.254.169.254", localRoot, 0, imds.ReasonNone},
 		{"token, container, hop 1", open, 1, imds.RouteToken, "/latest/api/token", "169.254.169.254", container, imds.StatusDrop, imds.ReasonHopLimit},
 		{"token, container, hop 2", open, 2, imds.RouteToken, "/latest/api/token", "169.254.169.254", container, 0, imds.ReasonNone},
@@ -127,6 +136,57 @@ func TestGateAdmit(t *testing.T) {
 				t.Errorf("Admit = %d %v, want %d %v", status, reason, tc.status, tc.reason)
 			}
 		})
+	}
+}
+
+// TestCanonicalHost: each spelling of a host comes out in the one form
+// allowedHosts lists; what is not a host is refused.
+func TestCanonicalHost(t *testing.T) {
+	for in, want := range map[string]string{
+		"169.254.169.254":            "169.254.169.254",
+		"169.254.169.254:80":         "169.254.169.254",
+		"169.254.169.254:1338":       "169.254.169.254:1338",
+		"[fd00:ec2::254]":            "[fd00:ec2::254]",
+		"[FD00:0EC2:0::254]:80":      "[fd00:ec2::254]",
+		"[::ffff:127.0.0.1]:1338":    "127.0.0.1:1338",
+		"LocalHost:1338":             "localhost:1338",
+		"instance-data.":             "instance-data",
+		"Instance-Data.EC2.Internal": "instance-data.ec2.internal",
+	} {
+		if got, ok := canonicalHost(in); !ok || got != want {
+			t.Errorf("canonicalHost(%q) = %q, %v; want %q", in, got, ok, want)
+		}
+	}
+	for _, in := range []string{"", ":80", "fd00:ec2::254", "[fd00:ec2::254", "[fd00:ec2::254]x", "[fe80::1%eth0]",
+		"host:0", "host:65536", "host:http", "host:+80", "a:b:c", "[instance-data]", "[127.0.0.1]"} {
+		if got, ok := canonicalHost(in); ok {
+			t.Errorf("canonicalHost(%q) = %q, want a refusal", in, got)
+		}
+	}
+}
+
+// TestAllowedHostsLoopback: on a loopback address, localhost is the
+// service too, with the port unless it is 80.
+func TestAllowedHostsLoopback(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		host   string
+		want   bool
+	}{
+		{"127.0.0.1:1338", "127.0.0.1:1338", true},
+		{"127.0.0.1:1338", "localhost:1338", true},
+		{"127.0.0.1:1338", "LOCALHOST:1338", true},
+		{"127.0.0.1:1338", "localhost", false},
+		{"127.0.0.1:1338", "127.0.0.1", false},
+		{"127.0.0.1:80", "localhost", true},
+		{"127.0.0.1:80", "localhost:80", true},
+		{"[::1]:1338", "[::1]:1338", true},
+		{"[::1]:1338", "[0:0:0:0:0:0:0:1]:1338", true},
+	} {
+		rules := &gateRules{hosts: allowedHosts([]netip.AddrPort{netip.MustParseAddrPort(tc.listen)})}
+		if got := rules.hostAllowed(tc.host); got != tc.want {
+			t.Errorf("listening on %s, Host %q allowed = %v, want %v", tc.listen, tc.host, got, tc.want)
+		}
 	}
 }
 
