@@ -91,7 +91,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !parse(fs, args) {
 			return exitUsage
 		}
-		err = checkConfig(*configPath, stdout)
+		err = checkConfig(*configPath, stdout, stderr)
 	case "status":
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
@@ -212,10 +212,16 @@ func levelOf(s string) *slog.LevelVar {
 	return v
 }
 
-func checkConfig(path string, stdout io.Writer) error {
+// checkConfig validates the file as a start of the agent would (but for
+// what only the running agent can find out: the addresses it can claim and
+// the source credentials) and prints the effective configuration.
+func checkConfig(path string, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
 		return err
+	}
+	if err := agent.Check(cfg, hostinfo.System(), newLogger(stderr, cfg.Log.Format, levelOf(cfg.Log.Level))); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
 	}
 	out, err := cfg.Marshal()
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/admin"
 	"github.com/imds-agent/imds-agent/internal/audit"
 	"github.com/imds-agent/imds-agent/internal/caller"
@@ -465,6 +466,19 @@ func (a *Agent) apply(cfg *config.Config) error {
 		a.o.LogLevel.Set(Level(cfg.Log.Level))
 	}
 	return nil
+}
+
+// Check makes the checks of cfg that a start makes beyond config.Load's,
+// without starting anything: the instance data (a user_data_file that
+// cannot be read, say) and the access rules (a user or group that does not
+// exist). The source credentials are not among them: a start goes on
+// without them, and a reload loads them only when their settings change.
+func Check(cfg *config.Config, host hostinfo.Host, log *slog.Logger) error {
+	if _, err := host.Instance(cfg.Instance, cfg.Listen.Link); err != nil {
+		return err
+	}
+	_, err := access.Compile(cfg.Access, log)
+	return err
 }
 
 func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {

@@ -16,6 +16,12 @@ func TestCommandLine(t *testing.T) {
 	bad := filepath.Join(dir, "bad.yaml")
 	_ = os.WriteFile(good, []byte("version: 1\ncredentials:\n  instance_profile: web\n"), 0o644)
 	_ = os.WriteFile(bad, []byte("version: 1\ncredentials:\n  instance_profil: web\n"), 0o644)
+	// Valid YAML that the agent would refuse to start with: check-config
+	// says so too.
+	unknownUser := filepath.Join(dir, "unknown-user.yaml")
+	_ = os.WriteFile(unknownUser, []byte("version: 1\naccess:\n  credentials:\n    deny: [\"user:no-such-user-imds\"]\n"), 0o644)
+	noUserData := filepath.Join(dir, "no-user-data.yaml")
+	_ = os.WriteFile(noUserData, []byte("version: 1\ninstance:\n  user_data_file: "+filepath.Join(dir, "missing-user-data")+"\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -24,6 +30,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", good}, 0, "instance_profile: web"},
 		{[]string{"check-config", "--config", bad}, 1, `bad.yaml:3: unknown key "credentials.instance_profil"; did you mean "instance_profile"?`},
 		{[]string{"check-config", "--config", filepath.Join(dir, "missing.yaml")}, 1, "does not exist"},
+		{[]string{"check-config", "--config", unknownUser}, 1, `access rule deny "user:no-such-user-imds": no such user`},
+		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
