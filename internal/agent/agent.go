@@ -456,8 +456,8 @@ func (a *Agent) apply(cfg *config.Config) error {
 	boot := a.boot
 	if !slices.Equal(boot.Listen.Addresses, cfg.Listen.Addresses) || boot.Listen.Link != cfg.Listen.Link ||
 		boot.Admin.Socket != cfg.Admin.Socket || boot.Metrics.Listen != cfg.Metrics.Listen || boot.Log.Audit != cfg.Log.Audit ||
-		boot.MetadataOptions.HTTPProtocolIPv6 != cfg.MetadataOptions.HTTPProtocolIPv6 {
-		a.log.Warn("listen, link, admin, metrics, audit and http_protocol_ipv6 settings change only on restart; the running ones stay")
+		boot.Log.Format != cfg.Log.Format || boot.MetadataOptions.HTTPProtocolIPv6 != cfg.MetadataOptions.HTTPProtocolIPv6 {
+		a.log.Warn("listen, link, admin, metrics, audit, log format and http_protocol_ipv6 settings change only on restart; the running ones stay")
 	}
 	a.gate.rules.Store(rules)
 	a.handler.SetMetadata(meta)

@@ -329,8 +329,23 @@ func TestReloadKeepsRunningConfig(t *testing.T) {
 	if err := os.WriteFile(a.config, []byte(strings.Replace(changed, "http_tokens: optional", "http_tokens: optional\n  http_protocol_ipv6: disabled", 1)), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	const restartOnly = "http_protocol_ipv6 settings change only on restart"
 	_ = a.cmd.Process.Signal(syscall.SIGHUP)
 	waitFor(t, 10*time.Second, "the restart warning", func() bool {
-		return strings.Contains(a.stderr.String(), "audit and http_protocol_ipv6 settings change only on restart")
+		return strings.Contains(a.stderr.String(), restartOnly)
+	})
+	// So does log.format, and nothing else differs from the start this
+	// time: the log's handlers are made once.
+	warned := strings.Count(a.stderr.String(), restartOnly)
+	withJSON := strings.Replace(changed, "log:\n  level: debug\n", "log:\n  level: debug\n  format: json\n", 1)
+	if withJSON == changed {
+		t.Fatalf("no log section to change in:\n%s", changed)
+	}
+	if err := os.WriteFile(a.config, []byte(withJSON), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the restart warning for log.format", func() bool {
+		return strings.Count(a.stderr.String(), restartOnly) > warned
 	})
 }
