@@ -138,12 +138,17 @@ type Manager struct {
 	pending *Settings
 
 	// Loop state, owned by the goroutine in Run.
-	s              Settings
-	clients        *Clients
-	role           snapshot.Role
-	attached       bool
-	resolved       bool
-	retarget       bool // a reload changed the target: resolve it now
+	s        Settings
+	clients  *Clients
+	role     snapshot.Role
+	attached bool
+	resolved bool
+	retarget bool // a reload changed the target: resolve it now
+	// roleStale: the role was resolved for the target before a reload,
+	// and the new target's look-up has not answered yet. It is not
+	// renewed: its credentials are served while they are valid, then
+	// nothing until the new target's role is obtained.
+	roleStale      bool
 	creds          *snapshot.Credentials
 	credsRole      string    // ARN of the role creds belong to
 	credsAt        time.Time // wall time they were obtained
@@ -288,18 +293,40 @@ func (m *Manager) Run(ctx context.Context) error {
 // step does whatever work is due and returns how long to sleep.
 func (m *Manager) step(ctx context.Context) time.Duration {
 	mono := m.opts.Clock.Monotonic()
-	if m.retarget || m.s.Target.NeedsIAM() || !m.resolved {
+	if m.retarget || m.roleStale || m.s.Target.NeedsIAM() || !m.resolved {
 		if m.retarget || !m.resolved || mono >= m.profileDue {
 			m.retarget = false
 			m.resolve(ctx)
 			mono = m.opts.Clock.Monotonic()
 		}
 	}
-	if m.attached && m.refreshIsDue(mono) {
+	if m.attached && !m.roleStale && m.refreshIsDue(mono) {
 		m.refresh(ctx)
+	}
+	if m.roleStale {
+		m.expireStale()
 	}
 	m.publishStatus()
 	return m.sleepFor()
+}
+
+// expireStale stops serving the credentials of the role before a reload
+// once they have expired: they were never to be renewed, and the role the
+// new target names is not known yet.
+func (m *Manager) expireStale() {
+	snap := m.Snapshot()
+	if snap.State != snapshot.Ready || !snap.Expired(m.opts.Clock.Now()) {
+		return
+	}
+	next := snapshot.NewPending(snapshot.Role{})
+	if m.lastErr != nil {
+		code, msg := failureCode(m.lastClass, m.lastErr)
+		next = next.WithFailure(code, msg, m.lastErrAt)
+	}
+	m.log.Warn("the credentials of the role before the reload have expired; none are served until the new target's role is obtained",
+		"role", m.credsRole, "target", m.s.Target.String())
+	m.publish(next)
+	m.role, m.attached, m.roleStale = snapshot.Role{}, false, false
 }
 
 // refreshIsDue: the schedule (monotonic) says so, or, while STS is
@@ -319,22 +346,28 @@ func (m *Manager) refreshIsDue(mono time.Duration) bool {
 func (m *Manager) sleepFor() time.Duration {
 	mono := m.opts.Clock.Monotonic()
 	wait := maxSleep
-	if m.attached {
+	if m.attached && !m.roleStale {
 		wait = min(wait, m.refreshDue-mono)
 	}
-	if m.s.Target.NeedsIAM() || !m.resolved {
+	if m.s.Target.NeedsIAM() || !m.resolved || m.roleStale {
 		wait = min(wait, m.profileDue-mono)
+	}
+	if m.roleStale && m.creds != nil {
+		if left := m.creds.Expiration.Sub(m.opts.Clock.Now()); left > 0 {
+			wait = min(wait, left)
+		}
 	}
 	return max(wait, 0)
 }
 
 // resolve looks the role up. A changed role is rotated to at once; a
-// detached one stops being served; an error keeps the previous answer.
-func (m *Manager) resolve(ctx context.Context) {
+// detached one stops being served; an error keeps the previous answer, and
+// is returned.
+func (m *Manager) resolve(ctx context.Context) error {
 	mono := m.opts.Clock.Monotonic()
 	role, attached, err := m.lookup(ctx)
 	if err != nil && ctx.Err() != nil {
-		return // stopping: not a failure
+		return err // stopping: not a failure
 	}
 	if err != nil {
 		m.profileFails++
@@ -344,12 +377,17 @@ func (m *Manager) resolve(ctx context.Context) {
 		m.noteFailure(err, class)
 		m.log.Error("resolving the instance profile failed", "target", m.s.Target.String(), "error", err,
 			"class", class.String(), "failures", m.profileFails, "retry_in", delay.Round(time.Millisecond))
-		if !m.resolved {
-			code, msg := failureCode(class, err)
+		switch code, msg := failureCode(class, err); {
+		case !m.resolved:
 			m.publish(snapshot.NewPending(m.role).WithFailure(code, msg, m.opts.Clock.Now()))
+		case m.roleStale && m.Snapshot().State == snapshot.Ready:
+			// The old role's credentials stay while valid (expireStale),
+			// with the reason the new target is not served in iam/info.
+			m.publish(m.Snapshot().WithFailure(code, msg, m.opts.Clock.Now()))
 		}
-		return
+		return err
 	}
+	m.roleStale = false
 	if m.profileFails > 0 {
 		m.log.Info("instance profile resolved again", "target", m.s.Target.String(), "after_failures", m.profileFails)
 	}
@@ -383,6 +421,7 @@ func (m *Manager) resolve(ctx context.Context) {
 			}
 		}
 	}
+	return nil
 }
 
 func (m *Manager) lookup(ctx context.Context) (snapshot.Role, bool, error) {
@@ -594,11 +633,14 @@ func (m *Manager) noteFailure(err error, c Class) {
 func (m *Manager) forced(ctx context.Context) error {
 	m.log.Info("refresh requested")
 	m.clients = nil
-	if m.s.Target.NeedsIAM() || !m.resolved {
-		m.resolve(ctx)
-		if !m.resolved {
+	if m.retarget || m.roleStale || m.s.Target.NeedsIAM() || !m.resolved {
+		m.retarget = false
+		// A look-up that fails keeps the role it knew, if any: that
+		// role's credentials are renewed, unless it belongs to the
+		// target before a reload.
+		if err := m.resolve(ctx); err != nil && (!m.attached || m.roleStale) {
 			m.publishStatus()
-			return m.lastErr
+			return err
 		}
 	}
 	if !m.attached {
@@ -645,14 +687,18 @@ func (m *Manager) applyReload(s Settings) {
 	if s.Target != old.Target {
 		m.log.Info("reload: the attached role changed", "from", old.Target.String(), "to", s.Target.String())
 		if s.Target.None() {
-			m.resolved, m.attached, m.creds, m.credsRole = true, false, nil, ""
+			m.resolved, m.attached, m.roleStale, m.creds, m.credsRole = true, false, false, nil, ""
+			m.role, m.failures, m.profileFails = snapshot.Role{}, 0, 0
 			m.publish(snapshot.None())
+			m.signalReady() // "no role" is a final answer
 			return
 		}
 		// Resolve the new target at once; until its role's credentials
 		// are obtained, what is served now stays while it is valid (a
-		// failed look-up or AssumeRole must not drop credentials).
+		// failed look-up or AssumeRole must not drop credentials), and
+		// the old role is not renewed.
 		m.retarget = true
+		m.roleStale = m.attached
 		return
 	}
 	if m.creds != nil && (s.Window != old.Window || s.Duration != old.Duration) {

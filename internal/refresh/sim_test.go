@@ -213,6 +213,12 @@ func (s *sim) run(d time.Duration, check func(phase string)) {
 	}
 }
 
+// reload hands the manager new settings and steps it next, as Run does.
+func (s *sim) reload(set Settings) {
+	s.m.applyReload(set)
+	s.wake = s.clock.Monotonic()
+}
+
 // remaining is how long the served credentials stay valid, in true time.
 func (s *sim) remaining() time.Duration {
 	return s.m.Snapshot().Expiration.Sub(s.clock.True())
@@ -457,6 +463,77 @@ func TestRoleChangeKeepsCredentialsUntilAssumed(t *testing.T) {
 	s.run(backoffCap+time.Minute, nil)
 	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleB {
 		t.Errorf("after the new role trusted the host: state %v role %s", snap.State, snap.Role.ARN)
+	}
+}
+
+// TestReloadToUnresolvableTarget: a reload names an instance profile that
+// does not exist (a typo). The old role is not renewed: its credentials are
+// served while they are valid, with the failure in iam/info, then nothing
+// (503) until a reload names a target that resolves.
+func TestReloadToUnresolvableTarget(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(time.Minute, nil)
+	before := s.m.Snapshot()
+	if before.State != snapshot.Ready || before.Role.ARN != roleA {
+		t.Fatalf("state %v role %s", before.State, before.Role.ARN)
+	}
+	calls := s.stsCalls()
+	s.reload(s.settings(simOptions{target: profile.Target{InstanceProfile: "no-such-profile"}, duration: time.Hour, recheck: 5 * time.Minute}))
+	s.run(3*time.Hour, func(phase string) {
+		snap := s.m.Snapshot()
+		if s.clock.Now().Before(before.Expiration) {
+			if snap.State != snapshot.Ready || !bytes.Equal(snap.Credentials.Bytes, before.Credentials.Bytes) {
+				t.Fatalf("%s: the old role's valid credentials were dropped or renewed: state %v", phase, snap.State)
+			}
+		} else if phase == "after step" && snap.State != snapshot.Pending {
+			t.Fatalf("%s, %v after the old credentials expired: state %v role %s, want pending", phase,
+				s.clock.Now().Sub(before.Expiration), snap.State, snap.Role.ARN)
+		}
+	})
+	if n := s.stsCalls() - calls; n != 0 {
+		t.Errorf("%d AssumeRole calls for the role before the reload", n)
+	}
+	if snap := s.m.Snapshot(); snap.FailureCode == "" {
+		t.Error("iam/info does not say why nothing is served")
+	}
+	if err := s.m.forced(context.Background()); err == nil {
+		t.Error("a forced refresh reported success while the target does not resolve")
+	}
+	if n := s.stsCalls() - calls; n != 0 {
+		t.Errorf("the forced refresh renewed the old role (%d AssumeRole calls)", n)
+	}
+	s.reload(s.settings(simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour, recheck: 5 * time.Minute}))
+	s.run(time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA || s.clock.Now().After(snap.Expiration) {
+		t.Errorf("after a reload to a profile that resolves: state %v role %s", snap.State, snap.Role.ARN)
+	}
+}
+
+// TestReloadToNoRole: a reload that detaches the role leaves nothing of it
+// in the status, and is a final answer for a start still waiting for its
+// first credentials.
+func TestReloadToNoRole(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+	s.run(time.Minute, nil)
+	select {
+	case <-s.m.Ready():
+		t.Fatal("ready without credentials")
+	default:
+	}
+	if s.m.Status().ConsecutiveFailures == 0 {
+		t.Fatal("no failure to clear")
+	}
+	s.reload(Settings{ProfileRecheck: time.Minute})
+	s.run(time.Minute, nil)
+	select {
+	case <-s.m.Ready():
+	default:
+		t.Error("not ready after a reload to no role")
+	}
+	st := s.m.Status()
+	if st.State != snapshot.NoRole || st.Role.ARN != "" || st.ConsecutiveFailures != 0 {
+		t.Errorf("status after a reload to no role: state %v role %q failures %d", st.State, st.Role.ARN, st.ConsecutiveFailures)
 	}
 }
 
