@@ -682,8 +682,15 @@ func (m *Manager) applyReload(s Settings) {
 		// holds: asking for session_duration again would only fail again.
 		m.duration, m.warnedDuration = duration, warned
 	}
+	// A reload is the operator's answer to a failure as often as not (new
+	// source credentials, a fixed profile): the look-up and, after a
+	// failed AssumeRole, the call are tried again at once rather than at
+	// the end of the backoff.
 	m.clients = nil
 	m.profileDue = m.opts.Clock.Monotonic()
+	if m.failures > 0 {
+		m.refreshDue = m.profileDue
+	}
 	if s.Target != old.Target {
 		m.log.Info("reload: the attached role changed", "from", old.Target.String(), "to", s.Target.String())
 		if s.Target.None() {

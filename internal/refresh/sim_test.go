@@ -509,6 +509,27 @@ func TestReloadToUnresolvableTarget(t *testing.T) {
 	}
 }
 
+// TestReloadRetriesAtOnce: after AssumeRole has failed for a while (the
+// host's keys were wrong), a reload (with the keys fixed) tries again at
+// once, not at the end of a backoff of up to five minutes.
+func TestReloadRetriesAtOnce(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	good := s.user
+	s.user = awsemu.NewUser(simAccount, "unknown")
+	s.m = New(s.settings(simOptions{target: profile.Target{RoleARN: roleA}, duration: time.Hour, recheck: 5 * time.Minute}), Options{Clock: s.clock, Rand: func() float64 { return 0.5 },
+		Logger: slog.New(slog.NewTextHandler(s.logs, nil)), CallTimeout: 100 * time.Millisecond})
+	s.run(time.Hour, nil)
+	if st := s.m.Status(); st.State != snapshot.Pending || st.ConsecutiveFailures < 5 {
+		t.Fatalf("with unknown keys: state %v after %d failures", st.State, st.ConsecutiveFailures)
+	}
+	s.user = good
+	s.reload(s.settings(simOptions{target: profile.Target{RoleARN: roleA}, duration: time.Hour, recheck: 5 * time.Minute}))
+	s.run(time.Second, nil)
+	if st := s.m.Status(); st.State != snapshot.Ready {
+		t.Errorf("a second after the reload: state %v, %d failures", st.State, st.ConsecutiveFailures)
+	}
+}
+
 // TestReloadToNoRole: a reload that detaches the role leaves nothing of it
 // in the status, and is a final answer for a start still waiting for its
 // first credentials.
