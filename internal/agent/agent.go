@@ -86,6 +86,9 @@ type Agent struct {
 	boot      *config.Config
 	readySent atomic.Bool
 	stopping  atomic.Bool // set when shutdown begins: reloads are ignored from then on
+	// lifecycle orders READY=1 and STOPPING=1: once STOPPING=1 is sent,
+	// no READY=1 follows it (a reload that was running as the stop began).
+	lifecycle sync.Mutex
 
 	mu          sync.Mutex
 	cfg         *config.Config // the newest valid configuration
@@ -246,8 +249,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error { return a.superviseSystemd(ctx) })
 	g.Go(func() error {
 		<-ctx.Done()
-		a.stopping.Store(true)
-		a.notify("STOPPING=1")
+		a.notifyStopping()
 		a.log.Info("stopping")
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), ShutdownGrace)
 		defer cancel()
@@ -405,7 +407,7 @@ func (a *Agent) Reload() error {
 	a.reloading()
 	defer func() {
 		if a.readySent.Load() {
-			a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+			a.notifyReady()
 		}
 	}()
 	cfg, err := config.Load(a.o.ConfigPath)

@@ -184,6 +184,75 @@ func TestStatusLineIsOneLine(t *testing.T) {
 	}
 }
 
+// TestNoReadyAfterStopping: a reload still running when the stop begins
+// (here, held in loading new source settings) does not tell systemd
+// READY=1 after STOPPING=1.
+func TestNoReadyAfterStopping(t *testing.T) {
+	dir := t.TempDir()
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: dir + "/notify", Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	t.Setenv("NOTIFY_SOCKET", dir+"/notify")
+	messages := make(chan string, 64)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := sock.Read(buf)
+			if err != nil {
+				close(messages)
+				return
+			}
+			messages <- string(buf[:n])
+		}
+	}()
+	next := func(want string) {
+		t.Helper()
+		for {
+			select {
+			case m := <-messages:
+				if strings.HasPrefix(m, want) {
+					return
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("no %s from the agent", want)
+			}
+		}
+	}
+	path := dir + "/config.yaml"
+	if err := os.WriteFile(path, []byte("version: 1\ncredentials:\n  source_profile: elsewhere\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a, _, cancel, done := startAgentWith(t, &strings.Builder{})
+	next("READY=1")
+	entered, release := make(chan struct{}), make(chan struct{})
+	a.o.ConfigPath = path
+	a.o.Connect = func(context.Context) (refresh.Clients, error) {
+		close(entered)
+		<-release
+		return refresh.Clients{}, nil
+	}
+	reloaded := make(chan error, 1)
+	go func() { reloaded <- a.Reload() }()
+	<-entered
+	cancel()
+	next("STOPPING=1")
+	close(release)
+	<-reloaded
+	<-done
+	for {
+		select {
+		case m := <-messages:
+			if strings.Contains(m, "READY=1") {
+				t.Errorf("after STOPPING=1: %q", m)
+			}
+		case <-time.After(200 * time.Millisecond):
+			return
+		}
+	}
+}
+
 // TestReloadIgnoredWhileStopping: a SIGHUP that arrives during shutdown
 // changes nothing and sends nothing to systemd.
 func TestReloadIgnoredWhileStopping(t *testing.T) {

@@ -81,7 +81,9 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 	case <-ctx.Done():
 		return nil
 	}
-	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	if !a.notifyReady() {
+		return nil // stopping
+	}
 	a.readySent.Store(true)
 	a.memory.releaseNow(true) // what starting up left behind
 	var tick <-chan time.Time
@@ -151,6 +153,26 @@ func newProbe() (string, *http.Client) {
 }
 
 // reloading tells systemd a reload has begun.
+// notifyReady tells systemd the agent is ready, with its status, unless
+// the agent is stopping; it reports whether it did.
+func (a *Agent) notifyReady() bool {
+	a.lifecycle.Lock()
+	defer a.lifecycle.Unlock()
+	if a.stopping.Load() {
+		return false
+	}
+	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	return true
+}
+
+// notifyStopping marks the agent as stopping and tells systemd.
+func (a *Agent) notifyStopping() {
+	a.lifecycle.Lock()
+	defer a.lifecycle.Unlock()
+	a.stopping.Store(true)
+	a.notify("STOPPING=1")
+}
+
 func (a *Agent) reloading() {
 	a.notify("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
 }
