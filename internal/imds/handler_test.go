@@ -54,7 +54,7 @@ const (
 	extendedJSON = `{"Code":"Success","LastUpdated":"2026-11-27T03:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIAEXAMPLEKEY000001","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY","Token":"IQoJb3JpZ2luX2VjEXAMPLETOKEN+/=","Expiration":"2026-11-27T09:00:00Z","AccountId":"123456789012"}`
 	infoJSON     = `{"Code":"Success","LastUpdated":"2026-11-27T03:00:00Z","InstanceProfileArn":"arn:aws:iam::123456789012:instance-profile/web","InstanceProfileId":"AIPAEXAMPLEPROFILE01"}`
 	identityJSON = `{"accountId":"123456789012","architecture":"x86_64","availabilityZone":"eu-west-1a","billingProducts":null,"devpayProductCodes":null,"marketplaceProductCodes":null,"imageId":"ami-0123456789abcdef0","instanceId":"i-0123456789abcdef0","instanceType":"m5.large","kernelId":null,"pendingTime":"2026-11-27T00:00:00Z","privateIp":"10.0.0.5","ramdiskId":null,"region":"eu-west-1","version":"2017-09-30"}`
-	metaListing  = "ami-id\nhostname\ninstance-id\ninstance-type\niam/\nlocal-hostname\nlocal-ipv4\nmac\nplacement/"
+	metaListing  = "ami-id\nhostname\niam/\ninstance-id\ninstance-type\nlocal-hostname\nlocal-ipv4\nmac\nplacement/"
 )
 
 type fakeCreds struct {

@@ -3,6 +3,7 @@ package imds
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -89,11 +90,11 @@ func NewMetadata(in Instance, opts Options) *Metadata {
 	} else {
 		m.root = listing("dynamic", "meta-data")
 	}
+	// In EC2's order: sorted.
 	entries := []string{"ami-id", "hostname", "instance-id", "instance-type", "local-hostname", "local-ipv4", "mac", "placement/"}
 	m.metaNoIAM = listing(entries...)
-	withIAM := append([]string(nil), entries[:4]...)
-	withIAM = append(withIAM, "iam/")
-	withIAM = append(withIAM, entries[4:]...)
+	withIAM := append([]string{"iam/"}, entries...)
+	slices.Sort(withIAM)
 	m.metaWithIAM = listing(withIAM...)
 	m.iamListing = listing("info", "security-credentials/")
 	m.dynamic = listing("instance-identity/")
