@@ -516,8 +516,15 @@ func (m *Manager) refresh(ctx context.Context) {
 // dropClients makes the next call reconnect, reading the source credentials
 // again (they may have been rotated), unless err says the host's clock is
 // off: the clients then keep the offset the SDK measured from STS's answer,
-// and the next call, signed with STS's time, can succeed.
+// and the next call, signed with STS's time, can succeed. Nor after
+// throttling: the source credentials were accepted, and reading them again
+// would cost a source whose credentials come from an AWS call of its own
+// (web identity and chained roles call STS, SSO its portal) one more call
+// for every retry.
 func (m *Manager) dropClients(err error) {
+	if Classify(err) == Throttled {
+		return
+	}
 	if clockSkew(err) {
 		m.log.Error("the host's clock is more than 4 minutes off from the AWS endpoint's: requests are signed with the endpoint's time from the next attempt, but the credentials' expiry is judged by this clock; fix the host's time synchronisation (chrony, systemd-timesyncd)",
 			"host_time", m.opts.Clock.Now().UTC().Format(time.RFC3339), "error", err)

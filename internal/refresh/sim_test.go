@@ -353,6 +353,34 @@ func TestTransientFaults(t *testing.T) {
 	}
 }
 
+// TestThrottlingKeepsClients: while STS throttles, the source
+// credentials are not read again for every attempt (for a source that
+// comes from STS itself, each reading would be one more call to it); after
+// another failure they are.
+func TestThrottlingKeepsClients(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	connects := 0
+	set := s.settings(simOptions{target: profile.Target{RoleARN: roleA}, duration: time.Hour, recheck: 5 * time.Minute})
+	connect := set.Connect
+	set.Connect = func(ctx context.Context) (Clients, error) { connects++; return connect(ctx) }
+	s.m.apply(set)
+	s.run(time.Minute, nil)
+	s.outage(0, 40*time.Minute, awsemu.Fault{Status: 400, Code: "Throttling", Message: "Rate exceeded"})
+	before := connects
+	s.run(40*time.Minute, nil)
+	if st := s.m.Status(); st.Failures == 0 {
+		t.Fatal("no throttled attempt")
+	}
+	if connects != before {
+		t.Errorf("the source credentials were read %d times while STS throttled", connects-before)
+	}
+	s.outage(0, time.Hour, awsemu.Fault{Status: 503, Code: "ServiceUnavailable", Message: "down"})
+	s.run(10*time.Minute, nil)
+	if connects == before {
+		t.Error("the source credentials were not read again after a 5xx")
+	}
+}
+
 // TestStallDoesNotBlockReaders: while AssumeRole hangs, the metadata
 // handler (reading this manager's snapshot) answers credential requests at
 // once.
