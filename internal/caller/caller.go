@@ -12,13 +12,11 @@
 package caller
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 
@@ -66,10 +64,6 @@ var ErrClosed = errors.New("caller: resolver closed")
 
 // ErrTimeout is returned by a lookup the kernel did not answer in time.
 var ErrTimeout = errors.New("caller: lookup timed out")
-
-// maxBoundLinks bounds the links lookupBound asks about (lowest indexes
-// first: loopback, then the links the host was set up with).
-const maxBoundLinks = 64
 
 // ErrUnidentified is returned for a client on this host (its address is one
 // of this namespace's own) whose socket was not found: it closed, or it is
@@ -244,39 +238,33 @@ func (r *Resolver) CgroupOf(id uint64) (path, unit string) {
 // lookupBound looks again for a client socket the exact lookup missed. The
 // kernel matches a socket bound to a device (SO_BINDTODEVICE, open to every
 // user since Linux 5.7) only when asked with that device's index, so
-// without this a local user could pass for a container. A client whose
-// address is local to this namespace is looked for on each link; one found
-// on none is ErrUnidentified. A client elsewhere is not found, as before.
-// This path is rare (a client in another namespace takes one route look-up)
-// and, unlike the first look-up, allocates. Its cost is bounded: at most
-// maxBoundLinks links, within the lookup's timeout. Stopping early only
-// makes the caller unidentified, against whom the policy fails closed.
+// without this a local user could pass for a container, or bind to any
+// link to go unidentified. A client whose address is local to this
+// namespace is looked for with one dump of the sockets with its ports,
+// which the kernel filters whatever their device; one not found is
+// ErrUnidentified. A client elsewhere is not found, as before, and a route
+// look-up that fails makes the client unidentified rather than elsewhere.
+// This path is rare (a client in another namespace takes one route
+// look-up) and, unlike the first look-up, allocates; the dump walks the
+// kernel's table of connected sockets, within the lookup's timeout.
 func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, error) {
 	if r.route == nil {
 		return verdictNotFound, nil
 	}
 	r.routeMu.Lock()
-	defer r.routeMu.Unlock()
 	routes, err := r.route.RouteGet(q.src.Addr().AsSlice())
-	if err != nil || len(routes) == 0 || routes[0].Type != unix.RTN_LOCAL {
+	r.routeMu.Unlock()
+	if err != nil {
+		return verdictNotFound, fmt.Errorf("%w: route to the client: %w", ErrUnidentified, err)
+	}
+	if len(routes) == 0 || routes[0].Type != unix.RTN_LOCAL {
 		return verdictNotFound, nil // another namespace or host
 	}
-	links, err := r.route.LinkList()
-	if err != nil {
-		return verdictOther, fmt.Errorf("caller: listing links: %w", err)
-	}
-	slices.SortFunc(links, func(a, b netlink.Link) int { return cmp.Compare(a.Attrs().Index, b.Attrs().Index) })
-	deadline := time.Now().Add(r.timeout)
-	for i, l := range links {
-		if i == maxBoundLinks || time.Now().After(deadline) {
-			break
-		}
-		bound := *q
-		bound.ifindex = uint32(l.Attrs().Index)
-		v, err := c.exchange(&bound, info, r.timeout)
-		if err != nil || v == verdictFound {
-			return v, err
-		}
+	dump := *q
+	dump.dump = true
+	v, err := c.exchange(&dump, info, r.timeout)
+	if err != nil || v == verdictFound {
+		return v, err
 	}
 	return verdictNotFound, ErrUnidentified
 }

@@ -53,7 +53,11 @@ const (
 type query struct {
 	family   uint8
 	src, dst netip.AddrPort
-	ifindex  uint32 // the device the client socket is bound to; 0 for none
+	// dump asks for every socket with src's and dst's ports, whatever
+	// device it is bound to, instead of the one socket an exact lookup
+	// finds: the kernel's exact lookup matches a socket bound to a device
+	// (SO_BINDTODEVICE) only when asked with that device's index.
+	dump bool
 }
 
 // newQuery builds the query for the client socket of a connection whose
@@ -71,15 +75,19 @@ func newQuery(client, server netip.AddrPort) (query, bool) {
 	return query{family: family, src: src, dst: dst}, true
 }
 
-// encodeRequest writes the exact (non-dump) SOCK_DIAG_BY_FAMILY request for
-// q into b, which must hold requestLen bytes, and returns its length.
+// encodeRequest writes the SOCK_DIAG_BY_FAMILY request for q into b, which
+// must hold requestLen bytes, and returns its length.
 func encodeRequest(b []byte, seq uint32, q *query) int {
 	b = b[:requestLen]
 	clear(b)
 	ne := binary.NativeEndian
 	ne.PutUint32(b[0:], requestLen)
 	ne.PutUint16(b[4:], unix.SOCK_DIAG_BY_FAMILY)
-	ne.PutUint16(b[6:], unix.NLM_F_REQUEST) // no NLM_F_DUMP: one socket, found by hash
+	flags := uint16(unix.NLM_F_REQUEST) // no NLM_F_DUMP: one socket, found by hash
+	if q.dump {
+		flags |= unix.NLM_F_DUMP
+	}
+	ne.PutUint16(b[6:], flags)
 	ne.PutUint32(b[8:], seq)
 	// b[12:16], the port id, stays 0: the kernel fills it in.
 
@@ -87,13 +95,19 @@ func encodeRequest(b []byte, seq uint32, q *query) int {
 	r[0] = q.family
 	r[1] = unix.IPPROTO_TCP
 	// r[2] idiag_ext = 0: no optional attributes are needed.
-	ne.PutUint32(r[4:], ^uint32(0)) // all states; the exact lookup ignores them
+	states := ^uint32(0) // all; the exact lookup ignores them
+	if q.dump {
+		// A dump walks the table of each state asked for: not the
+		// listeners', and no state a client socket with an owner lacks.
+		states &^= 1<<tcpListen | 1<<tcpTimeWait | 1<<tcpNewSynRecv
+	}
+	ne.PutUint32(r[4:], states)
 	id := r[8:]
 	binary.BigEndian.PutUint16(id[0:], q.src.Port())
 	binary.BigEndian.PutUint16(id[2:], q.dst.Port())
 	putAddr(id[4:20], q.src.Addr())
 	putAddr(id[20:36], q.dst.Addr())
-	ne.PutUint32(id[36:], q.ifindex)
+	// id[36:40], the interface, stays 0: any device.
 	ne.PutUint32(id[40:], inetDiagNoCookie)
 	ne.PutUint32(id[44:], inetDiagNoCookie)
 	return requestLen
@@ -125,7 +139,8 @@ var (
 
 // parseReplies reads the netlink messages in one datagram and looks for the
 // answer to request seq. It fills info's UID, Inode and CgroupID when the
-// answer is the client socket. It never panics, whatever b holds.
+// answer is the client socket. A dump's answer spans messages, and may
+// span datagrams, up to NLMSG_DONE. It never panics, whatever b holds.
 func parseReplies(b []byte, seq uint32, q *query, info *Info) (verdict, error) {
 	ne := binary.NativeEndian
 	for len(b) > 0 {
@@ -161,7 +176,11 @@ func parseReplies(b []byte, seq uint32, q *query, info *Info) (verdict, error) {
 		case unix.NLMSG_DONE:
 			return verdictNotFound, nil
 		case unix.SOCK_DIAG_BY_FAMILY:
-			return parseDiagMsg(body, q, info)
+			v, err := parseDiagMsg(body, q, info)
+			if err != nil || v == verdictFound || !q.dump {
+				return v, err
+			}
+			// Another socket with the same ports: read on.
 		default:
 			return verdictOther, errMalformed
 		}

@@ -1,10 +1,16 @@
 package caller
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
+	"syscall"
 	"testing"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/netnstest"
 )
@@ -81,5 +87,55 @@ func TestLookupDualStackListener(t *testing.T) {
 	got := lookup(t, r, local, remote)
 	if !got.Local || got.Inode != mustInode(t, client) {
 		t.Errorf("Lookup(%v, %v) = %+v, want inode %d", local, remote, got, mustInode(t, client))
+	}
+}
+
+// A client bound to a link with a high index (created after many others,
+// as the agent's link may be on a container host full of veths) is found:
+// binding to some link cannot make a local user unidentified. The links
+// (bridges: this kernel has no dummy links) and the address live in a
+// namespace of the test's own.
+func TestLookupBoundToLaterLink(t *testing.T) {
+	requireRoot(t)
+	ns := netnstest.New(t)
+	h := ns.Handle()
+	var last netlink.Link
+	for i := range 80 {
+		l := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: fmt.Sprintf("br%d", i)}}
+		if err := h.LinkAdd(l); err != nil {
+			t.Fatalf("adding %s: %v", l.Name, err)
+		}
+		if err := h.LinkSetUp(l); err != nil {
+			t.Fatalf("setting %s up: %v", l.Name, err)
+		}
+		last = l
+	}
+	// A TEST-NET-1 address, which exists only inside this namespace.
+	if err := h.AddrAdd(last, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP("192.0.2.80"), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	var r *Resolver
+	var client net.Conn
+	inside(t, ns, func() error {
+		ln = listen(t, "tcp4", "192.0.2.80:0")
+		r = newResolver(t, Options{})
+		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), last.Attrs().Name) }); err != nil {
+				return err
+			}
+			return serr
+		}}
+		var err error
+		client, err = d.Dial("tcp4", ln.Addr().String())
+		return err
+	})
+	t.Cleanup(func() { client.Close() })
+	server := accept(t, ln)
+	local, remote := ends(server)
+	got, err := r.Lookup(local, remote)
+	if err != nil || !got.Local || got.UID != uint32(os.Getuid()) || got.Inode != mustInode(t, client) {
+		t.Errorf("Lookup = %+v, %v; want local, uid %d, inode %d", got, err, os.Getuid(), mustInode(t, client))
 	}
 }
