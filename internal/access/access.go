@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -181,7 +182,9 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 		// A process on this host may send from any of the host's
 		// addresses (a bridge's, to pass for a container): its user,
 		// group and unit speak for it, not the address it picked.
-		return c.Addr.IsValid() && !(c.Local && c.Identified) && m.sel.Prefix.Contains(c.Addr.Unmap())
+		// A link-local peer's address carries its zone, which no
+		// prefix contains: the rule is about the address alone.
+		return c.Addr.IsValid() && !(c.Local && c.Identified) && m.sel.Prefix.Contains(c.Addr.Unmap().WithZone(""))
 	}
 	if !c.Local {
 		return false // user, group, unit and cgroup describe local processes only
@@ -196,7 +199,11 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	case config.SelectUser, config.SelectUID:
 		return c.UID == m.uid
 	case config.SelectGroup, config.SelectGID:
-		return p.groups.member(c.UID, m.gid)
+		is, known := p.groups.member(c.UID, m.gid)
+		if !known {
+			return deny // a user whose groups cannot be read
+		}
+		return is
 	case config.SelectUnit:
 		return c.SystemUnit() == m.sel.Value
 	case config.SelectCgroup:
@@ -216,8 +223,9 @@ type groupCache struct {
 }
 
 type groupEntry struct {
-	gids []uint32
-	at   time.Time
+	gids  []uint32
+	known bool // false: the user's groups could not be read
+	at    time.Time
 }
 
 const (
@@ -229,16 +237,18 @@ func newGroupCache() *groupCache {
 	return &groupCache{entries: map[uint32]groupEntry{}, lookup: userGroups, now: time.Now}
 }
 
-func (g *groupCache) member(uid, gid uint32) bool {
+// member reports whether the user is in the group, and whether the user's
+// groups could be read at all: a user the user database does not list
+// (this static build reads /etc/passwd and /etc/group only, so a user from
+// LDAP or a DynamicUser= service's is not there) has groups nobody knows.
+// That answer is kept for the same minute, as against the user.
+func (g *groupCache) member(uid, gid uint32) (is, known bool) {
 	g.mu.Lock()
 	e, ok := g.entries[uid]
 	g.mu.Unlock()
 	if !ok || g.now().Sub(e.at) > groupTTL {
 		gids, err := g.lookup(uid)
-		if err != nil {
-			gids = nil
-		}
-		e = groupEntry{gids: gids, at: g.now()}
+		e = groupEntry{gids: gids, known: err == nil, at: g.now()}
 		g.mu.Lock()
 		if len(g.entries) >= groupCacheLimit {
 			clear(g.entries)
@@ -246,12 +256,10 @@ func (g *groupCache) member(uid, gid uint32) bool {
 		g.entries[uid] = e
 		g.mu.Unlock()
 	}
-	for _, id := range e.gids {
-		if id == gid {
-			return true
-		}
+	if !e.known {
+		return false, false
 	}
-	return false
+	return slices.Contains(e.gids, gid), true
 }
 
 func userGroups(uid uint32) ([]uint32, error) {

@@ -1,6 +1,7 @@
 package access
 
 import (
+	"errors"
 	"log/slog"
 	"net/netip"
 	"strings"
@@ -72,6 +73,7 @@ func TestDecide(t *testing.T) {
 		{"unknown cgroup: allow by unit does not match", config.Access{Credentials: config.Rules{Allow: []string{"unit:app.service"}}}, Credentials, newService, false, "not in the allow list"},
 		{"unknown cgroup: deny by user still decides", config.Access{Credentials: config.Rules{Deny: []string{"uid:33"}}}, Credentials, newService, true, ""},
 		{"metadata rules", config.Access{Metadata: config.Rules{Deny: []string{"cidr:172.16.0.0/12"}}}, Metadata, container, false, "deny cidr:172.16.0.0/12"},
+		{"cidr matches a link-local peer whatever its zone", config.Access{Credentials: config.Rules{Deny: []string{"cidr:fe80::/10"}}}, Credentials, Caller{Addr: netip.MustParseAddr("fe80::1%eth0")}, false, "deny cidr:fe80::/10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, rule := compileT(t, tc.rules).Decide(tc.class, tc.caller)
@@ -172,5 +174,28 @@ func TestTokenLimiterBounded(t *testing.T) {
 	}
 	if l.Allow(app, now) {
 		t.Error("a caller seen all along got a fresh allowance")
+	}
+}
+
+// TestGroupsUnknown: a user whose groups cannot be read (not in the user
+// database this static build reads) counts against group rules, as an
+// unidentified caller does: a group deny rule matches it, a group allow
+// rule does not.
+func TestGroupsUnknown(t *testing.T) {
+	caller := Caller{Identified: true, Local: true, UID: 5000, Addr: netip.MustParseAddr("127.0.0.1")}
+	for _, tc := range []struct {
+		rules config.Rules
+		want  bool
+		rule  string
+	}{
+		{config.Rules{Deny: []string{"gid:4242"}}, false, "deny gid:4242"},
+		{config.Rules{Allow: []string{"gid:4242"}}, false, "not in the allow list"},
+		{config.Rules{Deny: []string{"uid:33"}}, true, ""},
+	} {
+		p := compileT(t, config.Access{Credentials: tc.rules})
+		p.groups.lookup = func(uint32) ([]uint32, error) { return nil, errors.New("user: unknown userid 5000") }
+		if got, rule := p.Decide(Credentials, caller); got != tc.want || rule != tc.rule {
+			t.Errorf("%+v: Decide = %v %q, want %v %q", tc.rules, got, rule, tc.want, tc.rule)
+		}
 	}
 }
