@@ -192,8 +192,12 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	if !c.Identified {
 		return deny
 	}
-	if (m.sel.Kind == config.SelectUnit || m.sel.Kind == config.SelectCgroup) && c.Cgroup == "" {
-		return deny // the cgroup of a new service may not be known yet
+	if (m.sel.Kind == config.SelectUnit || m.sel.Kind == config.SelectCgroup) && (c.Cgroup == "" || c.Cgroup == "/") {
+		// The cgroup of a new service may not be known yet. The root is
+		// no service's: systemd keeps every process out of it, and on
+		// kernels before 5.15 a socket whose process is in a v1 net_cls
+		// or net_prio group reports the root whatever its unit.
+		return deny
 	}
 	switch m.sel.Kind {
 	case config.SelectUser, config.SelectUID:

@@ -73,6 +73,8 @@ func TestDecide(t *testing.T) {
 		{"unknown cgroup: allow by unit does not match", config.Access{Credentials: config.Rules{Allow: []string{"unit:app.service"}}}, Credentials, newService, false, "not in the allow list"},
 		{"unknown cgroup: deny by user still decides", config.Access{Credentials: config.Rules{Deny: []string{"uid:33"}}}, Credentials, newService, true, ""},
 		{"metadata rules", config.Access{Metadata: config.Rules{Deny: []string{"cidr:172.16.0.0/12"}}}, Metadata, container, false, "deny cidr:172.16.0.0/12"},
+		{"the root cgroup is no unit's: deny", config.Access{Credentials: config.Rules{Deny: []string{"unit:nginx.service"}}}, Credentials, Caller{Identified: true, Local: true, UID: 33, Addr: netip.MustParseAddr("127.0.0.1"), Cgroup: "/"}, false, "deny unit:nginx.service"},
+		{"the root cgroup is no unit's: allow", config.Access{Credentials: config.Rules{Allow: []string{"cgroup:/"}}}, Credentials, Caller{Identified: true, Local: true, UID: 33, Addr: netip.MustParseAddr("127.0.0.1"), Cgroup: "/"}, false, "not in the allow list"},
 		{"cidr matches a link-local peer whatever its zone", config.Access{Credentials: config.Rules{Deny: []string{"cidr:fe80::/10"}}}, Credentials, Caller{Addr: netip.MustParseAddr("fe80::1%eth0")}, false, "deny cidr:fe80::/10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
