@@ -19,6 +19,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 )
 
 // helperEnv makes the test binary a client: it connects to the address in
@@ -269,6 +270,38 @@ func TestLookupBoundToDevice(t *testing.T) {
 	got := lookup(t, r, local, remote)
 	if !got.Local || got.UID != uint32(os.Getuid()) || got.Inode != mustInode(t, client) {
 		t.Errorf("Lookup = %+v, want local, uid %d, inode %d", got, os.Getuid(), mustInode(t, client))
+	}
+}
+
+// The dumps that find bound sockets are bounded (each walks the kernel's
+// whole connection table, and opening and resetting connections is free
+// to any user): past the bound, a socket the exact lookup misses is
+// unidentified, and a socket it finds is found as ever.
+func TestLookupBoundDumpsLimited(t *testing.T) {
+	requireRoot(t) // CAP_NET_RAW for SO_BINDTODEVICE on kernels before 5.7
+	r := newResolver(t, Options{})
+	r.dumps = rate.NewLimiter(0, 0) // none left
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), "lo") }); err != nil {
+			return err
+		}
+		return serr
+	}}
+	client, err := d.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial bound to lo: %v", err)
+	}
+	t.Cleanup(func() { client.Close() })
+	local, remote := ends(accept(t, ln))
+	if got, err := r.Lookup(local, remote); !errors.Is(err, ErrUnidentified) || got != (Info{}) {
+		t.Errorf("bound client past the bound: Lookup = %+v, %v; want ErrUnidentified", got, err)
+	}
+	plain, server := connect(t, "tcp4", ln)
+	local, remote = ends(server)
+	if got := lookup(t, r, local, remote); !got.Local || got.Inode != mustInode(t, plain) {
+		t.Errorf("unbound client: Lookup = %+v, want inode %d", got, mustInode(t, plain))
 	}
 }
 
