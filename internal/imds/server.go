@@ -101,6 +101,11 @@ func NewServer(h http.Handler, log *slog.Logger, connValue func(net.Conn) any) *
 		WriteTimeout:      WriteTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
+		// net/http would answer OPTIONS * itself, after reading up to
+		// 4 KiB of its body, and the connection would wait for a body
+		// that never comes as an active one, outside the idle cap: every
+		// request goes to the handler, and withoutBodies, instead.
+		DisableGeneralOptionsHandler: true,
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
 			c, ok := nc.(*conn) // Serve's listener made it
 			if !ok {
