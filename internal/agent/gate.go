@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -38,7 +39,9 @@ type gate struct {
 	// fast as they like, and their records would push everything else out
 	// of the journal. Credential answers are always recorded.
 	refusals   *rate.Limiter // nil: every refusal is recorded
-	suppressed atomic.Uint64 // refusals not recorded since the last one that was
+	suppressed atomic.Uint64 // refusals not recorded since the last notice of them
+	lastNotice atomic.Int64  // when that notice was logged (Unix ns); at most one a second
+	auditLog   *slog.Logger  // the notice's logger; nil: log's
 }
 
 const (
@@ -291,9 +294,13 @@ func (g *gate) Served(req *imds.Request, status int) {
 			g.suppressed.Add(1)
 			return
 		}
-		if n := g.suppressed.Swap(0); n > 0 {
-			g.log.Warn("refusals not recorded in the audit trail: more than the limit a second", "component", "audit",
-				"not_recorded", n, "limit_per_second", refusalRecordRate)
+		if g.suppressed.Load() > 0 && g.noticeDue(req.Time) {
+			l := g.auditLog
+			if l == nil {
+				l = g.log
+			}
+			l.Warn("refusals not recorded in the audit trail: more than the limit a second",
+				"not_recorded", g.suppressed.Swap(0), "limit_per_second", refusalRecordRate)
 		}
 	}
 	ci := g.callerOf(req)
@@ -321,6 +328,17 @@ func (g *gate) Served(req *imds.Request, status int) {
 		}
 	}
 	g.audit.RecordRepeat(rec, &ci.audit)
+}
+
+// noticeDue reports whether the notice of refusals left out of the audit
+// trail may be logged at t: once a second at most, or a flood of refusals
+// would double the journal's volume the limit is there to bound.
+func (g *gate) noticeDue(t time.Time) bool {
+	now, last := t.UnixNano(), g.lastNotice.Load()
+	if last != 0 && now-last < int64(time.Second) {
+		return false
+	}
+	return g.lastNotice.CompareAndSwap(last, now)
 }
 
 // refusal reports whether a reason is a refusal worth auditing (as opposed

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -338,6 +339,38 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "not_recorded=3") {
 		t.Errorf("the count of refusals left out is not logged:\n%s", logs.String())
+	}
+}
+
+// TestGateRefusalNoticeOnceASecond: under a flood of refusals the notice
+// of those left out is logged once a second, not with every refusal the
+// limit lets through.
+func TestGateRefusalNoticeOnceASecond(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var logs bytes.Buffer
+	g.audit = audit.New(io.Discard, "text", nil)
+	g.log = slog.New(slog.NewTextHandler(&logs, nil))
+	start := time.Now()
+	refuse := func(at time.Duration) {
+		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		req.Route, req.Reason, req.Time = imds.RouteCredentials, imds.ReasonTokenMissing, start.Add(at)
+		g.Served(req, http.StatusUnauthorized)
+	}
+	// Within one second: one refusal in two is left out.
+	for i := range 100 {
+		g.refusals = rate.NewLimiter(rate.Inf, 0)
+		if i%2 == 1 {
+			g.refusals = rate.NewLimiter(0, 0)
+		}
+		refuse(time.Duration(i) * time.Millisecond)
+	}
+	if n := strings.Count(logs.String(), "refusals not recorded"); n != 1 {
+		t.Errorf("%d notices within a second, want 1:\n%s", n, logs.String())
+	}
+	g.refusals = rate.NewLimiter(rate.Inf, 0)
+	refuse(1100 * time.Millisecond)
+	if n := strings.Count(logs.String(), "refusals not recorded"); n != 2 || !strings.Contains(logs.String(), "not_recorded=49") {
+		t.Errorf("after a second: %d notices, want 2, the second for the 49 left out since the first:\n%s", n, logs.String())
 	}
 }
 
