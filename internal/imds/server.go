@@ -116,7 +116,10 @@ func NewServer(h http.Handler, log *slog.Logger, connValue func(net.Conn) any) *
 			}
 			return context.WithValue(ctx, connKey{}, c)
 		},
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// What net/http logs here is about the service, not one client:
+		// a failing accept (out of file descriptors, say), a handler's
+		// panic or its misuse of the ResponseWriter.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 		ConnState: func(nc net.Conn, st http.ConnState) {
 			if c, ok := nc.(*conn); ok {
 				s.shed.track(c, st)

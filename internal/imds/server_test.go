@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -217,4 +219,68 @@ func TestServerDateHeader(t *testing.T) {
 			}
 		}
 	}
+}
+
+// flakyListener fails its first Accept with a temporary error, as a
+// listener out of file descriptors does.
+type flakyListener struct {
+	net.Listener
+	failed atomic.Bool
+}
+
+type temporaryError struct{}
+
+func (temporaryError) Error() string   { return "accept4: too many open files" }
+func (temporaryError) Timeout() bool   { return false }
+func (temporaryError) Temporary() bool { return true }
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.failed.CompareAndSwap(false, true) {
+		return nil, temporaryError{}
+	}
+	return l.Listener.Accept()
+}
+
+// TestServerErrorLog: a failing accept (out of file descriptors) is an
+// error in the log, not a debug line nobody sees.
+func TestServerErrorLog(t *testing.T) {
+	var logs lockedLog
+	s := NewServer(http.NotFoundHandler(), slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo})), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve(&flakyListener{Listener: ln}) }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	c := dialLoopback(t, ln.Addr().String()) // accepted after the failure
+	if _, err := c.Write([]byte("GET /latest/meta-data/ HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	res.Body.Close()
+	if out := logs.String(); !strings.Contains(out, "level=ERROR") || !strings.Contains(out, "too many open files") {
+		t.Errorf("the failed accept is not an error in the log:\n%s", out)
+	}
+}
+
+// lockedLog is a log output the server's goroutines may share.
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
