@@ -226,7 +226,7 @@ func Check(h Netlink, o Options) (Result, error) {
 			continue
 		}
 		if want.addr.Is6() {
-			if why := ipv6Disabled(o.SysRoot, o.Link); why != "" {
+			if why := ipv6Off(h, o.SysRoot, o.Link); why != "" {
 				log.Warn("IPv6 is unavailable on this host; serving IPv4 only",
 					"link", o.Link, "address", want.addr, "reason", why)
 				wantV6 = false
@@ -682,6 +682,31 @@ func listRoutes(h Netlink, family int) ([]netlink.Route, error) {
 func ipv6Unavailable(err error) bool {
 	return errors.Is(err, unix.EACCES) || errors.Is(err, unix.EAFNOSUPPORT) ||
 		errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EPROTONOSUPPORT)
+}
+
+// ipv6Off says why IPv6 is off for link, or "" when it is on. It reads
+// the sysctls where it can see them. The service's sandbox
+// (ProcSubset=pid) hides /proc/sys: the loopback link then tells, as it
+// has ::1 whenever IPv6 is on at all. (Off on the link alone is then not
+// seen, and the missing address is reported as missing.)
+func ipv6Off(h Netlink, sysRoot, link string) string {
+	if _, err := os.Stat(filepath.Join(sysRoot, "proc/sys/net")); err == nil {
+		return ipv6Disabled(sysRoot, link)
+	}
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return ""
+	}
+	addrs, err := h.AddrList(lo, netlink.FAMILY_V6)
+	if err != nil && !ipv6Unavailable(err) {
+		return ""
+	}
+	for _, a := range addrs {
+		if a.IP.Equal(net.IPv6loopback) {
+			return ""
+		}
+	}
+	return "the loopback link has no ::1 (/proc/sys is hidden from this process)"
 }
 
 // ipv6Disabled reads the sysctls that say IPv6 is off for link, and returns

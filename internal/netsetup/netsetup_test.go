@@ -405,23 +405,32 @@ func TestIPv6Degrades(t *testing.T) {
 
 // Check, being read-only, learns that IPv6 is off from the sysctls.
 func TestCheckIPv6(t *testing.T) {
+	const missing = "host network not set up: link imds0: fd00:ec2::254/128 is not on it (run imds-agent setup-link)"
 	tests := []struct {
-		name   string
-		sysctl map[string]string // files under proc/sys/net/ipv6
-		want   string            // "" = degraded without error
+		name     string
+		sysctl   map[string]string // files under proc/sys/net/ipv6; nil: proc/sys is hidden (ProcSubset=pid)
+		loopback bool              // ::1 is on lo
+		want     string            // "" = degraded without error
 	}{
-		{"disabled on the link", map[string]string{"conf/imds0/disable_ipv6": "1\n", "conf/all/disable_ipv6": "0\n"}, ""},
-		{"disabled everywhere", map[string]string{"conf/imds0/disable_ipv6": "0\n", "conf/all/disable_ipv6": "1\n"}, ""},
-		{"no IPv6 in the kernel", nil, ""},
-		{"enabled, but the address is missing", map[string]string{"conf/imds0/disable_ipv6": "0\n"},
-			"host network not set up: link imds0: fd00:ec2::254/128 is not on it (run imds-agent setup-link)"},
+		{"disabled on the link", map[string]string{"conf/imds0/disable_ipv6": "1\n", "conf/all/disable_ipv6": "0\n"}, true, ""},
+		{"disabled everywhere", map[string]string{"conf/imds0/disable_ipv6": "0\n", "conf/all/disable_ipv6": "1\n"}, false, ""},
+		{"no IPv6 in the kernel", map[string]string{}, false, ""},
+		{"enabled, but the address is missing", map[string]string{"conf/imds0/disable_ipv6": "0\n"}, true, missing},
+		{"sysctls hidden, enabled, the address missing", nil, true, missing},
+		{"sysctls hidden, IPv6 off", nil, false, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake()
 			ourLink(f, true)
 			f.addAddr("imds0", "169.254.169.254/32")
+			if tc.loopback {
+				f.addAddr("lo", "::1/128")
+			}
 			o, logs := testOptions(t)
+			if tc.sysctl != nil {
+				os.MkdirAll(filepath.Join(o.SysRoot, "proc/sys/net"), 0o755)
+			}
 			for name, v := range tc.sysctl {
 				p := filepath.Join(o.SysRoot, "proc/sys/net/ipv6", name)
 				os.MkdirAll(filepath.Dir(p), 0o755)
