@@ -110,6 +110,9 @@ func (h *host) control(action string, opts Options) error {
 			return fmt.Errorf("%s: a package installed %s, so the package manages the service: use systemctl, and apt or dnf to remove it; "+
 				"`imds-agent install` would write /etc/systemd/system/%s, which would shadow the package's unit forever", action, u, systemd.UnitName)
 		}
+		if err := h.foreignUnit(action); err != nil {
+			return err
+		}
 	}
 	exe, err := executable(opts.Executable)
 	if err != nil {
@@ -215,6 +218,28 @@ func (h *host) installedUnit() bool {
 	return strings.HasPrefix(string(b), header+"\n")
 }
 
+// foreignUnit refuses a unit file in /etc/systemd/system that `imds-agent
+// install` did not write, before anything is changed: a mask (a link to
+// /dev/null, or an empty file, which removing a package leaves) or anyone
+// else's unit. Install would not write over it, and uninstall must not stop
+// the service and remove it.
+func (h *host) foreignUnit(action string) error {
+	fi, err := os.Lstat(h.unit)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if target, _ := os.Readlink(h.unit); target == "/dev/null" || (fi.Mode().IsRegular() && fi.Size() == 0) {
+		return fmt.Errorf("%s: %s masks the service; unmask it first: systemctl unmask %s", action, h.unit, systemd.UnitName)
+	}
+	if !h.installedUnit() {
+		return fmt.Errorf("%s: %s exists and is not a unit `imds-agent install` wrote; it is left alone: move it away first", action, h.unit)
+	}
+	return nil
+}
+
 func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	drops := h.dropIns()
 	for _, f := range drops {
@@ -249,10 +274,7 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	// install wrote is replaced (a new binary path, a newer unit), anything
 	// else is left alone.
 	replaced := false
-	if _, err := os.Stat(h.unit); err == nil {
-		if !h.installedUnit() {
-			return fmt.Errorf("%s exists and is not a unit `imds-agent install` wrote; move it away first", h.unit)
-		}
+	if _, err := os.Stat(h.unit); err == nil { // one of ours: foreignUnit refused any other
 		if err := os.Remove(h.unit); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,6 +87,52 @@ func mkdir(t *testing.T, dir string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRefusesUnitNotItsOwn: a unit file in /etc/systemd/system that
+// `imds-agent install` did not write (another unit, or a mask, which
+// removing a package leaves) is refused by install and uninstall alike
+// before anything changes: no drop-in, user or directory is written, and
+// the service is neither stopped nor its unit removed.
+func TestRefusesUnitNotItsOwn(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		action  string
+		unit    func(t *testing.T, path string)
+		wantErr string
+	}{
+		{"install over another unit", "install", func(t *testing.T, p string) { writeTestFile(t, p, "[Service]\nExecStart=/bin/true\n") }, "exists and is not a unit `imds-agent install` wrote"},
+		{"install over a mask", "install", func(t *testing.T, p string) { mkdir(t, filepath.Dir(p)); os.Symlink("/dev/null", p) }, "masks the service; unmask it first"},
+		{"install over an empty file", "install", func(t *testing.T, p string) { writeTestFile(t, p, "") }, "masks the service"},
+		{"uninstall another unit", "uninstall", func(t *testing.T, p string) { writeTestFile(t, p, "[Service]\nExecStart=/bin/true\n") }, "exists and is not a unit `imds-agent install` wrote"},
+		{"uninstall a mask", "uninstall", func(t *testing.T, p string) { mkdir(t, filepath.Dir(p)); os.Symlink("/dev/null", p) }, "masks the service"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeHost(t)
+			tc.unit(t, f.unit)
+			cleaned := false
+			err := f.control(tc.action, Options{Executable: "/usr/local/bin/imds-agent", Cleanup: func() error { cleaned = true; return nil }})
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("error %v, want one containing %q", err, tc.wantErr)
+			}
+			if len(f.svc.calls) > 0 || len(f.users) > 0 || cleaned {
+				t.Errorf("acted before refusing: service calls %v, users %v, cleanup %v", f.svc.calls, f.users, cleaned)
+			}
+			var written []string
+			_ = filepath.WalkDir(f.etc, func(path string, d fs.DirEntry, err error) error {
+				if err == nil && !d.IsDir() && path != f.unit {
+					written = append(written, path)
+				}
+				return nil
+			})
+			if len(written) > 0 {
+				t.Errorf("wrote before refusing: %v", written)
+			}
+			if _, err := os.Lstat(f.unit); err != nil {
+				t.Errorf("the unit is gone: %v", err)
+			}
+		})
 	}
 }
 
