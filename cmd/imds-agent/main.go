@@ -173,7 +173,8 @@ func setupLink(path string, force bool, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// cleanup removes the link. It works without a readable config (a package
+// cleanup removes the link, and any other the agent marked as its own (an
+// earlier listen.link's). It works without a readable config (a package
 // being purged): the default link name is used then.
 func cleanup(path string, stdout, stderr io.Writer) error {
 	link := config.DefaultLink
@@ -181,16 +182,17 @@ func cleanup(path string, stdout, stderr io.Writer) error {
 	switch {
 	case err != nil:
 		fmt.Fprintf(stderr, "imds-agent cleanup: %v; removing the default link %s\n", err, link)
-	case cfg.Listen.Link == "":
-		fmt.Fprintln(stdout, "listen.link is empty: no link to remove")
-		return nil
 	default:
 		link = cfg.Listen.Link
 	}
 	if err := agent.CleanupLink(link, newLogger(stderr, "text", levelOf("info"))); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "link %s removed (or was not there)\n", link)
+	if link == "" {
+		fmt.Fprintln(stdout, "listen.link is empty: removed the links the agent marked as its own, if any")
+		return nil
+	}
+	fmt.Fprintf(stdout, "link %s removed (or was not there), with any other the agent marked as its own\n", link)
 	return nil
 }
 

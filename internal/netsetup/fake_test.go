@@ -116,6 +116,14 @@ func (f *fakeNetlink) LinkByName(name string) (netlink.Link, error) {
 	return nil, netlink.LinkNotFoundError{}
 }
 
+func (f *fakeNetlink) LinkList() ([]netlink.Link, error) {
+	var out []netlink.Link
+	for _, l := range f.links {
+		out = append(out, clone(l))
+	}
+	return out, nil
+}
+
 func (f *fakeNetlink) LinkByIndex(index int) (netlink.Link, error) {
 	for _, l := range f.links {
 		if l.Attrs().Index == index {

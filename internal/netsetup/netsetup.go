@@ -66,6 +66,7 @@ var (
 type Netlink interface {
 	LinkByName(name string) (netlink.Link, error)
 	LinkByIndex(index int) (netlink.Link, error)
+	LinkList() ([]netlink.Link, error)
 	LinkAdd(link netlink.Link) error
 	LinkDel(link netlink.Link) error
 	LinkSetUp(link netlink.Link) error
@@ -247,31 +248,48 @@ func Check(h Netlink, o Options) (Result, error) {
 	return res, nil
 }
 
-// Cleanup removes the agent's link and with it its addresses. A missing link
-// is not an error; a link of that name that is not the agent's is refused
-// with ErrNotOurs and left alone.
+// Cleanup removes the agent's link and with it its addresses, and any
+// other link the agent marked as its own (one an earlier listen.link
+// named). link "" names none: only marked links go. A missing link is not
+// an error; a link of that name that is not the agent's is refused with
+// ErrNotOurs and left alone.
 func Cleanup(h Netlink, link string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := validLinkName(link); err != nil {
-		return err
+	if link != "" {
+		if err := validLinkName(link); err != nil {
+			return err
+		}
+		l, err := lookupLink(h, link)
+		if err != nil {
+			return err
+		}
+		if l == nil {
+			log.Info("link already absent; nothing to remove", "link", link)
+		} else {
+			if err := ours(l); err != nil {
+				return err
+			}
+			if err := h.LinkDel(l); err != nil {
+				return netlinkErr("LinkDel", link, err)
+			}
+			log.Info("link removed with its addresses", "link", link, "kind", l.Type())
+		}
 	}
-	l, err := lookupLink(h, link)
+	links, err := h.LinkList()
 	if err != nil {
-		return err
+		return netlinkErr("LinkList", "", err)
 	}
-	if l == nil {
-		log.Info("link already absent; nothing to remove", "link", link)
-		return nil
+	for _, l := range links {
+		if l.Attrs().Name == link || ours(l) != nil {
+			continue
+		}
+		if err := h.LinkDel(l); err != nil {
+			return netlinkErr("LinkDel", l.Attrs().Name, err)
+		}
+		log.Info("link removed with its addresses: the agent's, from an earlier listen.link", "link", l.Attrs().Name, "kind", l.Type())
 	}
-	if err := ours(l); err != nil {
-		return err
-	}
-	if err := h.LinkDel(l); err != nil {
-		return netlinkErr("LinkDel", link, err)
-	}
-	log.Info("link removed with its addresses", "link", link, "kind", l.Type())
 	return nil
 }
 
@@ -416,7 +434,11 @@ func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
 	for _, target := range targets {
 		for _, a := range all {
 			if a.addr == target && (ourIndex == 0 || a.link != ourIndex) {
-				conflicts = append(conflicts, fmt.Sprintf("%s is already on link %s", target, linkName(h, a.link)))
+				c := fmt.Sprintf("%s is already on link %s", target, linkName(h, a.link))
+				if l, err := h.LinkByIndex(a.link); err == nil && ours(l) == nil {
+					c += ", the agent's own from an earlier listen.link (`imds-agent cleanup` removes it)"
+				}
+				conflicts = append(conflicts, c)
 			}
 		}
 	}

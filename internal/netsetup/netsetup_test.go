@@ -518,8 +518,39 @@ func TestCleanup(t *testing.T) {
 	if n := logs.count("link removed"); n != 1 {
 		t.Errorf("%d removals logged, want 1", n)
 	}
-	if err := Cleanup(f, "", nil); err == nil || err.Error() != `netsetup: "" is not a link name` {
+	if err := Cleanup(f, "", nil); err != nil {
 		t.Errorf("Cleanup of no name: %v", err)
+	}
+	if err := Cleanup(f, "bad name", nil); err == nil {
+		t.Error("Cleanup of a bad name: no error")
+	}
+}
+
+// TestLinkRenamed: after listen.link changes, setting up the new link
+// meets the addresses on the old one, which it names as the agent's own;
+// cleanup removes the old link too (but no link the agent did not mark),
+// and the new one can then be set up.
+func TestLinkRenamed(t *testing.T) {
+	f := newFake()
+	f.noDummy = true
+	f.addLink(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br-other", Alias: "someone else's"}})
+	o, _ := testOptions(t)
+	if _, err := Ensure(f, o); err != nil {
+		t.Fatal(err)
+	}
+	o.Link = "imds1"
+	_, err := Ensure(f, o)
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), "169.254.169.254 is already on link imds0 (type bridge), the agent's own from an earlier listen.link") {
+		t.Fatalf("Ensure imds1 = %v, want a conflict naming imds0 as the agent's own", err)
+	}
+	if err := Cleanup(f, "imds1", o.Logger); err != nil {
+		t.Fatal(err)
+	}
+	if f.link("imds0") != nil || f.link("br-other") == nil {
+		t.Fatalf("after cleanup: imds0 %v, br-other %v; want imds0 gone and br-other kept", f.link("imds0"), f.link("br-other"))
+	}
+	if _, err := Ensure(f, o); err != nil {
+		t.Errorf("Ensure imds1 after cleanup: %v", err)
 	}
 }
 
