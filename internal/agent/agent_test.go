@@ -131,6 +131,22 @@ func TestWatchdogHealth(t *testing.T) {
 	}
 }
 
+// TestWatchdogProbeAnsweredElsewhere: a probe answered by something else
+// at the address (the link gone, the network's own metadata service
+// answering) is not health. The other server is an httptest one on
+// loopback, reached by redirecting the probe's dial.
+func TestWatchdogProbeAnsweredElsewhere(t *testing.T) {
+	a, _, _ := startAgent(t)
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "latest") }))
+	defer other.Close()
+	a.probeClient = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "tcp", other.Listener.Addr().String())
+	}}}
+	if err := a.healthy(context.Background()); err == nil || !strings.Contains(err.Error(), "did not come from this agent") {
+		t.Errorf("probe answered elsewhere: %v", err)
+	}
+}
+
 // TestProbeIsNotCounted: the watchdog's own requests do not show up in
 // the metrics (nor, being 200s on a non-secret route, in the audit trail).
 func TestProbeIsNotCounted(t *testing.T) {

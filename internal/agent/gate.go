@@ -30,7 +30,8 @@ type gate struct {
 	metrics  *metrics.Metrics
 	audit    *audit.Logger // nil: audit off
 	log      *slog.Logger
-	probe    string // the watchdog's own requests carry this header value
+	probe    string        // the watchdog's own requests carry this header value
+	probes   atomic.Uint64 // the watchdog's requests this gate has seen answered
 	rules    atomic.Pointer[gateRules]
 	warned   atomic.Bool
 
@@ -278,6 +279,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 	// looking for its header.
 	if g.probe != "" && req.Route == imds.RouteVersions {
 		if v := req.HTTP.Header[probeHeader]; len(v) == 1 && v[0] == g.probe {
+			g.probes.Add(1)
 			return
 		}
 	}

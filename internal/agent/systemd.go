@@ -128,15 +128,21 @@ func (a *Agent) healthy(ctx context.Context) error {
 		return err
 	}
 	req.Header.Set(probeHeader, a.gate.probe)
+	seen := a.gate.probes.Load()
 	res, err := a.probeClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("probing %s: %w", addrs[0], err)
 	}
-	// Any answer will do: the handler answered. (With http_endpoint
-	// disabled, or an access policy that leaves the agent's own user out,
-	// the answer is a refusal.)
+	// Any answer of this agent's will do: the handler answered. (With
+	// http_endpoint disabled, or an access policy that leaves the agent's
+	// own user out, the answer is a refusal.) An answer the gate did not
+	// see came from elsewhere: with the link gone, the address leads to
+	// whatever the network has there.
 	_, _ = io.Copy(io.Discard, res.Body)
 	res.Body.Close()
+	if a.gate.probes.Load() == seen {
+		return fmt.Errorf("probing %s: the answer did not come from this agent (is the link gone?)", addrs[0])
+	}
 	return nil
 }
 
@@ -152,7 +158,6 @@ func newProbe() (string, *http.Client) {
 	return hex.EncodeToString(b), &http.Client{Transport: tr, Timeout: 2 * time.Second}
 }
 
-// reloading tells systemd a reload has begun.
 // notifyReady tells systemd the agent is ready, with its status, unless
 // the agent is stopping; it reports whether it did.
 func (a *Agent) notifyReady() bool {
@@ -173,6 +178,7 @@ func (a *Agent) notifyStopping() {
 	a.notify("STOPPING=1")
 }
 
+// reloading tells systemd a reload has begun.
 func (a *Agent) reloading() {
 	a.notify("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
 }
