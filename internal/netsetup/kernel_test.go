@@ -172,6 +172,35 @@ func TestKernelEnsureServeCheckCleanup(t *testing.T) {
 	}
 }
 
+// A reused link whose 169.254.169.254 has global scope (added by hand, or
+// by something else) gets it back with link scope, so the host never picks
+// it as the source of traffic leaving through another link.
+func TestKernelAddressScopeCorrected(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Handle()
+	l := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "imds0", Alias: Alias}}
+	if err := h.LinkAdd(l); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.LinkSetAlias(l, Alias); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: ipNet(netip.PrefixFrom(v4, 32)), Scope: unix.RT_SCOPE_UNIVERSE}); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := kernelOptions(t)
+	if err := ns.Do(func() error { _, err := Ensure(h, o); return err }); err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(addrs) != 1 || addrs[0].Scope != unix.RT_SCOPE_LINK {
+		t.Errorf("after Ensure: %+v, want one address with link scope", addrs)
+	}
+}
+
 func TestKernelAddressOnAnotherLink(t *testing.T) {
 	ns := netnstest.New(t)
 	h := ns.Handle()

@@ -158,8 +158,17 @@ func Ensure(h Netlink, o Options) (Result, error) {
 	wantV6 := o.IPv6.IsValid() && st.ipv6
 	var added []netip.Addr
 	for _, want := range st.wanted(o) {
-		if slices.ContainsFunc(have, want.equal) {
-			continue
+		if i := slices.IndexFunc(have, want.equal); i >= 0 {
+			if have[i].scoped() {
+				continue
+			}
+			// There, but with a scope the host could pick it by as a
+			// source: a replace keeps the scope, so it goes and comes
+			// back in the agent's form.
+			if err := h.AddrDel(link, have[i].nl); err != nil {
+				return res, netlinkErr("AddrDel", have[i].String()+" on "+o.Link, err)
+			}
+			log.Info("address re-added with link scope", "link", o.Link, "address", want.prefix(), "scope_was", have[i].nl.Scope)
 		}
 		err := h.AddrReplace(link, want.netlinkAddr())
 		if err != nil && want.addr.Is6() && ipv6Unavailable(err) {
@@ -544,6 +553,12 @@ func newAddr(a netlink.Addr) addr {
 func (a addr) prefix() netip.Prefix { return netip.PrefixFrom(a.addr, a.bits) }
 func (a addr) String() string       { return a.prefix().String() }
 func (a addr) equal(b addr) bool    { return a.addr == b.addr && a.bits == b.bits }
+
+// scoped reports whether an address has the scope Ensure gives it: link
+// scope for IPv4 (see netlinkAddr).
+func (a addr) scoped() bool {
+	return !a.addr.Is4() || a.nl == nil || a.nl.Scope == unix.RT_SCOPE_LINK
+}
 
 // linkLocal6 addresses are the kernel's own on an IPv6 link; they are left
 // alone and not reported.
