@@ -246,6 +246,17 @@ func TestLookupNotFound(t *testing.T) {
 	}
 }
 
+// boundDialer dials from sockets bound to device (SO_BINDTODEVICE).
+func boundDialer(device string) *net.Dialer {
+	return &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), device) }); err != nil {
+			return err
+		}
+		return serr
+	}}
+}
+
 // A client socket bound to a device (SO_BINDTODEVICE, which any user may
 // set on an unbound socket since Linux 5.7) is found like any other: it
 // must not pass for a container and escape the rules about users.
@@ -253,13 +264,7 @@ func TestLookupBoundToDevice(t *testing.T) {
 	requireRoot(t) // CAP_NET_RAW for SO_BINDTODEVICE on kernels before 5.7
 	r := newResolver(t, Options{})
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), "lo") }); err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := boundDialer("lo")
 	client, err := d.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatalf("dial bound to lo: %v", err)
@@ -282,13 +287,7 @@ func TestLookupBoundDumpsLimited(t *testing.T) {
 	r := newResolver(t, Options{})
 	r.dumps = rate.NewLimiter(0, 0) // none left
 	ln := listen(t, "tcp4", "127.0.0.1:0")
-	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), "lo") }); err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := boundDialer("lo")
 	client, err := d.Dial("tcp4", ln.Addr().String())
 	if err != nil {
 		t.Fatalf("dial bound to lo: %v", err)

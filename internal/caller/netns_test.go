@@ -6,11 +6,9 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
-	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/netnstest"
 )
@@ -120,15 +118,8 @@ func TestLookupBoundToLaterLink(t *testing.T) {
 	inside(t, ns, func() error {
 		ln = listen(t, "tcp4", "192.0.2.80:0")
 		r = newResolver(t, Options{})
-		d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-			var serr error
-			if err := rc.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), last.Attrs().Name) }); err != nil {
-				return err
-			}
-			return serr
-		}}
 		var err error
-		client, err = d.Dial("tcp4", ln.Addr().String())
+		client, err = boundDialer(last.Attrs().Name).Dial("tcp4", ln.Addr().String())
 		return err
 	})
 	t.Cleanup(func() { client.Close() })
