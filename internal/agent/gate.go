@@ -42,7 +42,7 @@ type gate struct {
 	refusals   *rate.Limiter // nil: every refusal is recorded
 	suppressed atomic.Uint64 // refusals not recorded since the last notice of them
 	lastNotice atomic.Int64  // when that notice was logged (Unix ns); at most one a second
-	auditLog   *slog.Logger  // the notice's logger; nil: log's
+	auditLog   *slog.Logger  // the notice's logger (component=audit)
 }
 
 const (
@@ -297,11 +297,7 @@ func (g *gate) Served(req *imds.Request, status int) {
 			return
 		}
 		if g.suppressed.Load() > 0 && g.noticeDue(req.Time) {
-			l := g.auditLog
-			if l == nil {
-				l = g.log
-			}
-			l.Warn("refusals not recorded in the audit trail: more than the limit a second",
+			g.auditLog.Warn("refusals not recorded in the audit trail: more than the limit a second",
 				"not_recorded", g.suppressed.Swap(0), "limit_per_second", refusalRecordRate)
 		}
 	}

@@ -38,7 +38,7 @@ func newTestGate(t *testing.T, cfg *config.Config, listening ...string) *gate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gate{log: slog.New(slog.DiscardHandler), metrics: metrics.New(metrics.Sources{
+	g := &gate{log: slog.New(slog.DiscardHandler), auditLog: slog.New(slog.DiscardHandler), metrics: metrics.New(metrics.Sources{
 		Snapshot: func() *snapshot.Snapshot { return snapshot.None() }, Now: time.Now, Connections: func() int64 { return 0 }})}
 	g.rules.Store(rules)
 	return g
@@ -309,7 +309,7 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
 	var out, logs bytes.Buffer
 	g.audit = audit.New(&out, "text", nil)
-	g.log = slog.New(slog.NewTextHandler(&logs, nil))
+	g.auditLog = slog.New(slog.NewTextHandler(&logs, nil))
 	g.refusals = rate.NewLimiter(rate.Every(time.Hour), 2)
 	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
 		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
@@ -349,7 +349,7 @@ func TestGateRefusalNoticeOnceASecond(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
 	var logs bytes.Buffer
 	g.audit = audit.New(io.Discard, "text", nil)
-	g.log = slog.New(slog.NewTextHandler(&logs, nil))
+	g.auditLog = slog.New(slog.NewTextHandler(&logs, nil))
 	start := time.Now()
 	refuse := func(at time.Duration) {
 		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
