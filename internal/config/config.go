@@ -141,16 +141,38 @@ const (
 	DefaultSharedCredentialsFile = "/etc/imds-agent/aws/credentials"
 )
 
+// MaxFileSize bounds the configuration file. A real one is a few
+// kilobytes, even with long access lists; a path given by mistake (a log,
+// a device) must not be read into memory whole.
+const MaxFileSize = 1 << 20
+
 // Load reads, decodes, defaults and validates the file at path.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// readFile reads the file at path, up to MaxFileSize.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("config file %s does not exist", path)
 		}
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
-	return Parse(path, data)
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, fmt.Errorf("config file %s is larger than %d KiB; is it the right file?", path, MaxFileSize>>10)
+	}
+	return data, nil
 }
 
 // Parse decodes data (named name in messages), applies defaults and
@@ -162,6 +184,9 @@ func Parse(name string, data []byte) (*Config, error) {
 	var root yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&root); err != nil {
+		if errors.Is(err, io.EOF) { // comments only
+			return nil, fmt.Errorf("%s: the file holds no settings; it needs at least \"version: 1\"", name)
+		}
 		return nil, located(name, err)
 	}
 	for {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"flag"
 	"fmt"
 	"os"
@@ -40,13 +41,26 @@ func TestParseErrors(t *testing.T) {
 		{"a document after an empty one", "version: 1\n---\n---\nversion: 1\n", "c.yaml:3: a second YAML document"},
 		{"a null document", "version: 1\n---\nnull\n", "c.yaml:2: a second YAML document"},
 		{"syntax", "version: 1\n  bad: [\n", "c.yaml:"},
-		{"bad type", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: lots\n", `c.yaml:3: cannot use the string`},
-		{"bad duration", "version: 1\ncredentials:\n  session_duration: 1 hour\n", `c.yaml:3: "1 hour" is not a duration`},
-		{"negative duration", "version: 1\ncredentials:\n  session_duration: -1h\n", `is negative`},
+		{"bad type", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: lots\n", `c.yaml:3: metadata_options.http_put_response_hop_limit: expected a whole number, not a scalar value "lots"`},
+		{"fraction for a whole number", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 1.5\n", `c.yaml:3: metadata_options.http_put_response_hop_limit: expected a whole number, not a scalar value "1.5"`},
+		{"fractional version", "version: 1.9\n", `c.yaml:1: version: expected a whole number`},
+		{"whole number out of range", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 18446744073709551615\n", `http_put_response_hop_limit: 18446744073709551615 is out of range`},
+		{"text for a boolean", "version: 1\nlog:\n  audit: \"yes\"\n", `c.yaml:3: log.audit: expected true or false, not a scalar value "yes"`},
+		{"text for a number", "version: 1\naccess:\n  token_rate_limit: \"5\"\n", `c.yaml:3: access.token_rate_limit: expected a number`},
+		{"mapping for text", "version: 1\ninstance:\n  region: {a: 1}\n", `c.yaml:3: instance.region: expected text, not a mapping`},
+		{"text for a list", "version: 1\nlisten:\n  addresses: 127.0.0.1:80\n", `c.yaml:3: listen.addresses: expected a list`},
+		{"list in a list", "version: 1\nlisten:\n  addresses:\n    - 127.0.0.1:80\n    - [a]\n", `c.yaml:5: listen.addresses: item 2 is a list; each must be text`},
+		{"alias", "version: 1\ninstance:\n  region: &r eu-west-1\n  hostname: *r\n", `c.yaml:4: instance.hostname: expected text, not a YAML alias (*r)`},
+		{"bad duration", "version: 1\ncredentials:\n  session_duration: 1 hour\n", `c.yaml:3: credentials.session_duration: "1 hour" is not a duration`},
+		{"seconds for a duration", "version: 1\ncredentials:\n  session_duration: 3600\n", `c.yaml:3: credentials.session_duration: "3600" is not a duration`},
+		{"negative duration", "version: 1\ncredentials:\n  session_duration: -1h\n", `c.yaml:3: credentials.session_duration: "-1h" is negative`},
+		{"comments only", "# version: 1\n", "c.yaml: the file holds no settings"},
+		{"socket path too long", "version: 1\nadmin:\n  socket: /" + strings.Repeat("s", 107) + "\n", `is 108 bytes long; a Unix socket's path may be at most 107`},
 		{"short session", "version: 1\ncredentials:\n  session_duration: 10m\n", `c.yaml:3: credentials.session_duration: 10m0s is below STS's minimum of 15m`},
 		{"long session", "version: 1\ncredentials:\n  session_duration: 13h\n", `above STS's maximum of 12h`},
 		{"window too long", "version: 1\ncredentials:\n  session_duration: 15m\n  refresh_before_expiry: 15m\n", `c.yaml:4: credentials.refresh_before_expiry: 15m0s must be shorter than session_duration`},
-		{"window nonsense", "version: 1\ncredentials:\n  refresh_before_expiry: soon\n", `"soon" is neither auto nor a duration`},
+		{"window nonsense", "version: 1\ncredentials:\n  refresh_before_expiry: soon\n", `c.yaml:3: credentials.refresh_before_expiry: "soon" is neither auto nor a duration`},
+		{"window of 0s", "version: 1\ncredentials:\n  refresh_before_expiry: 0s\n", `c.yaml:3: credentials.refresh_before_expiry: 0s is not a refresh window`},
 		{"session of 0s", "version: 1\ncredentials:\n  session_duration: 0s\n", `credentials.session_duration: 0s is below STS's minimum of 15m`},
 		{"recheck of 0s", "version: 1\ncredentials:\n  profile_recheck: 0s\n", `credentials.profile_recheck: 0s must be between 1s and 24h`},
 		{"rate limit not a number", "version: 1\naccess:\n  token_rate_limit: .nan\n", `access.token_rate_limit: NaN must be 0`},
@@ -180,6 +194,47 @@ func TestDefaults(t *testing.T) {
 	// The printed effective config must itself be a valid config.
 	if _, err := Parse("printed", got); err != nil {
 		t.Errorf("printed config does not parse: %v", err)
+	}
+}
+
+// TestParseErrorsInOrder: the problems of one file are reported in the
+// order of the schema every time, not in a map's order.
+func TestParseErrorsInOrder(t *testing.T) {
+	in := "version: 1\ninstance:\n  hostname: \"a b\"\n  local_hostname: \"c d\"\naccess:\n  credentials:\n    deny: [x]\n  metadata:\n    deny: [y]\n"
+	_, err := Parse("c.yaml", []byte(in))
+	if err == nil {
+		t.Fatal("Parse succeeded")
+	}
+	first := err.Error()
+	for _, want := range []string{"instance.hostname", "instance.local_hostname", "access.credentials.deny[0]", "access.metadata.deny[0]"} {
+		i := strings.Index(first, want)
+		if i < 0 {
+			t.Fatalf("error:\n%s\nwant it to name %s", first, want)
+		}
+		first = first[i:]
+	}
+	for range 20 {
+		_, again := Parse("c.yaml", []byte(in))
+		if again.Error() != err.Error() {
+			t.Fatalf("the same file gave\n%v\nthen\n%v", err, again)
+		}
+	}
+}
+
+func TestLoadTooLarge(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "big.yaml")
+	data := append([]byte("version: 1\n"), bytes.Repeat([]byte("# padding\n"), MaxFileSize/10)...)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err == nil || !strings.Contains(err.Error(), "is larger than 1024 KiB") {
+		t.Errorf("err = %v, want 'is larger than 1024 KiB'", err)
+	}
+	if err := os.WriteFile(path, data[:MaxFileSize], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(path); err != nil {
+		t.Errorf("a file of exactly %d bytes: %v", MaxFileSize, err)
 	}
 }
 

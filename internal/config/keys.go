@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"sort"
@@ -65,9 +66,70 @@ func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
 			// "audit:" with nothing after it would decode as false, and
 			// "link:" as "": a value left out must not switch things off.
 			return lineError{v.Line, fmt.Sprintf("%s has no value; write one (\"\" for empty text, [] for an empty list) or leave the key out", path)}
+		} else if at, msg := checkValue(v, ft); msg != "" {
+			return lineError{at.Line, path + ": " + msg}
 		}
 	}
 	return nil
+}
+
+// checkValue checks a value against its key's type before decoding, so
+// that the message names the key, and so that nothing is converted
+// silently: YAML would read 1.5 as 1 for a whole number, and "yes" as true.
+// It returns the node at fault (v, or an item of a list) and the problem.
+func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
+	switch t {
+	case reflect.TypeOf(Duration(0)):
+		var d Duration
+		return v, messageOf(d.UnmarshalYAML(v))
+	case reflect.TypeOf(RefreshWindow(0)):
+		var w RefreshWindow
+		return v, messageOf(w.UnmarshalYAML(v))
+	}
+	switch t.Kind() {
+	case reflect.Int:
+		if v.Kind != yaml.ScalarNode || v.Tag != "!!int" {
+			return v, "expected a whole number, not a " + kindName(v)
+		}
+		var n int
+		if v.Decode(&n) != nil {
+			return v, fmt.Sprintf("%s is out of range", v.Value)
+		}
+	case reflect.Float64:
+		if v.Kind != yaml.ScalarNode || (v.Tag != "!!int" && v.Tag != "!!float") {
+			return v, "expected a number, not a " + kindName(v)
+		}
+	case reflect.Bool:
+		if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
+			return v, "expected true or false, not a " + kindName(v)
+		}
+	case reflect.String:
+		if v.Kind != yaml.ScalarNode {
+			return v, "expected text, not a " + kindName(v)
+		}
+	case reflect.Slice:
+		if v.Kind != yaml.SequenceNode {
+			return v, "expected a list such as [\"a\", \"b\"], not a " + kindName(v)
+		}
+		for i, e := range v.Content {
+			if e.Kind != yaml.ScalarNode || e.Tag == "!!null" {
+				return e, fmt.Sprintf("item %d is a %s; each must be text", i+1, kindName(e))
+			}
+		}
+	}
+	return v, ""
+}
+
+// messageOf is the message of a lineError, without its line.
+func messageOf(err error) string {
+	if err == nil {
+		return ""
+	}
+	var le lineError
+	if errors.As(err, &le) {
+		return le.msg
+	}
+	return err.Error()
 }
 
 var leafTypes = map[reflect.Type]bool{
@@ -137,6 +199,8 @@ func kindName(n *yaml.Node) string {
 		return "list"
 	case yaml.MappingNode:
 		return "mapping"
+	case yaml.AliasNode:
+		return "YAML alias (*" + n.Value + "); write the value itself"
 	case yaml.ScalarNode:
 		if n.Tag == "!!null" {
 			return "null"

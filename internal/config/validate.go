@@ -62,6 +62,10 @@ var (
 	printableRe  = regexp.MustCompile(`^[\x21-\x7e]+$`)
 )
 
+// maxSocketPath is the longest path a Unix socket can be bound to (the
+// 108 bytes of sun_path, less the terminating NUL).
+const maxSocketPath = 107
+
 func (c *Config) validate(lines lineIndex) Problems {
 	var p Problems
 	if c.Version != 1 {
@@ -72,8 +76,11 @@ func (c *Config) validate(lines lineIndex) Problems {
 	c.validateMetadataOptions(&p)
 	c.validateListen(&p)
 	c.validateAccess(&p)
-	if !filepath.IsAbs(c.Admin.Socket) {
+	switch {
+	case !filepath.IsAbs(c.Admin.Socket):
 		p.add("admin.socket", "%q must be an absolute path", c.Admin.Socket)
+	case len(c.Admin.Socket) > maxSocketPath:
+		p.add("admin.socket", "%q is %d bytes long; a Unix socket's path may be at most %d", c.Admin.Socket, len(c.Admin.Socket), maxSocketPath)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":
@@ -118,9 +125,9 @@ func (c *Config) validateInstance(p *Problems) {
 	if in.AccountID != "" && !accountRe.MatchString(in.AccountID) {
 		p.add("instance.account_id", "%q is not a 12-digit account id", in.AccountID)
 	}
-	for path, v := range map[string]string{"instance.hostname": in.Hostname, "instance.local_hostname": in.LocalHostname} {
-		if v != "" && !printableRe.MatchString(v) {
-			p.add(path, "%q must be a host name without spaces", v)
+	for _, f := range []struct{ path, v string }{{"instance.hostname", in.Hostname}, {"instance.local_hostname", in.LocalHostname}} {
+		if f.v != "" && !printableRe.MatchString(f.v) {
+			p.add(f.path, "%q must be a host name without spaces", f.v)
 		}
 	}
 	if in.LocalIPv4 != "" {
@@ -243,15 +250,18 @@ func (c *Config) validateListen(p *Problems) {
 }
 
 func (c *Config) validateAccess(p *Problems) {
-	for section, r := range map[string]Rules{"access.credentials": c.Access.Credentials, "access.metadata": c.Access.Metadata} {
-		for i, s := range r.Allow {
+	for _, sec := range []struct {
+		path string
+		r    Rules
+	}{{"access.credentials", c.Access.Credentials}, {"access.metadata", c.Access.Metadata}} {
+		for i, s := range sec.r.Allow {
 			if err := CheckSelector(s); err != nil {
-				p.add(fmt.Sprintf("%s.allow[%d]", section, i), "%v", err)
+				p.add(fmt.Sprintf("%s.allow[%d]", sec.path, i), "%v", err)
 			}
 		}
-		for i, s := range r.Deny {
+		for i, s := range sec.r.Deny {
 			if err := CheckSelector(s); err != nil {
-				p.add(fmt.Sprintf("%s.deny[%d]", section, i), "%v", err)
+				p.add(fmt.Sprintf("%s.deny[%d]", sec.path, i), "%v", err)
 			}
 		}
 	}
