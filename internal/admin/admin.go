@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -74,12 +75,17 @@ type Server struct {
 }
 
 // Listen opens the socket at path, replacing a stale one (a socket file no
-// agent answers on). Another agent already answering is an error.
+// agent answers on). Another agent already answering is an error, and so is
+// anything at path that is not a socket: a mistyped path must never cost
+// the file it names.
 func Listen(path string, b Backend, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("admin socket directory: %w", err)
 	}
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("admin socket %s: something other than a socket is there (%s); it is left alone", path, describeMode(fi.Mode()))
+		}
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("admin socket %s: another agent is answering on it", path)
@@ -129,11 +135,28 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// Shutdown stops the server and removes the socket file.
+// Shutdown stops the server. Closing the listener removes the socket
+// file it created; nothing else at the path is touched, so a socket that
+// another agent has opened there since is kept.
 func (s *Server) Shutdown(ctx context.Context) error {
-	err := s.http.Shutdown(ctx)
-	_ = os.Remove(s.path)
-	return err
+	return s.http.Shutdown(ctx)
+}
+
+// describeMode names the kind of file a mode says.
+func describeMode(m fs.FileMode) string {
+	switch m.Type() {
+	case 0:
+		return "a regular file"
+	case fs.ModeDir:
+		return "a directory"
+	case fs.ModeSymlink:
+		return "a symbolic link"
+	case fs.ModeNamedPipe:
+		return "a named pipe"
+	case fs.ModeDevice, fs.ModeDevice | fs.ModeCharDevice:
+		return "a device"
+	}
+	return "a special file"
 }
 
 type result struct {
@@ -204,12 +227,13 @@ func inGroup(pid int32, gid uint32) bool {
 
 // Client talks to a running agent's socket.
 type Client struct {
+	path string
 	http *http.Client
 }
 
 // NewClient returns a client for the socket at path.
 func NewClient(path string) *Client {
-	return &Client{http: &http.Client{
+	return &Client{path: path, http: &http.Client{
 		Timeout: RefreshTimeout + 10*time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -245,7 +269,7 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("is the agent running? %w", err)
+		return c.dialError(err)
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
@@ -260,4 +284,19 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 		return fmt.Errorf("the agent answered %s", res.Status)
 	}
 	return json.Unmarshal(body, out)
+}
+
+// dialError says what a failed request to the socket means for the user.
+func (c *Client) dialError(err error) error {
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "dial" {
+		return fmt.Errorf("admin socket %s: %w", c.path, err)
+	}
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("admin socket %s: permission denied; run as root or as a member of the agent's group", c.path)
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("admin socket %s: no agent is answering (is it running?)", c.path)
+	}
+	return fmt.Errorf("admin socket %s: %w", c.path, op.Err)
 }

@@ -36,7 +36,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{}, 2, "Usage:"},
-		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "is the agent running?"},
+		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running?)"},
 	} {
 		cmd := exec.Command(binary, tc.args...)
 		cmd.Env = baseEnv(t)

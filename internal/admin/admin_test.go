@@ -1,0 +1,121 @@
+package admin
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type backend struct{}
+
+func (backend) Status() Status                    { return Status{State: "ready", Role: "web"} }
+func (backend) Refresh(ctx context.Context) error { return nil }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func serve(t *testing.T, path string) *Server {
+	t.Helper()
+	s, err := Listen(path, backend{}, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.Serve() }()
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	return s
+}
+
+// TestListenLeavesOtherFiles: a path that names anything but a socket is
+// refused and left as it was, whatever kind of file it is.
+func TestListenLeavesOtherFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(file, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ path, kind string }{
+		{file, "a regular file"},
+		{dir, "a directory"},
+		{link, "a symbolic link"},
+	} {
+		_, err := Listen(tc.path, backend{}, quiet)
+		if err == nil || !strings.Contains(err.Error(), tc.kind) || !strings.Contains(err.Error(), "left alone") {
+			t.Errorf("Listen(%s) = %v, want a refusal naming %s", tc.path, err, tc.kind)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "precious" {
+		t.Errorf("the file now holds %q (%v)", b, err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode().Type() != os.ModeSymlink {
+		t.Errorf("the link is gone or changed: %v", err)
+	}
+}
+
+// TestListenReplacesStaleSocket: a socket nobody answers on is replaced; a
+// live agent's is not; Shutdown removes the agent's own.
+func TestListenReplacesStaleSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close() // the socket file stays, with nobody behind it
+
+	s := serve(t, path)
+	st, err := NewClient(path).Status(context.Background())
+	if err != nil || st.Role != "web" {
+		t.Fatalf("Status through the new socket = %+v, %v", st, err)
+	}
+	if _, err := Listen(path, backend{}, quiet); err == nil || !strings.Contains(err.Error(), "another agent is answering") {
+		t.Errorf("a second Listen = %v, want 'another agent is answering'", err)
+	}
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("after Shutdown the socket is still there (%v)", err)
+	}
+}
+
+// TestClientErrors: a failed connection says what is wrong in the user's
+// terms.
+func TestClientErrors(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale.sock")
+	ln, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, tc := range []struct{ path, want string }{
+		{filepath.Join(dir, "none.sock"), "no agent is answering (is it running?)"},
+		{stale, "no agent is answering (is it running?)"},
+	} {
+		_, err := NewClient(tc.path).Status(ctx)
+		if err == nil || err.Error() != "admin socket "+tc.path+": "+tc.want {
+			t.Errorf("Status(%s) = %v, want %q", tc.path, err, tc.want)
+		}
+	}
+	// Root passes any file mode, so the kernel's refusal is made here as
+	// connect(2) reports it.
+	path := filepath.Join(dir, "admin.sock")
+	denied := &url.Error{Op: "Get", URL: "http://imds-agent/status", Err: &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}}
+	if err := NewClient(path).dialError(denied); err.Error() != "admin socket "+path+": permission denied; run as root or as a member of the agent's group" {
+		t.Errorf("dialError(EACCES) = %v", err)
+	}
+}
