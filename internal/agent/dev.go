@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -42,6 +43,13 @@ type Dev struct {
 // the configuration serving on listen. Tokens are required and sessions
 // last an hour, as in production.
 func StartDev(listen string, log *slog.Logger) (*Dev, error) {
+	ap, err := config.ParseListenAddress(listen)
+	if err != nil {
+		return nil, fmt.Errorf("--listen %w", err)
+	}
+	if !ap.Addr().IsLoopback() {
+		return nil, fmt.Errorf("--listen %s: dev serves on loopback only (127.0.0.0/8 or [::1]): its role is for this host's own programs", listen)
+	}
 	emu := awsemu.New(time.Now, log)
 	user := awsemu.NewUser(DevAccount, DevUser)
 	emu.AddUser(user)

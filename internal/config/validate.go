@@ -93,7 +93,7 @@ func (c *Config) validate(lines lineIndex) Problems {
 		p.add("log.format", "%q is not a format; use text or json", c.Log.Format)
 	}
 	if c.Metrics.Listen != "" {
-		ap, err := parseListenAddress(c.Metrics.Listen)
+		ap, err := ParseListenAddress(c.Metrics.Listen)
 		switch {
 		case err != nil:
 			p.add("metrics.listen", "%v", err)
@@ -225,7 +225,7 @@ func (c *Config) validateListen(p *Problems) {
 	seen := map[netip.AddrPort]bool{}
 	for i, a := range l.Addresses {
 		path := fmt.Sprintf("listen.addresses[%d]", i)
-		ap, err := parseListenAddress(a)
+		ap, err := ParseListenAddress(a)
 		if err != nil {
 			p.add(path, "%v", err)
 			continue
@@ -270,9 +270,9 @@ func (c *Config) validateAccess(p *Problems) {
 	}
 }
 
-// parseListenAddress parses an "IP:port" listen address. Host names are
+// ParseListenAddress parses an "IP:port" listen address. Host names are
 // refused: the agent must know exactly which address it serves.
-func parseListenAddress(s string) (netip.AddrPort, error) {
+func ParseListenAddress(s string) (netip.AddrPort, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%q is not IP:port (write IPv6 as [fd00:ec2::254]:80)", s)
@@ -292,7 +292,7 @@ func parseListenAddress(s string) (netip.AddrPort, error) {
 func (c *Config) ListenAddrPorts() []netip.AddrPort {
 	out := make([]netip.AddrPort, 0, len(c.Listen.Addresses))
 	for _, a := range c.Listen.Addresses {
-		if ap, err := parseListenAddress(a); err == nil {
+		if ap, err := ParseListenAddress(a); err == nil {
 			out = append(out, ap)
 		}
 	}

@@ -1,11 +1,13 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCommandLine: check-config, version and usage errors, with their exit
@@ -37,10 +39,17 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{}, 2, "Usage:"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running?)"},
+		// dev refuses these before it opens anything. (A documentation
+		// address, not a wildcard: were the check lost, nothing would be
+		// served to the network.)
+		{[]string{"dev", "--listen", "localhost:1338"}, 1, `"localhost" is not an IP address`},
+		{[]string{"dev", "--listen", "192.0.2.1:0"}, 1, "dev serves on loopback only"},
 	} {
-		cmd := exec.Command(binary, tc.args...)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, binary, tc.args...)
 		cmd.Env = baseEnv(t)
 		out, _ := cmd.CombinedOutput()
+		cancel()
 		if code := cmd.ProcessState.ExitCode(); code != tc.code || !strings.Contains(string(out), tc.want) {
 			t.Errorf("imds-agent %s: exit %d, output:\n%s\nwant exit %d and %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
 		}
