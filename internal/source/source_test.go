@@ -80,6 +80,76 @@ func TestGroupReadableByAnotherGroup(t *testing.T) {
 	}
 }
 
+// TestCheckFilesWriters: a shared config or credentials file that someone
+// other than root and the agent could change, or create or replace through
+// a directory above it, is refused, secret or not.
+func TestCheckFilesWriters(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give files and directories to other users")
+	}
+	const settings = "[default]\ncredential_process = /usr/local/bin/creds\n"
+	dir := func(t *testing.T, mode os.FileMode) string {
+		d := filepath.Join(t.TempDir(), "d")
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(d, mode); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	file := func(t *testing.T, d string, mode os.FileMode, uid, gid int) string {
+		p := filepath.Join(d, "config")
+		if err := os.WriteFile(p, []byte(settings), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(p, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name string
+		path func(t *testing.T) string
+		want string // "" = accepted
+	}{
+		{"root's, in root's directory", func(t *testing.T) string { return file(t, dir(t, 0o755), 0o644, 0, 0) }, ""},
+		{"missing, in root's directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o755), "config") }, ""},
+		{"root's, in a sticky directory", func(t *testing.T) string { return file(t, dir(t, 0o777|os.ModeSticky), 0o644, 0, 0) }, ""},
+		{"world-writable", func(t *testing.T) string { return file(t, dir(t, 0o755), 0o666, 0, 0) }, "can be changed by every user on this host, through it"},
+		{"writable by another group", func(t *testing.T) string { return file(t, dir(t, 0o755), 0o664, 0, 65534) }, "can be changed by the members of group"},
+		{"another user's", func(t *testing.T) string { return file(t, dir(t, 0o755), 0o644, 65534, 0) }, "can be changed by its owner, user"},
+		{"in a world-writable directory", func(t *testing.T) string { return file(t, dir(t, 0o777), 0o644, 0, 0) }, "can be changed by every user on this host, through the directory"},
+		{"another user's, in a sticky directory", func(t *testing.T) string { return file(t, dir(t, 0o777|os.ModeSticky), 0o644, 65534, 0) }, "its owner, user"},
+		{"missing, in a sticky directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o777|os.ModeSticky), "config") }, "every user on this host, through the directory"},
+		{"a link to a file in a world-writable directory", func(t *testing.T) string {
+			target := file(t, dir(t, 0o777), 0o644, 0, 0)
+			link := filepath.Join(dir(t, 0o755), "link")
+			if err := os.Symlink(target, link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, "every user on this host, through the directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.path(t)
+			err := CheckFiles([]string{p})
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), p) {
+				t.Fatalf("err = %v, want one naming %s and %q", err, p, tc.want)
+			}
+		})
+	}
+}
+
 // TestLoadNeverUsesIMDS: with no source credentials configured, loading
 // fails clearly instead of falling back to the instance metadata service
 // or a container endpoint (whose clients are replaced by refusals, so no
