@@ -79,11 +79,28 @@ func (p InstanceProfile) ARN() string {
 
 // Fault is an injected answer to one call.
 type Fault struct {
-	Status  int    // HTTP status; with Code, an AWS error response
-	Code    string // AWS error code, e.g. Throttling
+	// Status is the HTTP status; 0 means 400 with a Code (AWS's client
+	// errors, throttling among them) and 500 without.
+	Status  int
+	Code    string // AWS error code, e.g. Throttling; "" for InternalFailure
 	Message string
 	// Hang holds the request until the client gives up (or Release).
 	Hang bool
+}
+
+// apiError is the error response f stands for.
+func (f *Fault) apiError() *apiError {
+	a := &apiError{status: f.Status, code: f.Code, message: f.Message}
+	switch {
+	case a.status == 0 && a.code != "":
+		a.status = http.StatusBadRequest
+	case a.status == 0:
+		a.status = http.StatusInternalServerError
+	}
+	if a.code == "" {
+		a.code = "InternalFailure"
+	}
+	return a
 }
 
 // Injector decides, per call, whether to inject a fault. action is e.g.
@@ -268,7 +285,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				}
 				return
 			}
-			e.writeError(w, service, &apiError{status: f.Status, code: f.Code, message: f.Message})
+			e.writeError(w, service, f.apiError())
 			return
 		}
 	}

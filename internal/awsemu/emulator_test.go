@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/iam"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
@@ -137,6 +138,22 @@ func TestFaults(t *testing.T) {
 	if code(err) != "Throttling" {
 		t.Errorf("err = %v, want Throttling", err)
 	}
+	// Without a status: 400 with a code, 500 without, as AWS answers.
+	for _, tc := range []struct {
+		f      Fault
+		code   string
+		status int
+	}{
+		{Fault{Code: "Throttling"}, "Throttling", 400},
+		{Fault{}, "InternalFailure", 500},
+	} {
+		s.Inject(func(string) *Fault { return &tc.f })
+		_, err := c.GetCallerIdentity(context.Background(), &sts.GetCallerIdentityInput{})
+		var re *awshttp.ResponseError
+		if code(err) != tc.code || !errors.As(err, &re) || re.HTTPStatusCode() != tc.status {
+			t.Errorf("%+v: err = %v, want %s with status %d", tc.f, err, tc.code, tc.status)
+		}
+	}
 	s.Inject(func(string) *Fault { return &Fault{Hang: true} })
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
@@ -144,7 +161,7 @@ func TestFaults(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("hang: err = %v, want deadline exceeded", err)
 	}
-	if n := s.Calls("GetCallerIdentity"); n != 2 {
-		t.Errorf("calls = %d, want 2", n)
+	if n := s.Calls("GetCallerIdentity"); n != 4 {
+		t.Errorf("calls = %d, want 4", n)
 	}
 }
