@@ -91,6 +91,8 @@ func TestUnitContract(t *testing.T) {
 		"ExecStart=" + BinaryPath + " run --config " + config.DefaultPath,
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
+		"StartLimitIntervalSec=5min",
+		"StartLimitBurst=10",
 		"WatchdogSec=30s",
 		"LogRateLimitIntervalSec=0",
 		"User=imds-agent",
