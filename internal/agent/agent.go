@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/access"
 	"github.com/imds-agent/imds-agent/internal/admin"
@@ -299,10 +300,7 @@ func (a *Agent) listen() error {
 	var lns []net.Listener
 	var bound []netip.AddrPort
 	for _, ap := range addrs {
-		// No TCP keep-alive probes: clients are on this host, and idle
-		// connections are closed after IdleTimeout anyway. That saves the
-		// socket options net would set on every accepted connection.
-		ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", ap.String())
+		ln, err := listenTCP(ap)
 		if err != nil {
 			for _, l := range lns {
 				_ = l.Close()
@@ -323,6 +321,37 @@ func (a *Agent) listen() error {
 	a.gate.rules.Store(&rules)
 	close(a.listening)
 	return nil
+}
+
+// maxBacklog asks for the longest accept queue the host allows: the
+// kernel lowers it to net.core.somaxconn.
+const maxBacklog = 65535
+
+// listenTCP opens a metadata listener. Go sizes the accept queue from
+// /proc/sys/net/core/somaxconn, and falls back to 128 when it cannot read
+// it, as under the unit's ProcSubset=pid; a burst of SDK processes
+// starting together would then find connections refused. So the queue is
+// set again, as long as the host allows, on the listening socket itself
+// (listen(2) on a listening socket only changes its backlog).
+//
+// No TCP keep-alive probes: clients are on this host, and idle connections
+// are closed after IdleTimeout anyway. That saves the socket options net
+// would set on every accepted connection.
+func listenTCP(ap netip.AddrPort) (net.Listener, error) {
+	ln, err := (&net.ListenConfig{KeepAlive: -1}).Listen(context.Background(), "tcp", ap.String())
+	if err != nil {
+		return nil, err
+	}
+	raw, err := ln.(*net.TCPListener).SyscallConn()
+	if err == nil {
+		cerr := raw.Control(func(fd uintptr) { err = unix.Listen(int(fd), maxBacklog) })
+		err = errors.Join(cerr, err)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting the accept queue: %w", err)
+	}
+	return ln, nil
 }
 
 // startAdmin opens the admin socket; trouble is a warning, never fatal.
