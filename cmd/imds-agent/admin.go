@@ -14,23 +14,24 @@ import (
 )
 
 // adminClient finds the running agent's admin socket: the one given, or
-// the one its config names.
-func adminClient(path, socket string) (*admin.Client, error) {
+// the one its config names. A config that does not load (an edit a reload
+// refused, say) is reported, and its admin.socket still used: that is when
+// the running agent's status matters most.
+func adminClient(path, socket string, stderr io.Writer) *admin.Client {
 	if socket != "" {
-		return admin.NewClient(socket), nil
+		return admin.NewClient(socket)
 	}
 	cfg, err := config.Load(path)
 	if err != nil {
-		return nil, err
+		socket = config.AdminSocket(path)
+		fmt.Fprintf(stderr, "imds-agent: warning: %v\nimds-agent: trying the admin socket %s\n", err, socket)
+		return admin.NewClient(socket)
 	}
-	return admin.NewClient(cfg.Admin.Socket), nil
+	return admin.NewClient(cfg.Admin.Socket)
 }
 
-func showStatus(path, socket string, asJSON bool, w io.Writer) error {
-	c, err := adminClient(path, socket)
-	if err != nil {
-		return err
-	}
+func showStatus(path, socket string, asJSON bool, w, stderr io.Writer) error {
+	c := adminClient(path, socket, stderr)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := c.Status(ctx)
@@ -46,11 +47,8 @@ func showStatus(path, socket string, asJSON bool, w io.Writer) error {
 	return nil
 }
 
-func requestRefresh(path, socket string, w io.Writer) error {
-	c, err := adminClient(path, socket)
-	if err != nil {
-		return err
-	}
+func requestRefresh(path, socket string, w, stderr io.Writer) error {
+	c := adminClient(path, socket, stderr)
 	ctx, cancel := context.WithTimeout(context.Background(), admin.RefreshTimeout+10*time.Second)
 	defer cancel()
 	st, err := c.Refresh(ctx)

@@ -98,13 +98,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !parse(fs, args) {
 			return exitUsage
 		}
-		err = showStatus(*configPath, *socket, *asJSON, stdout)
+		err = showStatus(*configPath, *socket, *asJSON, stdout, stderr)
 	case "refresh":
 		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
 		if !parse(fs, args) {
 			return exitUsage
 		}
-		err = requestRefresh(*configPath, *socket, stdout)
+		err = requestRefresh(*configPath, *socket, stdout, stderr)
 	case "version":
 		if !parse(fs, args) {
 			return exitUsage

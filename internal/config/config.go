@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -153,6 +154,26 @@ func Load(path string) (*Config, error) {
 		return nil, err
 	}
 	return Parse(path, data)
+}
+
+// AdminSocket returns the admin socket the file at path names, reading
+// nothing else: status and refresh must reach a running agent even while
+// its file holds a change that a reload refused. It is the default socket
+// when the file does not name one or cannot be read.
+func AdminSocket(path string) string {
+	data, err := readFile(path)
+	if err != nil {
+		return DefaultAdminSocket
+	}
+	var c struct {
+		Admin struct {
+			Socket string `yaml:"socket"`
+		} `yaml:"admin"`
+	}
+	if yaml.Unmarshal(data, &c) != nil || !filepath.IsAbs(c.Admin.Socket) {
+		return DefaultAdminSocket
+	}
+	return c.Admin.Socket
 }
 
 // readFile reads the file at path, up to MaxFileSize.

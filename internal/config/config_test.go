@@ -254,3 +254,27 @@ func TestRegionNames(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminSocket: the socket a file names is found even when the file does
+// not validate; the default otherwise.
+func TestAdminSocket(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, text, want string }{
+		{"valid", "version: 1\nadmin:\n  socket: /run/a.sock\n", "/run/a.sock"},
+		{"invalid elsewhere", "version: 1\nbogus: 1\nadmin:\n  socket: /run/b.sock\n", "/run/b.sock"},
+		{"no admin section", "version: 1\n", DefaultAdminSocket},
+		{"relative", "version: 1\nadmin:\n  socket: b.sock\n", DefaultAdminSocket},
+		{"not YAML", "admin: [\n", DefaultAdminSocket},
+	} {
+		p := filepath.Join(dir, tc.name+".yaml")
+		if err := os.WriteFile(p, []byte(tc.text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := AdminSocket(p); got != tc.want {
+			t.Errorf("%s: AdminSocket = %q, want %q", tc.name, got, tc.want)
+		}
+	}
+	if got := AdminSocket(filepath.Join(dir, "missing.yaml")); got != DefaultAdminSocket {
+		t.Errorf("missing file: AdminSocket = %q", got)
+	}
+}

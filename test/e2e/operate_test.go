@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -111,6 +112,35 @@ func TestSystemdNotify(t *testing.T) {
 	<-a.done
 	if code := a.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code after SIGTERM: %d", code)
+	}
+}
+
+// TestStatusAfterRefusedEdit: `status` and `refresh` reach the running
+// agent through the socket its config names even while the file holds an
+// edit a reload would refuse, and say that the file does not load.
+func TestStatusAfterRefusedEdit(t *testing.T) {
+	a := runConfig(t, baseEnv(t), func(string) string { return "" })
+	text, err := os.ReadFile(a.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(a.config, append(text, "bogus_key: 1\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, cmd := range []string{"status", "refresh"} {
+		c := exec.Command(binary, cmd, "--config", a.config)
+		c.Env = baseEnv(t)
+		var out, errOut strings.Builder
+		c.Stdout, c.Stderr = &out, &errOut
+		if err := c.Run(); err != nil {
+			t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", cmd, err, out.String(), errOut.String())
+		}
+		if !strings.Contains(errOut.String(), `unknown key "bogus_key"`) || !strings.Contains(errOut.String(), "trying the admin socket "+a.socket) {
+			t.Errorf("%s: stderr does not report the config and the socket tried:\n%s", cmd, errOut.String())
+		}
+		if want := map[string]string{"status": "no role attached", "refresh": "refreshed: no-role"}[cmd]; !strings.Contains(out.String(), want) {
+			t.Errorf("%s: stdout lacks %q:\n%s", cmd, want, out.String())
+		}
 	}
 }
 
