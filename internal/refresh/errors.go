@@ -3,6 +3,7 @@ package refresh
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 
@@ -90,11 +91,15 @@ func Classify(err error) Class {
 			return Terminal
 		}
 	}
+	// Past the answers of AWS services (the source's own, such as a web
+	// identity exchange, included): a timeout or a network error is
+	// worth retrying soon, wherever it came from.
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) {
+		return Transient
+	}
 	if errors.Is(err, profile.ErrProfileNotFound) || errors.Is(err, ErrNoSourceCredentials) {
 		return Terminal
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return Transient
 	}
 	return Transient
 }
@@ -116,8 +121,10 @@ func failureCode(c Class, err error) (code, message string) {
 		}
 	}
 	switch {
-	case errors.Is(err, ErrNoSourceCredentials):
+	case errors.Is(err, ErrNoSourceCredentials) && c == Terminal:
 		return "InvalidSourceCredentials", "The host has no usable source credentials. See the agent's log."
+	case errors.Is(err, ErrNoSourceCredentials):
+		return "InvalidSourceCredentials", "The host's source credentials could not be obtained; retrying. See the agent's log."
 	case errors.Is(err, profile.ErrProfileNotFound):
 		return "InstanceProfileNotFound", "The instance profile was not found. See the agent's log."
 	case c == Terminal:

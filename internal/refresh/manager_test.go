@@ -3,6 +3,9 @@ package refresh
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,5 +123,23 @@ func TestClassify(t *testing.T) {
 	}
 	if Classify(profile.ErrProfileNotFound) != Terminal {
 		t.Error("profile not found not terminal")
+	}
+	// A source that failed (a credential_process exiting 1) is the host's
+	// problem; one that could not be reached is worth retrying soon.
+	failed := fmt.Errorf("get identity: getting the source credentials: %w: %w", ErrNoSourceCredentials, errors.New("credential_process: exit status 1"))
+	unreachable := fmt.Errorf("get identity: getting the source credentials: %w: %w", ErrNoSourceCredentials, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+	for _, tc := range []struct {
+		err   error
+		class Class
+		msg   string
+	}{
+		{failed, Terminal, "The host has no usable source credentials. See the agent's log."},
+		{unreachable, Transient, "The host's source credentials could not be obtained; retrying. See the agent's log."},
+	} {
+		c := Classify(tc.err)
+		code, msg := failureCode(c, tc.err)
+		if c != tc.class || code != "InvalidSourceCredentials" || msg != tc.msg {
+			t.Errorf("%v: %v, %s %q; want %v, InvalidSourceCredentials %q", tc.err, c, code, msg, tc.class, tc.msg)
+		}
 	}
 }

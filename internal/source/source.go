@@ -83,10 +83,17 @@ func loadOptions(s Settings) []func(*awsconfig.LoadOptions) error {
 	return opts
 }
 
-// sanitizing keeps a credential provider's errors free of secrets. The
-// SDK's credential_process provider quotes the process's whole output when
-// it cannot parse it, and that output may hold a secret key; the agent's
-// errors reach its log, `status` and systemd's STATUS=.
+// sanitizing marks a credential provider's errors as the source's, and
+// keeps them free of secrets.
+//
+// A failure to get the source credentials (a credential_process that
+// fails, a missing web identity token file) surfaces as the failure of the
+// STS or IAM call being signed; marked with refresh.ErrNoSourceCredentials,
+// it is reported as the host's credentials and not as STS being down.
+//
+// The SDK's credential_process provider quotes the process's whole output
+// when it cannot parse it, and that output may hold a secret key; the
+// agent's errors reach its log, `status` and systemd's STATUS=.
 type sanitizing struct{ aws.CredentialsProvider }
 
 func (s sanitizing) Retrieve(ctx context.Context) (aws.Credentials, error) {
@@ -98,7 +105,10 @@ func (s sanitizing) Retrieve(ctx context.Context) (aws.Credentials, error) {
 	if errors.As(err, &pe) && strings.Contains(pe.Error(), "parse failed of process output") {
 		return c, fmt.Errorf("%w: credential_process printed something other than the credentials JSON (its output is not shown: it may hold secrets)", refresh.ErrNoSourceCredentials)
 	}
-	return c, err
+	if errors.Is(err, refresh.ErrNoSourceCredentials) {
+		return c, err
+	}
+	return c, fmt.Errorf("getting the source credentials: %w: %w", refresh.ErrNoSourceCredentials, err)
 }
 
 // ProviderSources keeps the sources visible through the wrapper.

@@ -11,7 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/sts"
 
 	"github.com/imds-agent/imds-agent/internal/refresh"
 )
@@ -207,6 +209,33 @@ func TestCredentialProcessOutputNotShown(t *testing.T) {
 	_, err = cfg.Credentials.Retrieve(context.Background())
 	if err == nil || strings.Contains(err.Error(), "leaked-secret-value") || !strings.Contains(err.Error(), "credential_process") {
 		t.Errorf("err = %v", err)
+	}
+}
+
+// TestSourceFailureIsTheSources: a credential_process that fails makes the
+// STS call it was to sign fail as the host's source credentials, retried
+// slowly, never as STS being unreachable; STS is never called.
+func TestSourceFailureIsTheSources(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+	script := write(t, "process", "#!/bin/sh\necho 'vault sealed' >&2\nexit 1\n", 0o755)
+	cfgFile := write(t, "config", "[default]\ncredential_process = "+script+"\n", 0o600)
+	connect := Connector(Settings{Region: "us-east-1", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}})
+	clients, err := connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = clients.STS.AssumeRole(context.Background(), &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::123456789012:role/web"), RoleSessionName: aws.String("test")})
+	if err == nil || !errors.Is(err, refresh.ErrNoSourceCredentials) || refresh.Classify(err) != refresh.Terminal {
+		t.Errorf("err = %v (class %v), want the source's failure, terminal", err, refresh.Classify(err))
+	}
+	if hits.Load() != 0 {
+		t.Errorf("STS was called %d times without credentials to sign with", hits.Load())
 	}
 }
 
