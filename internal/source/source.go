@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strings"
 
@@ -55,13 +56,23 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 	}
 	if ps, ok := cfg.Credentials.(aws.CredentialProviderSource); ok {
 		srcs := ps.ProviderSources()
-		if slices.Contains(srcs, aws.CredentialSourceIMDS) || slices.Contains(srcs, aws.CredentialSourceHTTP) {
+		if slices.Contains(srcs, aws.CredentialSourceIMDS) || slices.Contains(srcs, aws.CredentialSourceHTTP) && containerEndpointSet() {
 			return aws.Config{}, fmt.Errorf("loading source credentials from %v and %v: %w: %w",
 				s.SharedCredentialsFiles, s.SharedConfigFiles, refresh.ErrNoSourceCredentials, ErrExcludedSource)
 		}
 	}
 	cfg.Credentials = sanitizing{cfg.Credentials}
 	return cfg, nil
+}
+
+// containerEndpointSet reports whether the environment names a container
+// credentials endpoint. The SDK labels credentials from it as coming over
+// HTTP, and so it labels a profile's credential_source = Environment (the
+// keys in the agent's environment) too; without the variables, the label
+// can only mean the latter. The container provider's client refuses every
+// request either way.
+func containerEndpointSet() bool {
+	return os.Getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") != "" || os.Getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI") != ""
 }
 
 // loadOptions are the SDK load options for s: its files and profile, no

@@ -193,6 +193,35 @@ func TestLoadNeverUsesIMDS(t *testing.T) {
 	}
 }
 
+// TestCredentialSourceEnvironment: a profile assuming a role with the keys
+// in the agent's environment (credential_source = Environment) is a source
+// like any other, though the SDK labels it as it labels a container
+// endpoint; with a container endpoint named in the environment, the agent
+// stays on the safe side and refuses it.
+func TestCredentialSourceEnvironment(t *testing.T) {
+	var hits atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
+	defer srv.Close()
+	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+	t.Setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE000000002")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+	for _, k := range []string{"AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI"} {
+		t.Setenv(k, "")
+	}
+	cfgFile := write(t, "config", "[profile app]\nrole_arn = arn:aws:iam::123456789012:role/web\ncredential_source = Environment\n", 0o600)
+	s := Settings{Region: "us-east-1", Profile: "app", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}}
+	if _, err := Load(context.Background(), s); err != nil {
+		t.Errorf("credential_source = Environment: %v", err)
+	}
+	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds")
+	if _, err := Load(context.Background(), s); !errors.Is(err, ErrExcludedSource) {
+		t.Errorf("with a container endpoint named: %v, want a refusal", err)
+	}
+	if hits.Load() != 0 {
+		t.Errorf("loading called AWS %d times", hits.Load())
+	}
+}
+
 // TestCredentialProcessOutputNotShown: a credential_process whose output
 // is not the expected JSON fails without quoting that output.
 func TestCredentialProcessOutputNotShown(t *testing.T) {
