@@ -101,6 +101,7 @@ func TestUnitContract(t *testing.T) {
 		"CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
 		"AmbientCapabilities=CAP_NET_BIND_SERVICE",
 		"RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6",
+		"Environment=AWS_EC2_METADATA_DISABLED=true",
 		"EnvironmentFile=-/etc/default/imds-agent",
 		"EnvironmentFile=-/etc/sysconfig/imds-agent",
 		"WantedBy=multi-user.target",
