@@ -87,12 +87,12 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			want := strings.ReplaceAll(systemd.Unit, systemd.BinaryPath, tc.inUnit)
+			want := installedText(tc.inUnit)
 			if d := cmp.Diff(want, string(got)); d != "" {
 				t.Errorf("installed unit (-want +got):\n%s", d)
 			}
-			if tc.exe == systemd.BinaryPath && string(got) != systemd.Unit {
-				t.Error("with the binary at /usr/bin the installed unit is not byte for byte the packaged one")
+			if tc.exe == systemd.BinaryPath && strings.Replace(string(got), installedMark+"\n", "", 1) != systemd.Unit {
+				t.Error("with the binary at /usr/bin the installed unit, but for its mark, is not byte for byte the packaged one")
 			}
 			verifyUnit(t, string(got), tc.exe)
 			calls, err := os.ReadFile(log)
@@ -184,6 +184,9 @@ func child() error {
 	}
 	if _, err := os.Stat("/etc/systemd/system/" + systemd.UnitName); err == nil {
 		return fmt.Errorf("uninstall left the unit")
+	}
+	if err := h.control("uninstall", opts); err != nil {
+		return fmt.Errorf("a second uninstall: %w", err)
 	}
 	return nil
 }

@@ -150,11 +150,18 @@ func (h *host) control(action string, opts Options) error {
 	return nil
 }
 
-// UnitTemplate is the packaged unit as a kardianos/service template: every
-// mention of the packaged binary path becomes the installed binary's path.
-// The unit holds no other template action (package systemd tests that).
+// installedMark is the line that tells a unit `imds-agent install` wrote
+// from a copy of the package's (`systemctl edit --full` makes one), which
+// uninstall must leave alone.
+const installedMark = "# Written by `imds-agent install`; `imds-agent uninstall` removes it."
+
+// UnitTemplate is the packaged unit as a kardianos/service template, marked
+// as written by install: every mention of the packaged binary path becomes
+// the installed binary's path. The unit holds no other template action
+// (package systemd tests that).
 func UnitTemplate() string {
-	return strings.ReplaceAll(systemd.Unit, systemd.BinaryPath, "{{Path | cmdEscape}}")
+	unit := strings.Replace(systemd.Unit, "\n[Unit]\n", "\n"+installedMark+"\n[Unit]\n", 1)
+	return strings.ReplaceAll(unit, systemd.BinaryPath, "{{Path | cmdEscape}}")
 }
 
 // executable returns the absolute path of the binary the unit will run,
@@ -214,8 +221,7 @@ func (h *host) installedUnit() bool {
 	if err != nil {
 		return false
 	}
-	header, _, _ := strings.Cut(systemd.Unit, "\n")
-	return strings.HasPrefix(string(b), header+"\n")
+	return strings.Contains(string(b), "\n"+installedMark+"\n")
 }
 
 // foreignUnit refuses a unit file in /etc/systemd/system that `imds-agent
@@ -296,8 +302,15 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 
 func (h *host) uninstall(svc kservice.Service, opts Options) error {
 	out := opts.Out
-	if err := svc.Stop(); err != nil {
-		fmt.Fprintln(out, "stopping the service:", err)
+	// With no unit (an earlier uninstall got this far), there is no service
+	// to stop or disable: what follows is still done, so that a second run
+	// finishes what an interrupted one left.
+	_, err := os.Lstat(h.unit)
+	hasUnit := err == nil
+	if hasUnit {
+		if err := svc.Stop(); err != nil {
+			fmt.Fprintln(out, "stopping the service:", err)
+		}
 	}
 	if opts.Cleanup == nil {
 		fmt.Fprintln(out, "not removing the link and its addresses: run `imds-agent cleanup`")
@@ -306,10 +319,14 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 	} else {
 		fmt.Fprintln(out, "removed the link and its addresses")
 	}
-	if err := svc.Uninstall(); err != nil {
-		return fmt.Errorf("removing the unit: %w", err)
+	if hasUnit {
+		if err := svc.Uninstall(); err != nil {
+			return fmt.Errorf("removing the unit: %w", err)
+		}
+		fmt.Fprintf(out, "disabled and removed /etc/systemd/system/%s\n", systemd.UnitName)
+	} else {
+		fmt.Fprintf(out, "no unit at /etc/systemd/system/%s: nothing to disable\n", systemd.UnitName)
 	}
-	fmt.Fprintf(out, "disabled and removed /etc/systemd/system/%s\n", systemd.UnitName)
 	for _, f := range h.dropIns() {
 		if err := os.Remove(f.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err

@@ -16,29 +16,50 @@ import (
 	"github.com/imds-agent/imds-agent/systemd"
 )
 
+// installedText is the unit install writes for the binary at exe.
+func installedText(exe string) string {
+	return strings.ReplaceAll(UnitTemplate(), "{{Path | cmdEscape}}", exe)
+}
+
 func TestUnitTemplateIsThePackagedUnit(t *testing.T) {
 	tmpl := UnitTemplate()
-	if got := strings.ReplaceAll(tmpl, "{{Path | cmdEscape}}", systemd.BinaryPath); got != systemd.Unit {
-		t.Errorf("the template with the packaged binary path is not the packaged unit:\n%s", cmp.Diff(systemd.Unit, got))
+	got := installedText(systemd.BinaryPath)
+	if n := strings.Count(got, "\n"+installedMark+"\n"); n != 1 {
+		t.Errorf("the template holds the mark of an installed unit %d times, want once", n)
+	}
+	if got = strings.Replace(got, installedMark+"\n", "", 1); got != systemd.Unit {
+		t.Errorf("the template with the packaged binary path and without its mark is not the packaged unit:\n%s", cmp.Diff(systemd.Unit, got))
 	}
 	if n, want := strings.Count(tmpl, "{{"), strings.Count(systemd.Unit, systemd.BinaryPath); n != want || n < 2 {
 		t.Errorf("%d template actions, want one per binary path in the unit (%d)", n, want)
 	}
 }
 
-// fakeService records the calls Control makes to kardianos/service.
+// fakeService records the calls Control makes to kardianos/service, and
+// writes and removes the unit as it would.
 type fakeService struct {
 	platform string
 	calls    []string
 	cfg      *kservice.Config
+	unit     string
 }
 
-func (f *fakeService) Run() error       { f.calls = append(f.calls, "run"); return nil }
-func (f *fakeService) Start() error     { f.calls = append(f.calls, "start"); return nil }
-func (f *fakeService) Stop() error      { f.calls = append(f.calls, "stop"); return nil }
-func (f *fakeService) Restart() error   { f.calls = append(f.calls, "restart"); return nil }
-func (f *fakeService) Install() error   { f.calls = append(f.calls, "install"); return nil }
-func (f *fakeService) Uninstall() error { f.calls = append(f.calls, "uninstall"); return nil }
+func (f *fakeService) Run() error     { f.calls = append(f.calls, "run"); return nil }
+func (f *fakeService) Start() error   { f.calls = append(f.calls, "start"); return nil }
+func (f *fakeService) Stop() error    { f.calls = append(f.calls, "stop"); return nil }
+func (f *fakeService) Restart() error { f.calls = append(f.calls, "restart"); return nil }
+func (f *fakeService) Install() error {
+	f.calls = append(f.calls, "install")
+	if err := os.MkdirAll(filepath.Dir(f.unit), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(f.unit, []byte(installedText(f.cfg.Executable)), 0o644)
+}
+
+func (f *fakeService) Uninstall() error {
+	f.calls = append(f.calls, "uninstall")
+	return os.Remove(f.unit)
+}
 func (f *fakeService) Logger(chan<- error) (kservice.Logger, error) {
 	return nil, nil
 }
@@ -64,6 +85,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 	f := &fakeHost{dir: dir, svc: &fakeService{platform: "linux-systemd"}}
 	mkdir(t, filepath.Join(dir, "run/systemd/system"))
 	mkdir(t, filepath.Join(dir, "etc"))
+	f.svc.unit = filepath.Join(dir, "etc/systemd/system", systemd.UnitName)
 	f.host = &host{
 		etc:            filepath.Join(dir, "etc"),
 		unit:           filepath.Join(dir, "etc/systemd/system", systemd.UnitName),
@@ -106,6 +128,7 @@ func TestRefusesUnitNotItsOwn(t *testing.T) {
 		{"install over a mask", "install", func(t *testing.T, p string) { mkdir(t, filepath.Dir(p)); os.Symlink("/dev/null", p) }, "masks the service; unmask it first"},
 		{"install over an empty file", "install", func(t *testing.T, p string) { writeTestFile(t, p, "") }, "masks the service"},
 		{"uninstall another unit", "uninstall", func(t *testing.T, p string) { writeTestFile(t, p, "[Service]\nExecStart=/bin/true\n") }, "exists and is not a unit `imds-agent install` wrote"},
+		{"uninstall a full copy of the package's unit", "uninstall", func(t *testing.T, p string) { writeTestFile(t, p, systemd.Unit) }, "exists and is not a unit `imds-agent install` wrote"},
 		{"uninstall a mask", "uninstall", func(t *testing.T, p string) { mkdir(t, filepath.Dir(p)); os.Symlink("/dev/null", p) }, "masks the service"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -242,14 +265,12 @@ func TestInstallLaysOutTheHost(t *testing.T) {
 	if err := os.Chmod(filepath.Join(f.etc, "imds-agent/aws"), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	// The unit the first install wrote (the fake service writes none) is
-	// replaced, not refused.
-	writeTestFile(t, f.unit, strings.ReplaceAll(systemd.Unit, systemd.BinaryPath, "/opt/imds agent/imds-agent"))
+	// The unit the first install wrote is replaced, not refused.
 	out.Reset()
 	if err := f.control("install", Options{Executable: "/usr/bin/imds-agent", Out: &out}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(f.unit); err == nil || !strings.Contains(out.String(), "replaced and enabled "+f.unit) {
+	if b, _ := os.ReadFile(f.unit); string(b) != installedText("/usr/bin/imds-agent") || !strings.Contains(out.String(), "replaced and enabled "+f.unit) {
 		t.Errorf("the earlier unit was not replaced:\n%s", out.String())
 	}
 	checkFile(t, cfg, "version: 1\n", 0o644)
@@ -299,6 +320,23 @@ func TestUninstallKeepsConfigurationAndUser(t *testing.T) {
 	if !strings.Contains(out.String(), "userdel imds-agent") {
 		t.Errorf("uninstall does not say how to remove what it kept:\n%s", out.String())
 	}
+	// Run again (as after an interrupted run), it finishes without a unit
+	// to disable.
+	f.svc.calls = nil
+	writeTestFile(t, filepath.Join(f.etc, "modules-load.d/imds-agent.conf"), systemd.ModulesLoad)
+	out.Reset()
+	if err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out, Cleanup: func() error {
+		f.svc.calls = append(f.svc.calls, "cleanup")
+		return nil
+	}}); err != nil {
+		t.Fatalf("a second uninstall: %v", err)
+	}
+	if d := cmp.Diff([]string{"cleanup"}, f.svc.calls); d != "" || !strings.Contains(out.String(), "nothing to disable") {
+		t.Errorf("a second uninstall: calls (-want +got):\n%s\nsaid:\n%s", d, out.String())
+	}
+	if _, err := os.Stat(filepath.Join(f.etc, "modules-load.d/imds-agent.conf")); err == nil {
+		t.Error("a second uninstall left a drop-in")
+	}
 }
 
 func writeTestFile(t *testing.T, path, text string) {
@@ -343,7 +381,7 @@ func checkDir(t *testing.T, path string, mode os.FileMode, gid int) {
 func TestUninstallHandsOverToThePackage(t *testing.T) {
 	f := newFakeHost(t)
 	writeTestFile(t, f.packagedUnits[0], systemd.Unit)
-	writeTestFile(t, f.unit, systemd.Unit)
+	writeTestFile(t, f.unit, installedText(systemd.BinaryPath))
 	var out bytes.Buffer
 	if err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out}); err != nil {
 		t.Fatal(err)
@@ -357,8 +395,13 @@ func TestUninstallHandsOverToThePackage(t *testing.T) {
 	// A unit in /etc that install did not write is not install's to remove.
 	g := newFakeHost(t)
 	writeTestFile(t, g.packagedUnits[0], systemd.Unit)
-	writeTestFile(t, g.unit, "[Unit]\n")
-	if err := g.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err == nil || !strings.Contains(err.Error(), "a package installed") {
-		t.Errorf("uninstall over a foreign unit: %v", err)
+	for _, unit := range []string{"[Unit]\n", systemd.Unit} { // another unit; a full copy of the package's (systemctl edit --full)
+		writeTestFile(t, g.unit, unit)
+		if err := g.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: io.Discard}); err == nil || !strings.Contains(err.Error(), "a package installed") {
+			t.Errorf("uninstall over a foreign unit: %v", err)
+		}
+		if b, _ := os.ReadFile(g.unit); string(b) != unit || len(g.svc.calls) > 0 {
+			t.Errorf("uninstall changed the unit or called %v", g.svc.calls)
+		}
 	}
 }
