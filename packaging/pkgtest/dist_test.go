@@ -11,7 +11,7 @@ import (
 
 // TestMakePackagesOutput checks what `make packages` wrote to
 // $PKGTEST_DIST (scripts/test-packages.sh sets it): one .deb and one .rpm
-// per architecture, named as packaging/README-sections.md says, each holding
+// per architecture, named as README.md says, each holding
 // a binary for its architecture.
 func TestMakePackagesOutput(t *testing.T) {
 	dist := os.Getenv("PKGTEST_DIST")

@@ -303,7 +303,22 @@ func TestRPMScriptletsRun(t *testing.T) {
 		return rpmQuery(t, pkgs.rpm1, "--qf", "%{"+tag+"}")
 	}
 	stubs := []string{"getent", "systemd-sysusers", "groupadd", "useradd", "systemctl", "networkctl", "nmcli", "imds-agent"}
-	running := systemdRunning()
+	// Each scriptlet runs as on a host where systemd runs and as in a
+	// chroot or container where it does not, whatever this host is: the
+	// scriptlets' test for it, [ -d /run/systemd/system ], is pointed at a
+	// directory that exists or not.
+	for _, running := range []bool{false, true} {
+		testRPMScriptlets(t, script, stubs, running)
+	}
+}
+
+func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []string, running bool) {
+	runDir := filepath.Join(t.TempDir(), "run-systemd-system")
+	state := "stopped"
+	if running {
+		mkdirAll(t, runDir)
+		state = "running"
+	}
 	pick := func(stopped, started []string) []string {
 		if running {
 			return started
@@ -341,8 +356,9 @@ func TestRPMScriptletsRun(t *testing.T) {
 		{
 			name: "%post install", tag: "POSTIN", arg: "1",
 			want: pick([]string{"systemctl --no-reload preset imds-agent.service"},
-				[]string{"systemctl --no-reload preset imds-agent.service", "systemctl -q is-enabled imds-agent.service",
-					"systemctl --no-block start imds-agent.service", "networkctl reload", "nmcli general reload conf"}),
+				// The drop-ins are read before the agent starts and creates imds0.
+				[]string{"networkctl reload", "nmcli general reload conf", "systemctl --no-reload preset imds-agent.service",
+					"systemctl -q is-enabled imds-agent.service", "systemctl --no-block start imds-agent.service"}),
 		},
 		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: postUpgrade},
 		{name: "%post upgrade, a unit file in /etc", tag: "POSTIN", arg: "2", etcUnit: "file", want: postUpgrade, wantWarn: true},
@@ -377,7 +393,7 @@ func TestRPMScriptletsRun(t *testing.T) {
 		},
 		{name: "%postun erase", tag: "POSTUN", arg: "0"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.name+", systemd "+state, func(t *testing.T) {
 			s := tc.stubs
 			if s == nil {
 				s = stubs
@@ -386,6 +402,7 @@ func TestRPMScriptletsRun(t *testing.T) {
 			if strings.TrimSpace(text) == "" || text == "(none)" {
 				t.Fatalf("no %s scriptlet", tc.tag)
 			}
+			text = strings.ReplaceAll(text, "/run/systemd/system", runDir)
 			text, warning := withUnitDir(t, text, tc.etcUnit)
 			got, out := runScript(t, text, s, tc.exits, tc.arg)
 			if d := cmp.Diff(tc.want, got); d != "" {
