@@ -18,6 +18,7 @@ import (
 	"github.com/imds-agent/imds-agent/internal/agent"
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
+	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/service"
 )
 
@@ -222,15 +223,42 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := agent.Check(cfg, hostinfo.System(), newLogger(stderr, cfg.Log.Format, levelOf(cfg.Log.Level))); err != nil {
+	in, err := agent.Check(cfg, hostinfo.System(), newLogger(stderr, cfg.Log.Format, levelOf(cfg.Log.Level)))
+	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	out, err := cfg.Marshal()
+	out, err := cfg.Marshal(fromHost(cfg, in))
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "# %s is valid; the effective configuration:\n%s", path, out)
 	return nil
+}
+
+// fromHost fills the instance values the file leaves to the host with what
+// the agent would derive from it now, and returns their notes: they follow
+// the host, and are not worth copying into a file shared by hosts.
+func fromHost(cfg *config.Config, in imds.Instance) map[string]string {
+	notes := map[string]string{}
+	for _, f := range []struct {
+		path    string
+		set     *string
+		derived string
+	}{
+		{"instance.id", &cfg.Instance.ID, in.ID},
+		{"instance.type", &cfg.Instance.Type, in.Type},
+		{"instance.ami_id", &cfg.Instance.AMIID, in.AMIID},
+		{"instance.hostname", &cfg.Instance.Hostname, in.Hostname},
+		{"instance.local_hostname", &cfg.Instance.LocalHostname, in.LocalHostname},
+		{"instance.local_ipv4", &cfg.Instance.LocalIPv4, in.LocalIPv4},
+		{"instance.mac", &cfg.Instance.MAC, in.MAC},
+	} {
+		if *f.set == "" && f.derived != "" {
+			*f.set = f.derived
+			notes[f.path] = "from this host"
+		}
+	}
+	return notes
 }
 
 // newLogger returns the agent's logger, writing to w (journald captures

@@ -504,12 +504,16 @@ func (a *Agent) apply(cfg *config.Config) error {
 // cannot be read, say) and the access rules (a user or group that does not
 // exist). The source credentials are not among them: a start goes on
 // without them, and a reload loads them only when their settings change.
-func Check(cfg *config.Config, host hostinfo.Host, log *slog.Logger) error {
-	if _, err := host.Instance(cfg.Instance, cfg.Listen.Link); err != nil {
-		return err
+// It returns the instance the agent would present.
+func Check(cfg *config.Config, host hostinfo.Host, log *slog.Logger) (imds.Instance, error) {
+	in, err := host.Instance(cfg.Instance, cfg.Listen.Link)
+	if err != nil {
+		return imds.Instance{}, err
 	}
-	_, err := access.Compile(cfg.Access, log)
-	return err
+	if _, err := access.Compile(cfg.Access, log); err != nil {
+		return imds.Instance{}, err
+	}
+	return in, nil
 }
 
 func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {

@@ -325,18 +325,45 @@ func Default() *Config {
 	return c
 }
 
-// Marshal renders the effective configuration as YAML.
-func (c *Config) Marshal() ([]byte, error) {
+// Marshal renders the effective configuration as YAML. The keys at the
+// dotted paths in notes get their note as a comment.
+func (c *Config) Marshal(notes map[string]string) ([]byte, error) {
+	var doc yaml.Node
+	if err := doc.Encode(c); err != nil {
+		return nil, err
+	}
+	annotate(&doc, "", notes)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
-	if err := enc.Encode(c); err != nil {
+	if err := enc.Encode(&doc); err != nil {
 		return nil, err
 	}
 	if err := enc.Close(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// annotate sets the comment of each key of the mapping n (at prefix) that
+// notes has a note for, and of the keys under it.
+func annotate(n *yaml.Node, prefix string, notes map[string]string) {
+	if n.Kind == yaml.DocumentNode && len(n.Content) == 1 {
+		n = n.Content[0]
+	}
+	if n.Kind != yaml.MappingNode {
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		path := n.Content[i].Value
+		if prefix != "" {
+			path = prefix + "." + path
+		}
+		if note, ok := notes[path]; ok {
+			n.Content[i+1].LineComment = note
+		}
+		annotate(n.Content[i+1], path, notes)
+	}
 }
 
 // located prefixes each problem in err with the file name, giving

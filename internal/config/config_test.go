@@ -174,7 +174,7 @@ func TestDefaults(t *testing.T) {
 	if diff := cmp.Diff(Default(), c); diff != "" {
 		t.Errorf("Default() differs from a minimal file (-Default +file):\n%s", diff)
 	}
-	got, err := c.Marshal()
+	got, err := c.Marshal(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		out, err := c.Marshal()
+		out, err := c.Marshal(nil)
 		if err != nil {
 			t.Fatalf("marshal: %v", err)
 		}
@@ -31,7 +31,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("printed config does not parse: %v\n%s", err, out)
 		}
-		out2, _ := c2.Marshal()
+		out2, _ := c2.Marshal(nil)
 		if string(out) != string(out2) {
 			t.Fatalf("printing is not stable:\n%s\n---\n%s", out, out2)
 		}

@@ -54,4 +54,27 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("imds-agent %s: exit %d, output:\n%s\nwant exit %d and %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
 		}
 	}
+
+	// check-config shows what the agent derives from the host, marked as
+	// such, and what it prints is a config it accepts.
+	cmd := exec.Command(binary, "check-config", "--config", good)
+	cmd.Env = baseEnv(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("check-config: %v", err)
+	}
+	for _, want := range []string{"\n  id: i-", " # from this host\n", "\n  type: on-premises # from this host\n"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("check-config output lacks %q:\n%s", want, out)
+		}
+	}
+	effective := filepath.Join(dir, "effective.yaml")
+	if err := os.WriteFile(effective, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(binary, "check-config", "--config", effective)
+	cmd.Env = baseEnv(t)
+	if again, err := cmd.CombinedOutput(); err != nil {
+		t.Errorf("check-config of its own output: %v\n%s", err, again)
+	}
 }
