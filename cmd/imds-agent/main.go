@@ -62,58 +62,65 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cmd, args := args[0], args[1:]
 	fs := flag.NewFlagSet("imds-agent "+cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "configuration file")
+	configFlag := func() *string { return fs.String("config", config.DefaultPath, "configuration file") }
 	var err error
 	switch cmd {
 	case "run":
+		configPath := configFlag()
 		force := fs.Bool("force", false, "claim the metadata address even on what looks like a real EC2 instance")
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = runDaemon(*configPath, *force, stderr)
 	case "setup-link":
+		configPath := configFlag()
 		force := fs.Bool("force", false, "claim the metadata address even on what looks like a real EC2 instance")
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = setupLink(*configPath, *force, stdout, stderr)
 	case "cleanup":
-		if !parse(fs, args) {
-			return exitUsage
+		configPath := configFlag()
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = cleanup(*configPath, stdout, stderr)
 	case "dev":
 		listen := fs.String("listen", "127.0.0.1:1338", "address to serve instance metadata on")
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = runDev(*listen, stdout, stderr)
 	case "check-config":
-		if !parse(fs, args) {
-			return exitUsage
+		configPath := configFlag()
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = checkConfig(*configPath, stdout, stderr)
 	case "status":
+		configPath := configFlag()
 		asJSON := fs.Bool("json", false, "print the status as JSON")
 		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = showStatus(*configPath, *socket, *asJSON, stdout, stderr)
 	case "refresh":
+		configPath := configFlag()
 		socket := fs.String("socket", "", "the agent's admin socket (default: admin.socket from the config)")
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = requestRefresh(*configPath, *socket, stdout, stderr)
 	case "version":
-		if !parse(fs, args) {
-			return exitUsage
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		fmt.Fprintln(stdout, versionString())
 	case "install", "uninstall", "start", "stop":
-		if !parse(fs, args) {
-			return exitUsage
+		configPath := configFlag()
+		if code, ok := parse(fs, args); !ok {
+			return code
 		}
 		err = controlService(cmd, *configPath, stdout, stderr)
 	case "help", "-h", "--help":
@@ -129,15 +136,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func parse(fs *flag.FlagSet, args []string) bool {
+// parse parses a command's flags. When it returns false the command is
+// not run, and the process exits with code: 0 after -h, which printed the
+// flags, and exitUsage after a bad command line.
+func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
 	if err := fs.Parse(args); err != nil {
-		return false
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return exitUsage, false
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(fs.Output(), "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return false
+		return exitUsage, false
 	}
-	return true
+	return 0, true
 }
 
 func versionString() string {

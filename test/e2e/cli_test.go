@@ -37,6 +37,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"version", "--config", "x"}, 2, "flag provided but not defined: -config"},
+		{[]string{"check-config", "-h"}, 0, "configuration file"},
 		{[]string{}, 2, "Usage:"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running?)"},
 		// dev refuses these before it opens anything. (A documentation
