@@ -189,14 +189,21 @@ func TestWatchdogHealthWhenRefusing(t *testing.T) {
 	}
 }
 
-// TestStatusLineIsOneLine: an error text with line breaks cannot add
-// assignments (READY=1, WATCHDOG=1) to the sd_notify message.
-func TestStatusLineIsOneLine(t *testing.T) {
-	st := refresh.Status{State: snapshot.Pending, Target: "role arn:aws:iam::123456789012:role/app",
-		LastError: "refused\nREADY=1\r\nWATCHDOG=1", ConsecutiveFailures: 1}
-	line := statusLine(st, time.Now())
-	if strings.ContainsAny(line, "\r\n") || !strings.Contains(line, "refused READY=1  WATCHDOG=1") {
-		t.Errorf("STATUS= line %q", line)
+// TestStatusLineShowsCodesOnly: STATUS=, which every local user can read,
+// gives a failure's code and never its text: STS's names the source user,
+// and a line break in it could add assignments (READY=1, WATCHDOG=1) to the
+// sd_notify message.
+func TestStatusLineShowsCodesOnly(t *testing.T) {
+	text := "User: arn:aws:iam::123456789012:user/host-42 is not authorized\nREADY=1\r\nWATCHDOG=1"
+	for _, st := range []refresh.Status{
+		{State: snapshot.Pending, Target: "role arn:aws:iam::123456789012:role/app", ConsecutiveFailures: 1},
+		{State: snapshot.Ready, Role: snapshot.Role{Name: "app"}, Expiration: time.Now().Add(time.Hour), ConsecutiveFailures: 2},
+	} {
+		st.LastError, st.LastErrorCode = text, "AssumeRoleUnauthorizedAccess"
+		line := statusLine(st, time.Now())
+		if strings.ContainsAny(line, "\r\n") || strings.Contains(line, "host-42") || !strings.Contains(line, "AssumeRoleUnauthorizedAccess (imds-agent status says more)") {
+			t.Errorf("STATUS= line %q", line)
+		}
 	}
 }
 

@@ -9,9 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
-	"unicode"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"golang.org/x/sys/unix"
@@ -43,17 +41,16 @@ func monotonicUsec() int64 {
 	return ts.Sec*1_000_000 + ts.Nsec/1_000
 }
 
-// statusLine is the one-line STATUS= systemctl shows. An error's text
-// comes from outside (STS, a credential helper): a line break in it would
-// end STATUS= and start another assignment, READY=1 or WATCHDOG=1 perhaps,
-// so control characters become spaces.
+// statusLine is the one-line STATUS= systemctl shows. Every user of the
+// host may read it, so a failure appears as its code (as iam/info gives
+// it), never as its text: STS's names the source user and account, a
+// credential helper's may say more. The text is for `imds-agent status`
+// (root and the agent's group) and the journal.
 func statusLine(st refresh.Status, now time.Time) string {
-	st.LastError = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, st.LastError)
+	st.LastError = ""
+	if st.LastErrorCode != "" {
+		st.LastError = st.LastErrorCode + " (imds-agent status says more)"
+	}
 	switch st.State {
 	case snapshot.NoRole:
 		return "serving metadata; no role attached (" + st.Target + ")"

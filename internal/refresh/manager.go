@@ -114,6 +114,7 @@ type Status struct {
 	NextRefresh         time.Time
 	LastError           string
 	LastErrorClass      string
+	LastErrorCode       string // as iam/info shows it: no text from outside
 	LastErrorAt         time.Time
 	ConsecutiveFailures int
 	Refreshes           uint64
@@ -748,6 +749,7 @@ func (m *Manager) publishStatus() {
 	}
 	if m.lastErr != nil {
 		st.LastError, st.LastErrorClass, st.LastErrorAt = m.lastErr.Error(), m.lastClass.String(), m.lastErrAt
+		st.LastErrorCode, _ = failureCode(m.lastClass, m.lastErr)
 	}
 	old := m.status.Swap(st)
 	if m.opts.OnStatus != nil && (old == nil || old.State != st.State || old.KeySuffix != st.KeySuffix ||
