@@ -81,6 +81,10 @@ func Resolve(ctx context.Context, client IAMAPI, t Target) (role snapshot.Role, 
 	}
 	gotARN := aws.ToString(p.Arn)
 	if wantARN != "" && gotARN != wantARN {
+		if account(gotARN) == account(wantARN) {
+			// IAM matches names without regard to path or letter case.
+			return snapshot.Role{}, false, fmt.Errorf("instance profile %s: IAM's profile named %s is %s, with another path or letter case; write that ARN, or the name alone: %w", wantARN, name, gotARN, ErrProfileNotFound)
+		}
 		return snapshot.Role{}, false, fmt.Errorf("instance profile %s: the source credentials see %s instead; use credentials from the profile's account: %w", wantARN, gotARN, ErrProfileNotFound)
 	}
 	if len(p.Roles) == 0 {
@@ -93,6 +97,15 @@ func Resolve(ctx context.Context, client IAMAPI, t Target) (role snapshot.Role, 
 	r.ProfileARN = gotARN
 	r.ProfileID = aws.ToString(p.InstanceProfileId)
 	return r, true, nil
+}
+
+// account is the account id of an ARN, "" if it is none.
+func account(s string) string {
+	a, err := arn.Parse(s)
+	if err != nil {
+		return ""
+	}
+	return a.AccountID
 }
 
 // RoleFromARN describes a role given by ARN. With no instance profile to
