@@ -185,8 +185,14 @@ func checkInstalled(t *testing.T) {
 		{path: awsDir, mode: 0o750, gid: gid, isDir: true},
 		{path: "/usr/share/doc/imds-agent/copyright", mode: 0o644},
 		{path: "/usr/share/doc/imds-agent/changelog.Debian.gz", mode: 0o644},
+		{path: "/usr/share/doc/imds-agent/THIRD_PARTY_NOTICES", mode: 0o644},
 	} {
 		checkFile(t, tc.path, tc.mode, 0, tc.gid, tc.isDir)
+	}
+	// The licences of what the binary links: the AWS SDK's NOTICE among them.
+	if notices, err := os.ReadFile("/usr/share/doc/imds-agent/THIRD_PARTY_NOTICES"); err != nil ||
+		!strings.Contains(string(notices), "\ngithub.com/aws/aws-sdk-go-v2 v") || !strings.Contains(string(notices), "-- NOTICE.txt --") {
+		t.Errorf("THIRD_PARTY_NOTICES lacks the AWS SDK's licence and notice (%v)", err)
 	}
 	if ents, err := os.ReadDir(awsDir); err != nil || len(ents) != 0 {
 		t.Errorf("%s is not an empty directory: %v %v", awsDir, ents, err)

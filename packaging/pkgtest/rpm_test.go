@@ -26,6 +26,7 @@ var rpmFiles = []string{
 	" -rw-r--r-- root:root /usr/lib/sysusers.d/imds-agent.conf",
 	"d -rw-r--r-- root:root /usr/share/doc/imds-agent/README.md",
 	"l -rw-r--r-- root:root /usr/share/licenses/imds-agent/LICENSE",
+	"l -rw-r--r-- root:root /usr/share/licenses/imds-agent/THIRD_PARTY_NOTICES",
 }
 
 func rpmQuery(t *testing.T, pkg string, args ...string) string {

@@ -79,11 +79,20 @@ func Build(o Options) ([]Artifact, error) {
 	if err := writeChangelog(changelog, version+"-1", o); err != nil {
 		return nil, err
 	}
+	notices, err := Notices(binary)
+	if err != nil {
+		return nil, err
+	}
+	noticesFile := filepath.Join(tmp, NoticesName)
+	if err := os.WriteFile(noticesFile, notices, 0o644); err != nil {
+		return nil, err
+	}
 	vars := map[string]string{
 		"PKG_ARCH":       o.Arch,
 		"PKG_VERSION":    version,
 		"PKG_BINARY":     binary,
 		"PKG_MAINTAINER": o.Maintainer,
+		"PKG_NOTICES":    noticesFile,
 	}
 	var out []Artifact
 	for _, format := range Formats {

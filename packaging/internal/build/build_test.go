@@ -1,9 +1,15 @@
 package build
 
 import (
+	"bytes"
+	"debug/buildinfo"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/mod/module"
 )
 
 func TestPackageVersion(t *testing.T) {
@@ -78,5 +84,58 @@ func TestVersionsSortAlikeInDpkgAndRpm(t *testing.T) {
 	}
 	if !ran {
 		t.Skip("neither dpkg nor rpm is installed")
+	}
+}
+
+// TestNotices: the notices of a binary (the packaging program's) hold the
+// Go licence and, for every module it links, that module's licence files;
+// a module with none, or missing from the module cache, is an error.
+func TestNotices(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "packaging")
+	if out, err := exec.Command("go", "build", "-o", bin, "../..").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	got, err := Notices(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bi, err := buildinfo.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(got, []byte("The Go standard library and runtime ("+bi.GoVersion+")")) || !bytes.Contains(got, []byte("Copyright 2009 The Go Authors")) {
+		t.Error("the notices lack Go's licence")
+	}
+	if len(bi.Deps) == 0 {
+		t.Fatal("the binary links no module")
+	}
+	for _, d := range bi.Deps {
+		if !bytes.Contains(got, []byte("\n"+d.Path+" "+d.Version+"\n"+strings.Repeat("-", 79)+"\n-- ")) {
+			t.Errorf("the notices lack %s %s", d.Path, d.Version)
+		}
+	}
+	// Apache 2.0 asks for the NOTICE files too: YAML's, for one.
+	_, yaml, _ := bytes.Cut(got, []byte("\ngo.yaml.in/yaml/v3 "))
+	yaml, _, _ = bytes.Cut(yaml, []byte("\n"+strings.Repeat("=", 79)))
+	if !bytes.Contains(yaml, []byte("-- LICENSE --")) || !bytes.Contains(yaml, []byte("-- NOTICE --")) {
+		t.Errorf("the notices lack go.yaml.in/yaml/v3's LICENSE or NOTICE:\n%.300s", yaml)
+	}
+
+	cache := t.TempDir()
+	t.Setenv("GOMODCACHE", cache)
+	first := bi.Deps[0]
+	if _, err := Notices(bin); err == nil || !strings.Contains(err.Error(), first.Path) || !strings.Contains(err.Error(), "go mod download") {
+		t.Errorf("with an empty module cache: %v", err)
+	}
+	esc, _ := module.EscapePath(first.Path)
+	dir := filepath.Join(cache, esc+"@"+first.Version)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "README.md"), []byte("no licence here\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Notices(bin); err == nil || !strings.Contains(err.Error(), "no licence file in "+dir) {
+		t.Errorf("with a module without a licence: %v", err)
 	}
 }
