@@ -1,6 +1,7 @@
 // Package systemd owns the files that fit imds-agent into a systemd host,
 // byte for byte as the .deb and .rpm packages (packaging/) and
-// `imds-agent install` (internal/service) ship them: the service unit, the
+// `imds-agent install` (internal/service) ship them: the service unit and
+// the unit that claims the metadata address early in boot, the
 // sysusers.d entry for the service user, the systemd-networkd and
 // NetworkManager drop-ins that keep those managers off the agent's link, the
 // modules-load.d entry for the dummy link type, and the default
@@ -20,6 +21,16 @@ const BinaryPath = "/usr/bin/imds-agent"
 
 // UnitName is the unit's file name.
 const UnitName = "imds-agent.service"
+
+// LinkUnit is imds-agent-link.service, which the service unit pulls in: it
+// sets up the link and its addresses early in boot, before the network.
+// Its command names the binary as BinaryPath.
+//
+//go:embed imds-agent-link.service
+var LinkUnit string
+
+// LinkUnitName is the link unit's file name.
+const LinkUnitName = "imds-agent-link.service"
 
 // Sysusers is the sysusers.d(5) entry that creates the service user and
 // group, imds-agent.

@@ -77,16 +77,55 @@ func uncomment(t *testing.T, text, section string) string {
 	return strings.Join(out, "\n") + "\n"
 }
 
-// TestUnitContract checks the lines other parts of the product rely on.
-func TestUnitContract(t *testing.T) {
+// unitLines returns the set of a unit's lines, comments left out.
+func unitLines(unit string) map[string]bool {
 	lines := map[string]bool{}
-	for _, l := range strings.Split(Unit, "\n") {
+	for _, l := range strings.Split(unit, "\n") {
 		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
 			lines[l] = true
 		}
 	}
+	return lines
+}
+
+// TestLinkUnitContract: the link unit claims the address before the network
+// is configured, once per boot, with netlink alone, and keeps it when
+// stopped, as the service does.
+func TestLinkUnitContract(t *testing.T) {
+	lines := unitLines(LinkUnit)
+	for _, want := range []string{
+		"DefaultDependencies=no",
+		"After=systemd-modules-load.service local-fs.target",
+		"Wants=network-pre.target",
+		"Before=network-pre.target imds-agent.service shutdown.target",
+		"Conflicts=shutdown.target",
+		"Type=oneshot",
+		"RemainAfterExit=yes",
+		"ExecStart=" + BinaryPath + " setup-link --config " + config.DefaultPath,
+		"CapabilityBoundingSet=CAP_NET_ADMIN",
+		"RestrictAddressFamilies=AF_NETLINK AF_UNIX",
+	} {
+		if !lines[want] {
+			t.Errorf("the link unit lacks %q", want)
+		}
+	}
+	for l := range lines {
+		if strings.HasPrefix(l, "ExecStop") || strings.HasPrefix(l, "[Install]") {
+			t.Errorf("the link unit has %q: the address must stay, and imds-agent.service pulls the unit in", l)
+		}
+	}
+	if strings.Contains(LinkUnit, "{{") {
+		t.Error("the link unit contains \"{{\"")
+	}
+}
+
+// TestUnitContract checks the lines other parts of the product rely on.
+func TestUnitContract(t *testing.T) {
+	lines := unitLines(Unit)
 	for _, want := range []string{
 		"Type=notify",
+		"Wants=" + LinkUnitName,
+		"After=" + LinkUnitName,
 		"ExecStartPre=+" + BinaryPath + " setup-link --config " + config.DefaultPath,
 		"ExecStart=" + BinaryPath + " run --config " + config.DefaultPath,
 		"ExecReload=/bin/kill -HUP $MAINPID",
@@ -174,8 +213,9 @@ func unitRoot(t *testing.T) string {
 	if out, err := exec.Command("cp", "-a", "/usr/lib/systemd/system", unitDir).CombinedOutput(); err != nil {
 		t.Fatalf("copying the host's units: %v\n%s", err, out)
 	}
-	// The host's copy may already hold an installed imds-agent unit.
+	// The host's copy may already hold installed imds-agent units.
 	write(t, filepath.Join(unitDir, UnitName), Unit, 0o644)
+	write(t, filepath.Join(unitDir, LinkUnitName), LinkUnit, 0o644)
 	write(t, filepath.Join(root, BinaryPath), "#!/bin/sh\nexit 0\n", 0o755)
 	kill, err := os.ReadFile("/bin/kill")
 	if err != nil {
@@ -197,9 +237,11 @@ func write(t *testing.T, path, text string, mode os.FileMode) {
 
 func TestUnitVerifies(t *testing.T) {
 	root := unitRoot(t)
-	out, err := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, UnitName).CombinedOutput()
-	if err != nil || len(out) > 0 {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	for _, name := range []string{UnitName, LinkUnitName} {
+		out, err := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, name).CombinedOutput()
+		if err != nil || len(out) > 0 {
+			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
+		}
 	}
 }
 

@@ -94,7 +94,14 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 			if tc.exe == systemd.BinaryPath && strings.Replace(string(got), installedMark+"\n", "", 1) != systemd.Unit {
 				t.Error("with the binary at /usr/bin the installed unit, but for its mark, is not byte for byte the packaged one")
 			}
-			verifyUnit(t, string(got), tc.exe)
+			link, err := os.ReadFile(unitCopy + ".link")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(LinkUnit(tc.exe), string(link)); d != "" {
+				t.Errorf("installed link unit (-want +got):\n%s", d)
+			}
+			verifyUnit(t, string(got), string(link), tc.exe)
 			calls, err := os.ReadFile(log)
 			if err != nil {
 				t.Fatal(err)
@@ -122,7 +129,7 @@ func TestKardianosInstallsThePackagedUnit(t *testing.T) {
 // verifyUnit runs `systemd-analyze verify` on an installed unit in a scratch
 // root that holds the host's units, /bin/kill and a stand-in for the binary
 // at exe (verify checks that each command exists; nothing is run).
-func verifyUnit(t *testing.T, unit, exe string) {
+func verifyUnit(t *testing.T, unit, link, exe string) {
 	t.Helper()
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Log("systemd-analyze is not installed: not verifying the unit")
@@ -134,7 +141,9 @@ func verifyUnit(t *testing.T, unit, exe string) {
 		t.Fatalf("copying the host's units: %v\n%s", err, out)
 	}
 	os.Remove(filepath.Join(root, "usr/lib/systemd/system", systemd.UnitName)) // a packaged one, if this host has it
+	os.Remove(filepath.Join(root, "usr/lib/systemd/system", systemd.LinkUnitName))
 	writeTestFile(t, filepath.Join(root, "etc/systemd/system", systemd.UnitName), unit)
+	writeTestFile(t, filepath.Join(root, "etc/systemd/system", systemd.LinkUnitName), link)
 	writeTestFile(t, filepath.Join(root, exe), "#!/bin/sh\n")
 	if err := os.Chmod(filepath.Join(root, exe), 0o755); err != nil {
 		t.Fatal(err)
@@ -147,9 +156,11 @@ func verifyUnit(t *testing.T, unit, exe string) {
 	if err := os.Chmod(filepath.Join(root, "bin/kill"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, systemd.UnitName).CombinedOutput()
-	if err != nil || len(out) > 0 {
-		t.Errorf("systemd-analyze verify of the installed unit: %v\n%s", err, out)
+	for _, name := range []string{systemd.UnitName, systemd.LinkUnitName} {
+		out, err := exec.Command("systemd-analyze", "verify", "--man=no", "--root="+root, name).CombinedOutput()
+		if err != nil || len(out) > 0 {
+			t.Errorf("systemd-analyze verify of the installed %s: %v\n%s", name, err, out)
+		}
 	}
 }
 
@@ -172,6 +183,13 @@ func child() error {
 	if err := os.WriteFile(os.Getenv("CHILD_UNIT_COPY"), unit, 0o644); err != nil {
 		return err
 	}
+	link, err := os.ReadFile("/etc/systemd/system/" + systemd.LinkUnitName)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(os.Getenv("CHILD_UNIT_COPY")+".link", link, 0o644); err != nil {
+		return err
+	}
 	// Installing again (a new binary) replaces the unit instead of failing
 	// on kardianos/service's "Init already exists".
 	if err := h.control("install", opts); err != nil {
@@ -182,8 +200,10 @@ func child() error {
 			return err
 		}
 	}
-	if _, err := os.Stat("/etc/systemd/system/" + systemd.UnitName); err == nil {
-		return fmt.Errorf("uninstall left the unit")
+	for _, name := range []string{systemd.UnitName, systemd.LinkUnitName} {
+		if _, err := os.Stat("/etc/systemd/system/" + name); err == nil {
+			return fmt.Errorf("uninstall left %s", name)
+		}
 	}
 	if err := h.control("uninstall", opts); err != nil {
 		return fmt.Errorf("a second uninstall: %w", err)

@@ -44,14 +44,14 @@ type Options struct {
 
 // Control performs one of Actions:
 //
-//   - install writes the packaged unit to /etc/systemd/system (the binary
-//     path adjusted to Executable) and enables it, creates the user
+//   - install writes the packaged units to /etc/systemd/system (the binary
+//     path adjusted to Executable) and enables the service, creates the user
 //     imds-agent, /etc/imds-agent with the default config.yaml and an empty
 //     aws/ (root:imds-agent 0750) unless they exist, and the sysusers.d,
 //     networkd, NetworkManager and modules-load.d drop-ins under /etc. It
 //     does not start the service.
 //   - uninstall stops the service, calls Options.Cleanup, disables and
-//     removes the unit and the drop-ins. It keeps /etc/imds-agent (the
+//     removes the units and the drop-ins. It keeps /etc/imds-agent (the
 //     operator's configuration and credentials) and the user.
 //   - start and stop start and stop the service.
 //
@@ -113,6 +113,9 @@ func (h *host) control(action string, opts Options) error {
 		if err := h.foreignUnit(action); err != nil {
 			return err
 		}
+		if err := h.foreignLinkUnit(action); err != nil {
+			return err
+		}
 	}
 	exe, err := executable(opts.Executable)
 	if err != nil {
@@ -155,13 +158,25 @@ func (h *host) control(action string, opts Options) error {
 // uninstall must leave alone.
 const installedMark = "# Written by `imds-agent install`; `imds-agent uninstall` removes it."
 
+// marked returns unit with the mark of a unit install wrote.
+func marked(unit string) string {
+	return strings.Replace(unit, "\n[Unit]\n", "\n"+installedMark+"\n[Unit]\n", 1)
+}
+
 // UnitTemplate is the packaged unit as a kardianos/service template, marked
 // as written by install: every mention of the packaged binary path becomes
 // the installed binary's path. The unit holds no other template action
 // (package systemd tests that).
 func UnitTemplate() string {
-	unit := strings.Replace(systemd.Unit, "\n[Unit]\n", "\n"+installedMark+"\n[Unit]\n", 1)
-	return strings.ReplaceAll(unit, systemd.BinaryPath, "{{Path | cmdEscape}}")
+	return strings.ReplaceAll(marked(systemd.Unit), systemd.BinaryPath, "{{Path | cmdEscape}}")
+}
+
+// LinkUnit is the packaged link unit as install writes it, marked, for the
+// binary at exe. A space in the path is escaped as kardianos/service
+// escapes it in the service unit; executable refuses the other characters
+// that would need it.
+func LinkUnit(exe string) string {
+	return strings.ReplaceAll(marked(systemd.LinkUnit), systemd.BinaryPath, strings.ReplaceAll(exe, " ", `\x20`))
 }
 
 // executable returns the absolute path of the binary the unit will run,
@@ -216,8 +231,15 @@ func (h *host) packagedUnit() string {
 // installedUnit reports whether the unit file is one `imds-agent install`
 // wrote. Where a package was installed afterwards, that unit shadows the
 // package's, and uninstall is how it goes away.
-func (h *host) installedUnit() bool {
-	b, err := os.ReadFile(h.unit)
+func (h *host) installedUnit() bool { return writtenByInstall(h.unit) }
+
+// linkUnit is where install writes the link unit: beside the service unit.
+func (h *host) linkUnit() string { return filepath.Join(filepath.Dir(h.unit), systemd.LinkUnitName) }
+
+// writtenByInstall reports whether the file at path is a unit install
+// wrote.
+func writtenByInstall(path string) bool {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return false
 	}
@@ -244,6 +266,15 @@ func (h *host) foreignUnit(action string) error {
 		return fmt.Errorf("%s: %s exists and is not a unit `imds-agent install` wrote; it is left alone: move it away first", action, h.unit)
 	}
 	return nil
+}
+
+// foreignLinkUnit refuses a link unit in /etc/systemd/system that install
+// did not write, as foreignUnit does the service unit.
+func (h *host) foreignLinkUnit(action string) error {
+	if _, err := os.Lstat(h.linkUnit()); errors.Is(err, fs.ErrNotExist) || writtenByInstall(h.linkUnit()) {
+		return nil
+	}
+	return fmt.Errorf("%s: %s exists and is not a unit `imds-agent install` wrote; it is left alone: move it away first", action, h.linkUnit())
 }
 
 func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
@@ -276,6 +307,12 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 	if err := ensureDir(filepath.Join(dir, "aws"), 0o750, gid, out); err != nil {
 		return err
 	}
+	// The link unit first: the daemon-reload that installing the service
+	// unit makes finds it there.
+	if err := writeFile(h.linkUnit(), LinkUnit(exe), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "wrote", h.linkUnit())
 	// kardianos/service refuses to write over a unit: one an earlier
 	// install wrote is replaced (a new binary path, a newer unit), anything
 	// else is left alone.
@@ -318,6 +355,11 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 		fmt.Fprintln(out, "removing the link and its addresses:", err)
 	} else {
 		fmt.Fprintln(out, "removed the link and its addresses")
+	}
+	// The link unit first: the daemon-reload that removing the service unit
+	// makes forgets both.
+	if err := os.Remove(h.linkUnit()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	if hasUnit {
 		if err := svc.Uninstall(); err != nil {

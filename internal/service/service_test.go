@@ -159,6 +159,25 @@ func TestRefusesUnitNotItsOwn(t *testing.T) {
 	}
 }
 
+// TestRefusesLinkUnitNotItsOwn: a link unit in /etc/systemd/system that
+// install did not write is refused, and left, by install and uninstall.
+func TestRefusesLinkUnitNotItsOwn(t *testing.T) {
+	for _, action := range []string{"install", "uninstall"} {
+		f := newFakeHost(t)
+		if action == "uninstall" {
+			writeTestFile(t, f.unit, installedText(systemd.BinaryPath))
+		}
+		writeTestFile(t, f.linkUnit(), systemd.LinkUnit)
+		err := f.control(action, Options{Executable: systemd.BinaryPath, Cleanup: func() error { return nil }})
+		if err == nil || !strings.Contains(err.Error(), f.linkUnit()+" exists and is not a unit `imds-agent install` wrote") {
+			t.Errorf("%s: %v", action, err)
+		}
+		if b, _ := os.ReadFile(f.linkUnit()); string(b) != systemd.LinkUnit || len(f.svc.calls) > 0 {
+			t.Errorf("%s changed the link unit or called %v", action, f.svc.calls)
+		}
+	}
+}
+
 func TestRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -257,6 +276,10 @@ func TestInstallLaysOutTheHost(t *testing.T) {
 	}
 	checkDir(t, filepath.Join(f.etc, "imds-agent"), 0o755, 0)
 	checkDir(t, filepath.Join(f.etc, "imds-agent/aws"), 0o750, os.Getgid())
+	checkFile(t, f.linkUnit(), LinkUnit("/opt/imds agent/imds-agent"), 0o644)
+	if !strings.Contains(LinkUnit("/opt/imds agent/imds-agent"), `ExecStart=/opt/imds\x20agent/imds-agent setup-link`) {
+		t.Errorf("the link unit does not run the installed binary:\n%s", LinkUnit("/opt/imds agent/imds-agent"))
+	}
 
 	// A second install keeps the operator's config and credentials.
 	cfg := filepath.Join(f.etc, "imds-agent/config.yaml")
@@ -307,7 +330,7 @@ func TestUninstallKeepsConfigurationAndUser(t *testing.T) {
 	if d := cmp.Diff([]string{"stop", "cleanup", "uninstall"}, f.svc.calls); d != "" {
 		t.Errorf("calls (-want +got):\n%s", d)
 	}
-	for _, gone := range []string{"sysusers.d/imds-agent.conf", "systemd/network/10-imds-agent.network", "modules-load.d/imds-agent.conf"} {
+	for _, gone := range []string{"sysusers.d/imds-agent.conf", "systemd/network/10-imds-agent.network", "modules-load.d/imds-agent.conf", "systemd/system/" + systemd.LinkUnitName} {
 		if _, err := os.Stat(filepath.Join(f.etc, gone)); err == nil {
 			t.Errorf("uninstall left %s", gone)
 		}

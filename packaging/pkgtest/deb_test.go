@@ -90,11 +90,13 @@ func TestDebLifecycle(t *testing.T) {
 		return
 	}
 
-	t.Run("installed unit verifies", func(t *testing.T) {
+	t.Run("installed units verify", func(t *testing.T) {
 		need(t, "systemd-analyze")
-		out, err := run(t, time.Minute, "systemd-analyze", "verify", "--man=no", "/usr/lib/systemd/system/imds-agent.service")
-		if err != nil || strings.TrimSpace(out) != "" {
-			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		for _, unit := range []string{"imds-agent.service", "imds-agent-link.service"} {
+			out, err := run(t, time.Minute, "systemd-analyze", "verify", "--man=no", "/usr/lib/systemd/system/"+unit)
+			if err != nil || strings.TrimSpace(out) != "" {
+				t.Errorf("systemd-analyze verify %s: %v\n%s", unit, err, out)
+			}
 		}
 	})
 
@@ -176,6 +178,7 @@ func checkInstalled(t *testing.T) {
 	}{
 		{path: "/usr/bin/imds-agent", mode: 0o755},
 		{path: "/usr/lib/systemd/system/imds-agent.service", mode: 0o644},
+		{path: "/usr/lib/systemd/system/imds-agent-link.service", mode: 0o644},
 		{path: "/usr/lib/sysusers.d/imds-agent.conf", mode: 0o644},
 		{path: "/usr/lib/systemd/network/10-imds-agent.network", mode: 0o644},
 		{path: "/usr/lib/NetworkManager/conf.d/90-imds-agent.conf", mode: 0o644},

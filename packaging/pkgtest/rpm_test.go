@@ -22,6 +22,7 @@ var rpmFiles = []string{
 	" -rw-r--r-- root:root /usr/lib/modules-load.d/imds-agent.conf",
 	" -rw-r--r-- root:root /usr/lib/systemd/network/10-imds-agent.network",
 	" -rw-r--r-- root:root /usr/lib/systemd/system-preset/90-imds-agent.preset",
+	" -rw-r--r-- root:root /usr/lib/systemd/system/imds-agent-link.service",
 	" -rw-r--r-- root:root /usr/lib/systemd/system/imds-agent.service",
 	" -rw-r--r-- root:root /usr/lib/sysusers.d/imds-agent.conf",
 	"d -rw-r--r-- root:root /usr/share/doc/imds-agent/README.md",
