@@ -179,9 +179,13 @@ func buildOne(root, format string, vars map[string]string, changelog string, o O
 	return Artifact{Format: format, Path: path, Size: st.Size()}, nil
 }
 
+// A pre-release is what follows a release's hyphen in a tag such as
+// v1.3.0-rc1: it holds a letter, which tells it from git describe's count.
+const preRelease = `[0-9A-Za-z.]*[A-Za-z][0-9A-Za-z.]*`
+
 var (
-	describeRe = regexp.MustCompile(`^([0-9]+\.[0-9]+\.[0-9]+)-([0-9]+)-g([0-9a-f]+)$`)
-	versionRe  = regexp.MustCompile(`^[0-9][0-9A-Za-z.+~]*$`)
+	tagRe     = regexp.MustCompile(`^([0-9]+\.[0-9]+\.[0-9]+)(?:-(` + preRelease + `))?(?:-([0-9]+)-g([0-9a-f]+))?$`)
+	versionRe = regexp.MustCompile(`^[0-9][0-9A-Za-z.+~]*$`)
 )
 
 // PackageVersion turns a version as the Makefile computes it into one that
@@ -190,19 +194,27 @@ var (
 //   - "v1.2.3" or "1.2.3" (a release tag) stays 1.2.3;
 //   - "1.2.3-4-gabc1234" (`git describe`, four commits after v1.2.3) becomes
 //     1.2.3+4.gabc1234: after 1.2.3 and before 1.2.4 in both;
+//   - "1.3.0-rc1" (a pre-release tag) becomes 1.3.0~rc1, before 1.3.0 in
+//     both, and "1.3.0-rc1-4-gabc1234" becomes 1.3.0~rc1+4.gabc1234;
 //   - "0.0.0~dev20250101120000.abc1234" (no tag) stays: "~" sorts before the
 //     empty string in dpkg and in rpm ≥ 4.10, so it precedes 0.0.0, and the
 //     timestamp orders dev builds.
 //
-// A hyphen is refused elsewhere: rpm forbids it in a version and dpkg would
+// Any other hyphen is refused: rpm forbids it in a version and dpkg would
 // read it as the Debian revision. The packages add their own release, "-1".
 func PackageVersion(v string) (string, error) {
 	v = strings.TrimPrefix(v, "v")
-	if m := describeRe.FindStringSubmatch(v); m != nil {
-		v = m[1] + "+" + m[2] + ".g" + m[3]
+	if m := tagRe.FindStringSubmatch(v); m != nil {
+		v = m[1]
+		if m[2] != "" {
+			v += "~" + m[2]
+		}
+		if m[3] != "" {
+			v += "+" + m[3] + ".g" + m[4]
+		}
 	}
 	if !versionRe.MatchString(v) {
-		return "", fmt.Errorf("version %q: a package version starts with a digit and holds only letters, digits and .+~ (for example 1.2.3)", v)
+		return "", fmt.Errorf("version %q: a package version starts with a digit and holds only letters, digits and .+~ (for example 1.2.3, or a tag such as v1.3.0-rc1)", v)
 	}
 	return v, nil
 }

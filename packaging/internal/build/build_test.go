@@ -20,7 +20,11 @@ func TestPackageVersion(t *testing.T) {
 		{in: "v1.2.3-4-gabc1234", want: "1.2.3+4.gabc1234"},
 		{in: "0.0.0~dev20261128155038.b27d8c7", want: "0.0.0~dev20261128155038.b27d8c7"},
 		{in: "", err: "starts with a digit"},
-		{in: "1.2.3-rc1", err: "starts with a digit"},
+		{in: "v1.3.0-rc1", want: "1.3.0~rc1"},
+		{in: "1.3.0-rc.2", want: "1.3.0~rc.2"},
+		{in: "v1.3.0-beta-4-gabc1234", want: "1.3.0~beta+4.gabc1234"},
+		{in: "1.2.3-4", err: "starts with a digit"},
+		{in: "1.2.3-", err: "starts with a digit"},
 		{in: "dev", err: "starts with a digit"},
 		{in: "1.2 3", err: "starts with a digit"},
 	} {
@@ -50,6 +54,12 @@ func TestVersionsSortAlikeInDpkgAndRpm(t *testing.T) {
 		"1.2.3-4-gabc1234",
 		"1.2.3-10-g0000000",
 		"1.2.4",
+		"1.3.0-alpha",
+		"1.3.0-rc1",
+		"1.3.0-rc1-4-gabc1234",
+		"1.3.0-rc2",
+		"1.3.0",
+		"1.3.0-1-g0000000",
 		"1.10.0",
 	}
 	var vs []string
