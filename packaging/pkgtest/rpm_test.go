@@ -25,7 +25,9 @@ var rpmFiles = []string{
 	" -rw-r--r-- root:root /usr/lib/systemd/system/imds-agent-link.service",
 	" -rw-r--r-- root:root /usr/lib/systemd/system/imds-agent.service",
 	" -rw-r--r-- root:root /usr/lib/sysusers.d/imds-agent.conf",
+	" drwxr-xr-x root:root /usr/share/doc/imds-agent",
 	"d -rw-r--r-- root:root /usr/share/doc/imds-agent/README.md",
+	" drwxr-xr-x root:root /usr/share/licenses/imds-agent",
 	"l -rw-r--r-- root:root /usr/share/licenses/imds-agent/LICENSE",
 	"l -rw-r--r-- root:root /usr/share/licenses/imds-agent/THIRD_PARTY_NOTICES",
 }
