@@ -98,7 +98,7 @@ func (c *Config) validate(lines lineIndex) Problems {
 		case err != nil:
 			p.add("metrics.listen", "%v", err)
 		case !ap.Addr().IsLoopback():
-			p.add("metrics.listen", "%q is not a loopback address; metrics say which roles this host holds, so they are served on loopback only (scrape through a local proxy or agent)", c.Metrics.Listen)
+			p.add("metrics.listen", "%q is not a loopback address; the metrics endpoint has no authentication and tells when this host's credentials fail or expire, so it is served on loopback only (scrape through a local proxy or agent)", c.Metrics.Listen)
 		}
 	}
 	return p

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/imds-agent/imds-agent/internal/imds"
+	"github.com/imds-agent/imds-agent/internal/refresh"
 	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
 
@@ -91,6 +92,11 @@ func New(src Sources) *Metrics {
 		Name: "imds_agent_refresh_failures_total",
 		Help: "Failed sts:AssumeRole calls, by failure class.",
 	}, []string{"class"})
+	// Every class from the start, at 0, so that rate() and alerts see a
+	// series before the first failure.
+	for _, c := range refresh.ClassNames() {
+		m.refreshFailed.WithLabelValues(c)
+	}
 	m.refreshLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "imds_agent_refresh_duration_seconds",
 		Help:    "Duration of sts:AssumeRole calls.",
@@ -167,7 +173,8 @@ func (m *Metrics) Handler() http.Handler {
 }
 
 // Listen binds the metrics address (a loopback one: the configuration
-// refuses others, since the metrics say which roles this host holds).
+// refuses others, since the endpoint has no authentication and tells when
+// this host's credentials fail or expire, and which requests it refuses).
 func Listen(addr string) (net.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -31,9 +31,12 @@ const (
 	DurationTooLong
 )
 
-func (c Class) String() string {
-	return [...]string{"transient", "throttled", "terminal", "duration-too-long"}[c]
-}
+var classNames = [...]string{"transient", "throttled", "terminal", "duration-too-long"}
+
+func (c Class) String() string { return classNames[c] }
+
+// ClassNames returns the name of every class, as String gives it.
+func ClassNames() []string { return classNames[:] }
 
 var terminalCodes = map[string]bool{
 	"AccessDenied": true, "AccessDeniedException": true, "NoSuchEntity": true,

@@ -250,6 +250,12 @@ func TestStatusMetricsAudit(t *testing.T) {
 	if v := value("imds_agent_credentials_ready", nil); v != 1 {
 		t.Errorf("credentials ready = %v", v)
 	}
+	// Before any failure, each class's series is there at 0.
+	for _, class := range []string{"transient", "throttled", "terminal", "duration-too-long"} {
+		if v := value("imds_agent_refresh_failures_total", map[string]string{"class": class}); v != 0 {
+			t.Errorf("refresh failures of class %s = %v, want 0", class, v)
+		}
+	}
 
 	waitFor(t, 5*time.Second, "three more audit records", func() bool { return served() >= before+3 })
 	logs := a.stderr.String()
