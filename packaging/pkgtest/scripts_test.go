@@ -360,6 +360,14 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 				[]string{"networkctl reload", "nmcli general reload conf", "systemctl --no-reload preset imds-agent.service",
 					"systemctl -q is-enabled imds-agent.service", "systemctl --no-block start imds-agent.service"}),
 		},
+		{
+			// An administrator's preset said disable: enabled it is not,
+			// so it is not started either.
+			name: "%post install, preset disabled", tag: "POSTIN", arg: "1", exits: map[string]string{"systemctl": "1"},
+			want: pick([]string{"systemctl --no-reload preset imds-agent.service"},
+				[]string{"networkctl reload", "nmcli general reload conf", "systemctl --no-reload preset imds-agent.service",
+					"systemctl -q is-enabled imds-agent.service"}),
+		},
 		{name: "%post upgrade", tag: "POSTIN", arg: "2", want: postUpgrade},
 		{name: "%post upgrade, a unit file in /etc", tag: "POSTIN", arg: "2", etcUnit: "file", want: postUpgrade, wantWarn: true},
 		{name: "%post upgrade, the unit masked", tag: "POSTIN", arg: "2", etcUnit: "mask", want: postUpgrade},
