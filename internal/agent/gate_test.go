@@ -302,6 +302,38 @@ func TestGateTokenBinding(t *testing.T) {
 	}
 }
 
+// TestGateTokenBindingTurnedOn: rules with bind_tokens_to_uid swapped in,
+// as a reload does, bind the tokens issued from then on; those issued
+// before stay valid for anyone until they expire.
+func TestGateTokenBindingTurnedOn(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	tokens, err := imds.NewTokens(time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func() string {
+		return tokens.Issue(60, g.TokenBinding(request(http.MethodPut, "/latest/api/token", "127.0.0.1", localRoot)))
+	}
+	before := issue()
+	cfg := config.Default()
+	cfg.Access.BindTokensToUID = true
+	rules, err := compileRules(cfg, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:80")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.rules.Store(rules)
+	after := issue()
+	if got := tokens.Verify(before, localWeb.UID, true); got != imds.TokenValid {
+		t.Errorf("a token issued before, presented by another user: %v, want valid", got)
+	}
+	if got := tokens.Verify(after, localWeb.UID, true); got != imds.TokenWrongUser {
+		t.Errorf("a token issued after, presented by another user: %v, want wrong user", got)
+	}
+	if got := tokens.Verify(after, localRoot.UID, true); got != imds.TokenValid {
+		t.Errorf("a token issued after, presented by its user: %v, want valid", got)
+	}
+}
+
 // TestGateRefusalRecordsAreLimited: refusals beyond the limit are counted,
 // not recorded, and the next one recorded says how many were left out;
 // credential answers are recorded whatever the limit.
