@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"math"
+	"os"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -174,4 +177,35 @@ func TestReleaseFreesPooledBuffers(t *testing.T) {
 		t.Fatal("a buffer left in a sync.Pool survived the release")
 	}
 	runtime.KeepAlive(&pool)
+}
+
+// TestTuneGC: the agent's collector settings apply unless GOGC or
+// GOMEMLIMIT is in the environment, which takes precedence.
+func TestTuneGC(t *testing.T) {
+	percent, limit := debug.SetGCPercent(100), debug.SetMemoryLimit(math.MaxInt64)
+	defer func() { debug.SetGCPercent(percent); debug.SetMemoryLimit(limit) }()
+
+	// t.Setenv puts the environment back at the end; the variables are
+	// then removed, as on a host that sets neither.
+	t.Setenv("GOGC", "")
+	os.Unsetenv("GOGC")
+	t.Setenv("GOMEMLIMIT", "")
+	os.Unsetenv("GOMEMLIMIT")
+	TuneGC()
+	if got := debug.SetGCPercent(100); got != gcPercent {
+		t.Errorf("GOGC unset: collector at %d %%, want %d", got, gcPercent)
+	}
+	if got := debug.SetMemoryLimit(math.MaxInt64); got != memoryLimit {
+		t.Errorf("GOMEMLIMIT unset: limit %d, want %d", got, memoryLimit)
+	}
+
+	t.Setenv("GOGC", "300")
+	t.Setenv("GOMEMLIMIT", "1GiB")
+	TuneGC()
+	if got := debug.SetGCPercent(100); got != 100 {
+		t.Errorf("GOGC set: TuneGC changed the collector to %d %%", got)
+	}
+	if got := debug.SetMemoryLimit(math.MaxInt64); got != math.MaxInt64 {
+		t.Errorf("GOMEMLIMIT set: TuneGC changed the limit to %d", got)
+	}
 }
