@@ -45,12 +45,12 @@ func TestParseErrors(t *testing.T) {
 		{"fraction for a whole number", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 1.5\n", `c.yaml:3: metadata_options.http_put_response_hop_limit: expected a whole number, not a scalar value "1.5"`},
 		{"fractional version", "version: 1.9\n", `c.yaml:1: version: expected a whole number`},
 		{"whole number out of range", "version: 1\nmetadata_options:\n  http_put_response_hop_limit: 18446744073709551615\n", `http_put_response_hop_limit: 18446744073709551615 is out of range`},
-		{"text for a boolean", "version: 1\nlog:\n  audit: \"yes\"\n", `c.yaml:3: log.audit: expected true or false, not a scalar value "yes"`},
+		{"text for a boolean", "version: 1\nlog:\n  audit: sometimes\n", `c.yaml:3: log.audit: expected true or false, not a scalar value "sometimes"`},
 		{"text for a number", "version: 1\naccess:\n  token_rate_limit: \"5\"\n", `c.yaml:3: access.token_rate_limit: expected a number`},
 		{"mapping for text", "version: 1\ninstance:\n  region: {a: 1}\n", `c.yaml:3: instance.region: expected text, not a mapping`},
 		{"text for a list", "version: 1\nlisten:\n  addresses: 127.0.0.1:80\n", `c.yaml:3: listen.addresses: expected a list`},
 		{"list in a list", "version: 1\nlisten:\n  addresses:\n    - 127.0.0.1:80\n    - [a]\n", `c.yaml:5: listen.addresses: item 2 is a list; each must be text`},
-		{"alias", "version: 1\ninstance:\n  region: &r eu-west-1\n  hostname: *r\n", `c.yaml:4: instance.hostname: expected text, not a YAML alias (*r)`},
+		{"alias to a list for text", "version: 1\nlisten:\n  addresses: &a [\"127.0.0.1:80\"]\n  link: *a\n", `c.yaml:3: listen.link: expected text, not a list`},
 		{"bad duration", "version: 1\ncredentials:\n  session_duration: 1 hour\n", `c.yaml:3: credentials.session_duration: "1 hour" is not a duration`},
 		{"seconds for a duration", "version: 1\ncredentials:\n  session_duration: 3600\n", `c.yaml:3: credentials.session_duration: "3600" is not a duration`},
 		{"negative duration", "version: 1\ncredentials:\n  session_duration: -1h\n", `c.yaml:3: credentials.session_duration: "-1h" is negative`},
@@ -194,6 +194,43 @@ func TestDefaults(t *testing.T) {
 	// The printed effective config must itself be a valid config.
 	if _, err := Parse("printed", got); err != nil {
 		t.Errorf("printed config does not parse: %v", err)
+	}
+}
+
+// TestParseTakesExactValues: values that YAML converts without a loss load
+// as they did before the type checks: aliases, YAML 1.1 booleans, quoted
+// ones too, and whole numbers written with a fraction of zero.
+func TestParseTakesExactValues(t *testing.T) {
+	in := `version: 1.0
+instance:
+  region: &r eu-west-1
+  hostname: *r
+metadata_options:
+  http_put_response_hop_limit: 2.0
+listen:
+  link: ""
+  addresses: [&a "127.0.0.1:8080", "127.0.0.2:8080"]
+credentials:
+  source_profile: &f /etc/imds-agent/aws/other
+  shared_config_files: [*f]
+log:
+  audit: "yes"
+metrics:
+  listen: *a
+`
+	c, err := Parse("c.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Version != 1 || c.Instance.Hostname != "eu-west-1" || c.MetadataOptions.HTTPPutResponseHopLimit != 2 ||
+		!c.Log.Audit || c.Metrics.Listen != "127.0.0.1:8080" || len(c.Credentials.SharedConfigFiles) != 1 || c.Credentials.SharedConfigFiles[0] != "/etc/imds-agent/aws/other" {
+		t.Errorf("parsed %+v", c)
+	}
+	for _, v := range []string{"no", "off", "N"} {
+		c, err := Parse("c.yaml", []byte("version: 1\nlog:\n  audit: "+v+"\n"))
+		if err != nil || c.Log.Audit {
+			t.Errorf("audit: %s: %v, %v", v, c, err)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sort"
 	"strings"
@@ -74,10 +75,14 @@ func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
 }
 
 // checkValue checks a value against its key's type before decoding, so
-// that the message names the key, and so that nothing is converted
-// silently: YAML would read 1.5 as 1 for a whole number, and "yes" as true.
+// that the message names the key, and so that nothing is converted with a
+// loss: YAML would read 1.5 as 1 for a whole number. What decodes exactly
+// (2.0 as 2, yes as true, an alias as the value it stands for) is taken.
 // It returns the node at fault (v, or an item of a list) and the problem.
 func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
+	for v.Kind == yaml.AliasNode && v.Alias != nil { // *name stands for the value &name marks
+		v = v.Alias
+	}
 	switch t {
 	case reflect.TypeOf(Duration(0)):
 		var d Duration
@@ -88,11 +93,13 @@ func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
 	}
 	switch t.Kind() {
 	case reflect.Int:
-		if v.Kind != yaml.ScalarNode || v.Tag != "!!int" {
+		// 2.0 is a whole number; 1.5 would be read as 1.
+		var f float64
+		if v.Kind != yaml.ScalarNode || (v.Tag != "!!int" && (v.Tag != "!!float" || v.Decode(&f) != nil || f != math.Trunc(f))) {
 			return v, "expected a whole number, not a " + kindName(v)
 		}
 		var n int
-		if v.Decode(&n) != nil {
+		if v.Decode(&n) != nil || v.Tag == "!!float" && float64(n) != f {
 			return v, fmt.Sprintf("%s is out of range", v.Value)
 		}
 	case reflect.Float64:
@@ -100,7 +107,9 @@ func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
 			return v, "expected a number, not a " + kindName(v)
 		}
 	case reflect.Bool:
-		if v.Kind != yaml.ScalarNode || v.Tag != "!!bool" {
+		// YAML 1.1's yes, no, on and off are read as they were meant.
+		var b bool
+		if v.Kind != yaml.ScalarNode || v.Decode(&b) != nil {
 			return v, "expected true or false, not a " + kindName(v)
 		}
 	case reflect.String:
@@ -112,6 +121,9 @@ func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
 			return v, "expected a list such as [\"a\", \"b\"], not a " + kindName(v)
 		}
 		for i, e := range v.Content {
+			for e.Kind == yaml.AliasNode && e.Alias != nil {
+				e = e.Alias
+			}
 			if e.Kind != yaml.ScalarNode || e.Tag == "!!null" {
 				return e, fmt.Sprintf("item %d is a %s; each must be text", i+1, kindName(e))
 			}
