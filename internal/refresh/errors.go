@@ -5,10 +5,12 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
 	"github.com/aws/smithy-go"
 
 	"github.com/imds-agent/imds-agent/internal/profile"
@@ -36,7 +38,7 @@ var classNames = [...]string{"transient", "throttled", "terminal", "duration-too
 func (c Class) String() string { return classNames[c] }
 
 // ClassNames returns the name of every class, as String gives it.
-func ClassNames() []string { return classNames[:] }
+func ClassNames() []string { return slices.Clone(classNames[:]) }
 
 var terminalCodes = map[string]bool{
 	"AccessDenied": true, "AccessDeniedException": true, "NoSuchEntity": true,
@@ -94,14 +96,21 @@ func Classify(err error) Class {
 			return Terminal
 		}
 	}
-	// Past the answers of AWS services (the source's own, such as a web
-	// identity exchange, included): a timeout or a network error is
-	// worth retrying soon, wherever it came from.
+	// What remains of the source's failures is terminal when it is the
+	// host's setup (no credentials found, a token file missing, a helper's
+	// output that is no credentials), and worth retrying soon when
+	// something may answer differently next time: a timeout, the network,
+	// an AWS service behind the source (a web identity exchange's
+	// IDPCommunicationError), or a credential_process that failed (it
+	// says nothing of why: its own network, say).
 	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) {
+	var pe *processcreds.ProviderError
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne):
 		return Transient
-	}
-	if errors.Is(err, profile.ErrProfileNotFound) || errors.Is(err, ErrNoSourceCredentials) {
+	case errors.Is(err, ErrNoSourceCredentials) && (errors.As(err, &ae) || errors.As(err, &pe)):
+		return Transient
+	case errors.Is(err, profile.ErrProfileNotFound) || errors.Is(err, ErrNoSourceCredentials):
 		return Terminal
 	}
 	return Transient

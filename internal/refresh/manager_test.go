@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
+	"github.com/aws/smithy-go"
+
 	"github.com/imds-agent/imds-agent/internal/profile"
 	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
@@ -124,17 +127,26 @@ func TestClassify(t *testing.T) {
 	if Classify(profile.ErrProfileNotFound) != Terminal {
 		t.Error("profile not found not terminal")
 	}
-	// A source that failed (a credential_process exiting 1) is the host's
-	// problem; one that could not be reached is worth retrying soon.
-	failed := fmt.Errorf("get identity: getting the source credentials: %w: %w", ErrNoSourceCredentials, errors.New("credential_process: exit status 1"))
-	unreachable := fmt.Errorf("get identity: getting the source credentials: %w: %w", ErrNoSourceCredentials, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+	// A source the host's setup lacks is terminal; one that may answer
+	// differently next time is worth retrying soon. Either is reported as
+	// the source's failure, not STS's.
+	source := func(err error) error {
+		return fmt.Errorf("get identity: getting the source credentials: %w: %w", ErrNoSourceCredentials, err)
+	}
+	const (
+		setup = "The host has no usable source credentials. See the agent's log."
+		retry = "The host's source credentials could not be obtained; retrying. See the agent's log."
+	)
 	for _, tc := range []struct {
 		err   error
 		class Class
 		msg   string
 	}{
-		{failed, Terminal, "The host has no usable source credentials. See the agent's log."},
-		{unreachable, Transient, "The host's source credentials could not be obtained; retrying. See the agent's log."},
+		{source(errors.New("open /var/run/token: no such file or directory")), Terminal, setup},
+		{source(&processcreds.ProviderError{Err: errors.New("error in credential_process: exit status 1")}), Transient, retry},
+		{source(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), Transient, retry},
+		{source(&smithy.GenericAPIError{Code: "IDPCommunicationError", Message: "the IdP could not be reached"}), Transient, retry},
+		{source(&smithy.GenericAPIError{Code: "InvalidIdentityToken", Message: "bad token"}), Terminal, setup},
 	} {
 		c := Classify(tc.err)
 		code, msg := failureCode(c, tc.err)

@@ -242,8 +242,9 @@ func TestCredentialProcessOutputNotShown(t *testing.T) {
 }
 
 // TestSourceFailureIsTheSources: a credential_process that fails makes the
-// STS call it was to sign fail as the host's source credentials, retried
-// slowly, never as STS being unreachable; STS is never called.
+// STS call it was to sign fail as the host's source credentials, never as
+// STS being unreachable, and is retried soon (it says nothing of why it
+// failed); STS is never called.
 func TestSourceFailureIsTheSources(t *testing.T) {
 	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
 		t.Setenv(k, "")
@@ -260,8 +261,8 @@ func TestSourceFailureIsTheSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = clients.STS.AssumeRole(context.Background(), &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::123456789012:role/web"), RoleSessionName: aws.String("test")})
-	if err == nil || !errors.Is(err, refresh.ErrNoSourceCredentials) || refresh.Classify(err) != refresh.Terminal {
-		t.Errorf("err = %v (class %v), want the source's failure, terminal", err, refresh.Classify(err))
+	if err == nil || !errors.Is(err, refresh.ErrNoSourceCredentials) || refresh.Classify(err) != refresh.Transient {
+		t.Errorf("err = %v (class %v), want the source's failure, transient", err, refresh.Classify(err))
 	}
 	if hits.Load() != 0 {
 		t.Errorf("STS was called %d times without credentials to sign with", hits.Load())
