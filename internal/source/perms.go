@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -40,8 +41,12 @@ var secretMarkers = [][]byte{[]byte("aws_secret_access_key"), []byte("aws_sessio
 func CheckFiles(paths []string) error {
 	uid, groups := os.Getuid(), ownGroups()
 	for _, p := range paths {
-		if err := checkWriters(p, uid, groups); err != nil {
+		var w *writers
+		switch err := checkWriters(p, uid, groups); {
+		case errors.As(err, &w):
 			return fmt.Errorf("source credentials: %w: %w", err, ErrUntrustedFile)
+		case err != nil:
+			return fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
 		}
 	}
 	fixGroup := groupName(uint32(os.Getgid()))
@@ -94,62 +99,111 @@ func CheckFiles(paths []string) error {
 	return nil
 }
 
+// maxLinks bounds the symbolic links followed on one path, as the kernel's
+// own limit does.
+const maxLinks = 40
+
+// writers is what checkWriters finds: someone other than root and the
+// agent can change the file or what its path leads to.
+type writers struct{ msg string }
+
+func (w *writers) Error() string { return w.msg }
+
 // checkWriters reports who other than root and the agent (uid, in groups)
-// could change the file at path or what the path leads to: the file, and
-// every directory above it, before and after symbolic links are followed.
-// A directory others may write to is fine only with the sticky bit (/tmp),
-// and only for an entry in it that exists and that root or the agent owns.
+// could change the file at path or what the path leads to. It walks the
+// path from / one name at a time, as the kernel resolves it, following each
+// symbolic link where it is met: every directory passed through, every
+// link and the file itself must be owned by root or the agent and writable
+// by no one else (group write only for the agent's own groups). A directory
+// everyone may write to is fine only with the sticky bit (/tmp), and only
+// for an entry in it that exists and that root or the agent owns: anyone
+// could put a missing one there. A missing file, or a missing directory on
+// the way, is fine when no one else could create it. Such findings are
+// *writers errors; any other error is one that kept the walk from looking.
 func checkWriters(path string, uid int, groups []uint32) error {
-	path = filepath.Clean(path)
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("%s is not an absolute path", path)
 	}
-	chains := []string{path}
-	if real, err := filepath.EvalSymlinks(path); err == nil && real != path {
-		chains = append(chains, real)
-	} else if errors.Is(err, fs.ErrNotExist) {
-		if dir, err := filepath.EvalSymlinks(filepath.Dir(path)); err == nil && dir != filepath.Dir(path) {
-			chains = append(chains, filepath.Join(dir, filepath.Base(path)))
-		}
-	}
+	path = filepath.Clean(path)
 	trusted := func(st *syscall.Stat_t) bool { return st.Uid == 0 || int(st.Uid) == uid }
-	for _, p := range chains {
-		childTrusted := false // the entry below the directory looked at exists and is trusted
-		for cur := p; ; cur = filepath.Dir(cur) {
-			fi, err := os.Lstat(cur)
-			if errors.Is(err, fs.ErrNotExist) && cur == p {
-				continue
+	refuse := func(what string, fi fs.FileInfo, who string) error {
+		st := fi.Sys().(*syscall.Stat_t)
+		return &writers{fmt.Sprintf("%s can be changed by %s, through %s (owner %s, mode %s); let root alone write it and its directories",
+			path, who, what, userName(st.Uid), fi.Mode())}
+	}
+	// judge checks one entry: a directory passed through (with whether the
+	// entry below it exists and is trusted), a link, or the file.
+	judge := func(name string, fi fs.FileInfo, childTrusted bool) error {
+		st := fi.Sys().(*syscall.Stat_t)
+		mode := fi.Mode()
+		what := "the file " + name
+		switch {
+		case name == path:
+			what = "it"
+		case mode.IsDir():
+			what = "the directory " + name
+		case mode.Type() == fs.ModeSymlink:
+			what = "the link " + name
+		}
+		switch {
+		case !trusted(st):
+			return refuse(what, fi, "its owner, user "+userName(st.Uid))
+		case mode.Type() == fs.ModeSymlink:
+			return nil // a link's own mode means nothing
+		case mode&0o002 != 0 && !(mode.IsDir() && mode&fs.ModeSticky != 0 && childTrusted):
+			return refuse(what, fi, "every user on this host")
+		case mode&0o020 != 0 && !slices.Contains(groups, st.Gid):
+			return refuse(what, fi, "the members of group "+groupName(st.Gid))
+		}
+		return nil
+	}
+	todo := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	dir, links := "/", 0
+	for len(todo) > 0 {
+		name := todo[0]
+		todo = todo[1:]
+		if name == "" || name == "." {
+			continue
+		}
+		next := filepath.Join(dir, name) // dir holds no link, so ".." is its parent
+		fi, err := os.Lstat(next)
+		dirInfo, derr := os.Lstat(dir)
+		if derr != nil {
+			return derr
+		}
+		if errors.Is(err, fs.ErrNotExist) {
+			return judge(dir, dirInfo, false) // who could create it?
+		}
+		if err != nil {
+			return err
+		}
+		if !trusted(fi.Sys().(*syscall.Stat_t)) {
+			return judge(next, fi, false) // its owner, the plainer answer
+		}
+		if err := judge(dir, dirInfo, true); err != nil {
+			return err
+		}
+		if fi.Mode().Type() == fs.ModeSymlink {
+			if err := judge(next, fi, false); err != nil {
+				return err
 			}
+			if links++; links > maxLinks {
+				return fmt.Errorf("%s: more than %d symbolic links", path, maxLinks)
+			}
+			target, err := os.Readlink(next)
 			if err != nil {
 				return err
 			}
-			st := fi.Sys().(*syscall.Stat_t)
-			mode := fi.Mode()
-			var who string
-			switch {
-			case !trusted(st):
-				who = "its owner, user " + userName(st.Uid)
-			case mode.Type() == fs.ModeSymlink:
-				// A link's own mode means nothing; its owner and its
-				// directory decide who can change it.
-			case mode&0o002 != 0 && !(mode.IsDir() && mode&fs.ModeSticky != 0 && childTrusted):
-				who = "every user on this host"
-			case mode&0o020 != 0 && !slices.Contains(groups, st.Gid):
-				who = "the members of group " + groupName(st.Gid)
+			if filepath.IsAbs(target) {
+				dir = "/"
 			}
-			if who != "" {
-				what := "it"
-				if cur != p {
-					what = "the directory " + cur
-				}
-				return fmt.Errorf("%s can be changed by %s, through %s (owner %s, mode %s); let root alone write it and its directories",
-					path, who, what, userName(st.Uid), mode)
-			}
-			childTrusted = trusted(st)
-			if cur == "/" {
-				break
-			}
+			todo = append(strings.Split(strings.Trim(target, "/"), "/"), todo...)
+			continue
 		}
+		if len(todo) == 0 {
+			return judge(path, fi, false)
+		}
+		dir = next
 	}
 	return nil
 }

@@ -67,6 +67,12 @@ func TestCheckFiles(t *testing.T) {
 	if err := CheckFiles([]string{filepath.Join(t.TempDir(), "missing")}); err != nil {
 		t.Errorf("missing file: %v", err)
 	}
+	// A path the check cannot walk is an error of its own, not a finding
+	// about who may write.
+	p := filepath.Join(write(t, "file", "", 0o600), "config")
+	if err := CheckFiles([]string{p}); err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "checking who may change "+p) {
+		t.Errorf("a path through a file: %v", err)
+	}
 }
 
 func TestGroupReadableByAnotherGroup(t *testing.T) {
@@ -135,6 +141,54 @@ func TestCheckFilesWriters(t *testing.T) {
 			}
 			return link
 		}, "every user on this host, through the directory"},
+		{"missing, in a missing directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o755), "none", "config") }, ""},
+		{"missing, in a missing directory under a world-writable one", func(t *testing.T) string {
+			return filepath.Join(dir(t, 0o777), "none", "config")
+		}, "every user on this host, through the directory"},
+		{"a link to a link in a world-writable directory", func(t *testing.T) string {
+			real := file(t, dir(t, 0o755), 0o644, 0, 0)
+			open := dir(t, 0o777)
+			inner := filepath.Join(open, "inner")
+			if err := os.Symlink(real, inner); err != nil {
+				t.Fatal(err)
+			}
+			outer := filepath.Join(dir(t, 0o755), "outer")
+			if err := os.Symlink(inner, outer); err != nil {
+				t.Fatal(err)
+			}
+			return outer
+		}, "every user on this host, through the directory"},
+		{"a relative link, through .., to a file in root's directory", func(t *testing.T) string {
+			d := dir(t, 0o755)
+			mkdir := filepath.Join(d, "sub")
+			if err := os.Mkdir(mkdir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			real := file(t, d, 0o644, 0, 0)
+			link := filepath.Join(mkdir, "link")
+			if err := os.Symlink("../"+filepath.Base(real), link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, ""},
+		{"a dangling link into a world-writable directory", func(t *testing.T) string {
+			link := filepath.Join(dir(t, 0o755), "link")
+			if err := os.Symlink(filepath.Join(dir(t, 0o777), "missing"), link); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, "every user on this host, through the directory"},
+		{"another user's link", func(t *testing.T) string {
+			real := file(t, dir(t, 0o755), 0o644, 0, 0)
+			link := filepath.Join(dir(t, 0o755), "link")
+			if err := os.Symlink(real, link); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Lchown(link, 65534, 65534); err != nil {
+				t.Fatal(err)
+			}
+			return link
+		}, "its owner, user"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := tc.path(t)
