@@ -88,9 +88,10 @@ func unitLines(unit string) map[string]bool {
 	return lines
 }
 
-// TestLinkUnitContract: the link unit claims the address before the network
-// is configured, once per boot, with netlink alone, and keeps it when
-// stopped, as the service does.
+// TestLinkUnitContract: the link unit, once enabled, claims the address
+// before the network is configured, once per boot, with netlink alone, and
+// keeps it when stopped, as the service does; the service does not pull it
+// in.
 func TestLinkUnitContract(t *testing.T) {
 	lines := unitLines(LinkUnit)
 	for _, want := range []string{
@@ -104,14 +105,20 @@ func TestLinkUnitContract(t *testing.T) {
 		"ExecStart=" + BinaryPath + " setup-link --config " + config.DefaultPath,
 		"CapabilityBoundingSet=CAP_NET_ADMIN",
 		"RestrictAddressFamilies=AF_NETLINK AF_UNIX",
+		"WantedBy=multi-user.target",
 	} {
 		if !lines[want] {
 			t.Errorf("the link unit lacks %q", want)
 		}
 	}
 	for l := range lines {
-		if strings.HasPrefix(l, "ExecStop") || strings.HasPrefix(l, "[Install]") {
-			t.Errorf("the link unit has %q: the address must stay, and imds-agent.service pulls the unit in", l)
+		if strings.HasPrefix(l, "ExecStop") {
+			t.Errorf("the link unit has %q: the address must stay", l)
+		}
+	}
+	for l := range unitLines(Unit) {
+		if (strings.HasPrefix(l, "Wants=") || strings.HasPrefix(l, "Requires=")) && strings.Contains(l, LinkUnitName) {
+			t.Errorf("the service unit has %q: the link unit is the administrator's to enable", l)
 		}
 	}
 	if strings.Contains(LinkUnit, "{{") {
@@ -124,7 +131,6 @@ func TestUnitContract(t *testing.T) {
 	lines := unitLines(Unit)
 	for _, want := range []string{
 		"Type=notify",
-		"Wants=" + LinkUnitName,
 		"After=" + LinkUnitName,
 		"ExecStartPre=+" + BinaryPath + " setup-link --config " + config.DefaultPath,
 		"ExecStart=" + BinaryPath + " run --config " + config.DefaultPath,

@@ -333,6 +333,7 @@ func (h *host) install(svc kservice.Service, exe string, out io.Writer) error {
 		return nil
 	}
 	fmt.Fprintf(out, "installed and enabled %s, running %s\n", h.unit, exe)
+	fmt.Fprintf(out, "to claim the metadata address early in boot, before the network (where nothing else needs the network's own at boot): systemctl enable %s\n", systemd.LinkUnitName)
 	fmt.Fprintf(out, "next: put source credentials in %s, attach a profile in %s, then run: imds-agent start\n", filepath.Join(dir, "aws"), cfg)
 	return nil
 }
@@ -356,8 +357,15 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 	} else {
 		fmt.Fprintln(out, "removed the link and its addresses")
 	}
-	// The link unit first: the daemon-reload that removing the service unit
+	// The link unit first, with the link that enabling it made, if the
+	// administrator did: the daemon-reload that removing the service unit
 	// makes forgets both.
+	wants := filepath.Join(filepath.Dir(h.unit), "multi-user.target.wants", systemd.LinkUnitName)
+	if target, err := os.Readlink(wants); err == nil && filepath.Base(target) == systemd.LinkUnitName {
+		if err := os.Remove(wants); err != nil {
+			return err
+		}
+	}
 	if err := os.Remove(h.linkUnit()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}

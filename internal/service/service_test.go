@@ -317,6 +317,12 @@ func TestUninstallKeepsConfigurationAndUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.svc.calls = nil
+	// The administrator enabled the link unit.
+	wants := filepath.Join(f.etc, "systemd/system/multi-user.target.wants", systemd.LinkUnitName)
+	mkdir(t, filepath.Dir(wants))
+	if err := os.Symlink(f.linkUnit(), wants); err != nil {
+		t.Fatal(err)
+	}
 	cleaned := 0
 	var out bytes.Buffer
 	err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out, Cleanup: func() error {
@@ -330,8 +336,9 @@ func TestUninstallKeepsConfigurationAndUser(t *testing.T) {
 	if d := cmp.Diff([]string{"stop", "cleanup", "uninstall"}, f.svc.calls); d != "" {
 		t.Errorf("calls (-want +got):\n%s", d)
 	}
-	for _, gone := range []string{"sysusers.d/imds-agent.conf", "systemd/network/10-imds-agent.network", "modules-load.d/imds-agent.conf", "systemd/system/" + systemd.LinkUnitName} {
-		if _, err := os.Stat(filepath.Join(f.etc, gone)); err == nil {
+	for _, gone := range []string{"sysusers.d/imds-agent.conf", "systemd/network/10-imds-agent.network", "modules-load.d/imds-agent.conf",
+		"systemd/system/" + systemd.LinkUnitName, "systemd/system/multi-user.target.wants/" + systemd.LinkUnitName} {
+		if _, err := os.Lstat(filepath.Join(f.etc, gone)); err == nil {
 			t.Errorf("uninstall left %s", gone)
 		}
 	}

@@ -164,13 +164,27 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		}
 		return out
 	}
+	// The link unit, as dh_installsystemd --no-enable: on a first install
+	// (no state yet) only recorded; on an upgrade enabled again if the
+	// administrator had enabled it.
+	linkFirst := []string{
+		"deb-systemd-helper debian-installed imds-agent-link.service",
+		"deb-systemd-helper update-state imds-agent-link.service",
+	}
+	linkUpgrade := []string{
+		"deb-systemd-helper debian-installed imds-agent-link.service",
+		"deb-systemd-helper unmask imds-agent-link.service",
+		"deb-systemd-helper --quiet was-enabled imds-agent-link.service",
+		"deb-systemd-helper enable imds-agent-link.service",
+		"deb-systemd-helper update-state imds-agent-link.service",
+	}
 	upgrade := cat([]string{
 		"getent passwd imds-agent",
 		"dpkg-statoverride --list /etc/imds-agent/aws",
 		"deb-systemd-helper unmask imds-agent.service",
 		"deb-systemd-helper --quiet was-enabled imds-agent.service",
 		"deb-systemd-helper enable imds-agent.service",
-	}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+	}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
 		"deb-systemd-invoke restart imds-agent.service"))
 	for _, tc := range []struct {
 		name     string
@@ -185,7 +199,7 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 	}{
 		{
 			name: "postinst configure, first install", script: "postinst", args: []string{"configure", ""},
-			exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1"},
+			exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1", "deb-systemd-helper.debian-installed": "1"},
 			want: cat([]string{
 				"getent passwd imds-agent",
 				"systemd-sysusers imds-agent.conf",
@@ -194,12 +208,12 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 				"deb-systemd-helper unmask imds-agent.service",
 				"deb-systemd-helper --quiet was-enabled imds-agent.service",
 				"deb-systemd-helper enable imds-agent.service",
-			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+			}, linkFirst, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
 				"deb-systemd-invoke start imds-agent.service")),
 		},
 		{
 			name: "postinst configure, first install without systemd-sysusers", script: "postinst", args: []string{"configure", ""},
-			stubs: withoutSysusers(), exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1", "deb-systemd-helper.--quiet": "1"},
+			stubs: withoutSysusers(), exits: map[string]string{"getent": "2", "dpkg-statoverride.--list": "1", "deb-systemd-helper.--quiet": "1", "deb-systemd-helper.debian-installed": "1"},
 			want: cat([]string{
 				"getent passwd imds-agent",
 				"getent group imds-agent",
@@ -211,10 +225,27 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 				"deb-systemd-helper --quiet was-enabled imds-agent.service",
 				// The admin disabled it: keep it disabled.
 				"deb-systemd-helper update-state imds-agent.service",
-			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+			}, linkFirst, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
 				"deb-systemd-invoke start imds-agent.service")),
 		},
 		{name: "postinst configure, upgrade", script: "postinst", args: []string{"configure", "0.0.0"}, want: upgrade},
+		{
+			// Neither unit enabled: both stay as they are.
+			name: "postinst configure, upgrade, both units disabled", script: "postinst", args: []string{"configure", "0.0.0"},
+			exits: map[string]string{"deb-systemd-helper.--quiet": "1"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper update-state imds-agent.service",
+				"deb-systemd-helper debian-installed imds-agent-link.service",
+				"deb-systemd-helper unmask imds-agent-link.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent-link.service",
+				"deb-systemd-helper update-state imds-agent-link.service",
+			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
+				"deb-systemd-invoke restart imds-agent.service")),
+		},
 		{
 			// `imds-agent install` ran before the package came.
 			name: "postinst configure, upgrade, a unit file in /etc", script: "postinst", args: []string{"configure", "0.0.0"},
@@ -252,13 +283,13 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		{name: "prerm upgrade", script: "prerm", args: []string{"upgrade", "0.0.1"}},
 		{
 			name: "postrm remove", script: "postrm", args: []string{"remove"},
-			want: cat(ifRunning("systemctl --system daemon-reload"), []string{"deb-systemd-helper mask imds-agent.service"}),
+			want: cat(ifRunning("systemctl --system daemon-reload"), []string{"deb-systemd-helper mask imds-agent.service imds-agent-link.service"}),
 		},
 		{
 			name: "postrm purge", script: "postrm", args: []string{"purge"},
 			want: []string{
-				"deb-systemd-helper purge imds-agent.service",
-				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper purge imds-agent.service imds-agent-link.service",
+				"deb-systemd-helper unmask imds-agent.service imds-agent-link.service",
 				"dpkg-statoverride --list /etc/imds-agent/aws",
 				"dpkg-statoverride --remove /etc/imds-agent/aws",
 				"rm -rf /etc/imds-agent",
@@ -378,7 +409,7 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 			name: "%preun erase", tag: "PREUN", arg: "0",
 			stubs: append(append([]string(nil), stubs...), "stat"), exits: map[string]string{"out:stat": "2049:2\n"},
 			want: []string{
-				pick([]string{"systemctl --no-reload disable imds-agent.service"}, []string{"systemctl --no-reload disable --now imds-agent.service"})[0],
+				pick([]string{"systemctl --no-reload disable imds-agent.service imds-agent-link.service"}, []string{"systemctl --no-reload disable --now imds-agent.service imds-agent-link.service"})[0],
 				"stat -c %d:%i /proc/1/root/.",
 				"stat -c %d:%i /",
 				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
@@ -390,7 +421,7 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 			name: "%preun erase, chroot unknown", tag: "PREUN", arg: "0",
 			stubs: append(append([]string(nil), stubs...), "stat"), exits: map[string]string{"stat": "1"},
 			want: []string{
-				pick([]string{"systemctl --no-reload disable imds-agent.service"}, []string{"systemctl --no-reload disable --now imds-agent.service"})[0],
+				pick([]string{"systemctl --no-reload disable imds-agent.service imds-agent-link.service"}, []string{"systemctl --no-reload disable --now imds-agent.service imds-agent-link.service"})[0],
 				"stat -c %d:%i /proc/1/root/.",
 			},
 		},
