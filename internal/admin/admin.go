@@ -69,6 +69,7 @@ const RefreshTimeout = 60 * time.Second
 // Server serves the control socket.
 type Server struct {
 	path string
+	ours fs.FileInfo // the socket file Listen made
 	log  *slog.Logger
 	ln   net.Listener
 	http *http.Server
@@ -86,9 +87,14 @@ func Listen(path string, b Backend, log *slog.Logger) (*Server, error) {
 		if fi.Mode().Type() != fs.ModeSocket {
 			return nil, fmt.Errorf("admin socket %s: something other than a socket is there (%s); it is left alone", path, describeMode(fi.Mode()))
 		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c, err := net.DialTimeout("unix", path, time.Second)
+		switch {
+		case err == nil:
 			c.Close()
 			return nil, fmt.Errorf("admin socket %s: another agent is answering on it", path)
+		case !errors.Is(err, syscall.ECONNREFUSED):
+			// Not stale for sure (a socket this user may not use, say).
+			return nil, fmt.Errorf("admin socket %s: cannot tell whether another agent is answering on it, so it is left alone: %w", path, err)
 		}
 		if err := os.Remove(path); err != nil {
 			return nil, fmt.Errorf("removing the stale admin socket: %w", err)
@@ -99,11 +105,19 @@ func Listen(path string, b Backend, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	// Closing the listener would remove whatever is at path by then; Shutdown
+	// removes the socket only if it is still this one.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ours, err := os.Lstat(path)
+	if err == nil {
+		err = os.Chmod(path, 0o660)
+	}
+	if err != nil {
 		ln.Close()
+		os.Remove(path)
 		return nil, fmt.Errorf("admin socket permissions: %w", err)
 	}
-	s := &Server{path: path, log: log, ln: ln}
+	s := &Server{path: path, log: log, ln: ln, ours: ours}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, b.Status())
@@ -135,11 +149,14 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// Shutdown stops the server. Closing the listener removes the socket
-// file it created; nothing else at the path is touched, so a socket that
-// another agent has opened there since is kept.
+// Shutdown stops the server and removes its socket file, if the path still
+// holds it: a socket another agent has opened there since is kept.
 func (s *Server) Shutdown(ctx context.Context) error {
-	return s.http.Shutdown(ctx)
+	err := s.http.Shutdown(ctx)
+	if fi, lerr := os.Lstat(s.path); lerr == nil && os.SameFile(fi, s.ours) {
+		_ = os.Remove(s.path)
+	}
+	return err
 }
 
 // describeMode names the kind of file a mode says.

@@ -89,6 +89,28 @@ func TestListenReplacesStaleSocket(t *testing.T) {
 	}
 }
 
+// TestShutdownKeepsAnotherAgentsSocket: a socket another agent has opened
+// at the path since (after removing this one's, say) is not removed by
+// this one's Shutdown.
+func TestShutdownKeepsAnotherAgentsSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	s := serve(t, path)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	other := serve(t, path)
+	if err := s.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewClient(path).Status(context.Background()); err != nil {
+		t.Errorf("the other agent's socket is gone after the first one's Shutdown: %v", err)
+	}
+	_ = other.Shutdown(context.Background())
+	if _, err := os.Lstat(path); !os.IsNotExist(err) {
+		t.Errorf("after the other's Shutdown its socket is still there (%v)", err)
+	}
+}
+
 // TestClientErrors: a failed connection says what is wrong in the user's
 // terms.
 func TestClientErrors(t *testing.T) {
