@@ -116,6 +116,19 @@ func TestNotices(t *testing.T) {
 	if !bytes.Contains(got, []byte("The Go standard library and runtime ("+bi.GoVersion+")")) || !bytes.Contains(got, []byte("Copyright 2009 The Go Authors")) {
 		t.Error("the notices lack Go's licence")
 	}
+	if !bytes.Contains(got, []byte("-- PATENTS --")) || !bytes.Contains(got, []byte("Additional IP Rights Grant (Patents)")) {
+		t.Error("the notices lack Go's patent grant")
+	}
+	for _, name := range []string{"LICENSE", "LICENSE.txt", "LICENSE-MIT", "LICENCE.md", "COPYING", "NOTICE", "NOTICE.txt", "PATENTS"} {
+		if !noticeFile.MatchString(name) {
+			t.Errorf("%s is not taken for a licence file", name)
+		}
+	}
+	for _, name := range []string{"README.md", "LICENSES", "go.mod", "license_test.go"} {
+		if noticeFile.MatchString(name) {
+			t.Errorf("%s is taken for a licence file", name)
+		}
+	}
 	if len(bi.Deps) == 0 {
 		t.Fatal("the binary links no module")
 	}

@@ -15,8 +15,9 @@ import (
 )
 
 // noticeFile matches the files at a module's root that carry its licence
-// terms: LICENSE, LICENCE, COPYING and NOTICE, with any extension.
-var noticeFile = regexp.MustCompile(`(?i)^(licen[cs]e|copying|notice)(\.[a-z]+)?$`)
+// terms: LICENSE, LICENCE, COPYING, NOTICE and PATENTS (Go's patent grant),
+// alone or with a suffix (LICENSE.txt, LICENSE-MIT, NOTICE.md).
+var noticeFile = regexp.MustCompile(`(?i)^(licen[cs]e|copying|notice|patents)(-[0-9a-z.-]+)?(\.(txt|md|rst))?$`)
 
 // NoticesName is the file, beside the project's own licence, that holds the
 // licences and notices of the code linked into the binary.
@@ -44,6 +45,9 @@ func Notices(binary string) ([]byte, error) {
 	}
 	for _, d := range bi.Deps {
 		if d.Replace != nil {
+			if d.Replace.Version == "" { // a directory of the builder's
+				return nil, fmt.Errorf("notices: %s is replaced by the directory %s, whose licence files are not in the module cache; build the packages without the replacement", d.Path, d.Replace.Path)
+			}
 			d = d.Replace
 		}
 		esc, err := module.EscapePath(d.Path)
