@@ -118,7 +118,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintln(stdout, versionString())
 	case "install", "uninstall", "start", "stop":
-		configPath := configFlag()
+		configPath := new(string)
+		if cmd == "uninstall" { // for the link it removes
+			configPath = configFlag()
+		}
 		if code, ok := parse(fs, args); !ok {
 			return code
 		}
@@ -259,7 +262,6 @@ func fromHost(cfg *config.Config, in imds.Instance) map[string]string {
 		derived string
 	}{
 		{"instance.id", &cfg.Instance.ID, in.ID},
-		{"instance.type", &cfg.Instance.Type, in.Type},
 		{"instance.ami_id", &cfg.Instance.AMIID, in.AMIID},
 		{"instance.hostname", &cfg.Instance.Hostname, in.Hostname},
 		{"instance.local_hostname", &cfg.Instance.LocalHostname, in.LocalHostname},
@@ -270,6 +272,9 @@ func fromHost(cfg *config.Config, in imds.Instance) map[string]string {
 			*f.set = f.derived
 			notes[f.path] = "from this host"
 		}
+	}
+	if cfg.Instance.Type == "" {
+		cfg.Instance.Type = in.Type // the default, the same on every host
 	}
 	return notes
 }

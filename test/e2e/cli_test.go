@@ -38,6 +38,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"version", "--config", "x"}, 2, "flag provided but not defined: -config"},
+		{[]string{"start", "--config", "x"}, 2, "flag provided but not defined: -config"},
 		{[]string{"check-config", "-h"}, 0, "configuration file"},
 		{[]string{}, 2, "Usage:"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running?)"},
@@ -65,7 +66,7 @@ func TestCommandLine(t *testing.T) {
 	if err != nil {
 		t.Fatalf("check-config: %v", err)
 	}
-	for _, want := range []string{"\n  id: i-", " # from this host\n", "\n  type: on-premises # from this host\n"} {
+	for _, want := range []string{"\n  id: i-", " # from this host\n", "\n  type: on-premises\n"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("check-config output lacks %q:\n%s", want, out)
 		}
