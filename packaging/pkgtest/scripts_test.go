@@ -119,11 +119,9 @@ func mkdirAll(t *testing.T, dir string) {
 	}
 }
 
-// systemdRunning mirrors the scripts' own test, [ -d /run/systemd/system ].
-func systemdRunning() bool {
-	st, err := os.Stat("/run/systemd/system")
-	return err == nil && st.IsDir()
-}
+// checkConfig is how the scripts ask the new binary whether it takes the
+// configuration before restarting the agent on an upgrade.
+const checkConfig = "imds-agent check-config --config /etc/imds-agent/config.yaml"
 
 // TestDebMaintainerScriptsRun runs the .deb's scripts with stubs for every
 // program and checks what they ask for, argument by argument.
@@ -150,7 +148,22 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		}
 		return s
 	}
-	running := systemdRunning()
+	// Each script runs as on a host where systemd runs and as in a chroot
+	// or container where it does not, whatever this host is: the scripts'
+	// test for it, [ -d /run/systemd/system ], is pointed at a directory
+	// that exists or not.
+	for _, running := range []bool{false, true} {
+		testDebScripts(t, script, stubs, withoutSysusers, running)
+	}
+}
+
+func testDebScripts(t *testing.T, script func(string) string, stubs []string, withoutSysusers func() []string, running bool) {
+	runDir := filepath.Join(t.TempDir(), "run-systemd-system")
+	state := "stopped"
+	if running {
+		mkdirAll(t, runDir)
+		state = "running"
+	}
 	ifRunning := func(l ...string) []string {
 		if running {
 			return l
@@ -185,7 +198,7 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		"deb-systemd-helper --quiet was-enabled imds-agent.service",
 		"deb-systemd-helper enable imds-agent.service",
 	}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-		"deb-systemd-invoke restart imds-agent.service"))
+		checkConfig, "deb-systemd-invoke restart imds-agent.service"))
 	for _, tc := range []struct {
 		name     string
 		script   string
@@ -196,6 +209,7 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		noStderr bool   // run with standard error closed
 		want     []string
 		wantWarn bool
+		wantOut  []string // what the script must print
 	}{
 		{
 			name: "postinst configure, first install", script: "postinst", args: []string{"configure", ""},
@@ -244,7 +258,21 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 				"deb-systemd-helper --quiet was-enabled imds-agent-link.service",
 				"deb-systemd-helper update-state imds-agent-link.service",
 			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-				"deb-systemd-invoke restart imds-agent.service")),
+				checkConfig, "deb-systemd-invoke restart imds-agent.service")),
+		},
+		{
+			// The new binary refuses the configuration: the running agent
+			// is left serving, and the package says why.
+			name: "postinst configure, upgrade, the config refused", script: "postinst", args: []string{"configure", "0.0.0"},
+			exits: map[string]string{"imds-agent": "1"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper enable imds-agent.service",
+			}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf", checkConfig)),
+			wantOut: ifRunning("imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml"),
 		},
 		{
 			// `imds-agent install` ran before the package came.
@@ -301,12 +329,12 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		},
 		{name: "postrm upgrade", script: "postrm", args: []string{"upgrade", "0.0.1"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
+		t.Run(tc.name+", systemd "+state, func(t *testing.T) {
 			s := tc.stubs
 			if s == nil {
 				s = stubs
 			}
-			text, warning := withUnitDir(t, script(tc.script), tc.etcUnit)
+			text, warning := withUnitDir(t, strings.ReplaceAll(script(tc.script), "/run/systemd/system", runDir), tc.etcUnit)
 			if tc.noStderr {
 				text = "exec 2>&-\n" + text
 			}
@@ -316,6 +344,11 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 			}
 			if warned := strings.Contains(out, warning); warned != tc.wantWarn {
 				t.Errorf("warned about a unit in /etc: %v, want %v; printed:\n%s", warned, tc.wantWarn, out)
+			}
+			for _, w := range tc.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("printed:\n%s\nwant %q", out, w)
+				}
 			}
 		})
 	}
@@ -365,6 +398,7 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 		etcUnit   string // withUnitDir's kind
 		want      []string
 		wantWarn  bool
+		wantOut   []string // what the scriptlet must print
 	}{
 		{
 			name: "%pre install", tag: "PREIN", arg: "1",
@@ -428,7 +462,15 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 		{name: "%preun upgrade", tag: "PREUN", arg: "1"},
 		{
 			name: "%postun upgrade", tag: "POSTUN", arg: "1",
-			want: pick(nil, []string{"systemctl daemon-reload", "systemctl try-restart imds-agent.service"}),
+			want: pick([]string{checkConfig}, []string{checkConfig, "systemctl daemon-reload", "systemctl try-restart imds-agent.service"}),
+		},
+		{
+			// The new binary refuses the configuration: the running agent
+			// is left serving, and the package says why.
+			name: "%postun upgrade, the config refused", tag: "POSTUN", arg: "1",
+			exits:   map[string]string{"imds-agent": "1"},
+			want:    pick([]string{checkConfig}, []string{checkConfig, "systemctl daemon-reload"}),
+			wantOut: []string{"imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml"},
 		},
 		{name: "%postun erase", tag: "POSTUN", arg: "0"},
 	} {
@@ -449,6 +491,11 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 			}
 			if warned := strings.Contains(out, warning); warned != tc.wantWarn {
 				t.Errorf("warned about a unit in /etc: %v, want %v; printed:\n%s", warned, tc.wantWarn, out)
+			}
+			for _, w := range tc.wantOut {
+				if !strings.Contains(out, w) {
+					t.Errorf("printed:\n%s\nwant %q", out, w)
+				}
 			}
 		})
 	}
