@@ -67,6 +67,8 @@ func TestParseErrors(t *testing.T) {
 		{"link named dot-dot", "version: 1\nlisten:\n  link: \"..\"\n", `listen.link: ".." is not a link name`},
 		{"broken second document", "version: 1\n---\n: [bad\n", `after the first YAML document`},
 		{"key without a value", "version: 1\nlog:\n  audit:\n", `c.yaml:3: log.audit has no value`},
+		{"alias to no value", "version: 1\nmetrics: &n\nlog:\n  audit: *n\n", `c.yaml:4: log.audit has no value`},
+		{"alias to no value for text", "version: 1\nmetrics: &n\nlisten:\n  link: *n\n", `c.yaml:4: listen.link has no value`},
 		{"window too short", "version: 1\ncredentials:\n  refresh_before_expiry: 1ms\n", `credentials.refresh_before_expiry: 1ms is below 5m0s`},
 		{"region of another partition's form", "version: 1\ninstance:\n  region: eusc-de-eas\n", `is not a region name`},
 		{"both role and profile", "version: 1\ncredentials:\n  instance_profile: web\n  role_arn: arn:aws:iam::123456789012:role/web\n", `c.yaml:4: credentials.role_arn: set either instance_profile or role_arn, not both`},

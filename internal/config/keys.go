@@ -63,9 +63,10 @@ func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
 			if err := walk(v, ft, path, lines); err != nil {
 				return err
 			}
-		} else if v.Kind == yaml.ScalarNode && v.Tag == "!!null" {
+		} else if leaf := resolved(v); leaf.Kind == yaml.ScalarNode && leaf.Tag == "!!null" {
 			// "audit:" with nothing after it would decode as false, and
-			// "link:" as "": a value left out must not switch things off.
+			// "link:" as "": a value left out, or an alias to none, must
+			// not switch things off.
 			return lineError{v.Line, fmt.Sprintf("%s has no value; write one (\"\" for empty text, [] for an empty list) or leave the key out", path)}
 		} else if at, msg := checkValue(v, ft); msg != "" {
 			return lineError{at.Line, path + ": " + msg}
@@ -80,9 +81,7 @@ func walk(n *yaml.Node, t reflect.Type, prefix string, lines lineIndex) error {
 // (2.0 as 2, yes as true, an alias as the value it stands for) is taken.
 // It returns the node at fault (v, or an item of a list) and the problem.
 func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
-	for v.Kind == yaml.AliasNode && v.Alias != nil { // *name stands for the value &name marks
-		v = v.Alias
-	}
+	v = resolved(v)
 	switch t {
 	case reflect.TypeOf(Duration(0)):
 		var d Duration
@@ -121,15 +120,21 @@ func checkValue(v *yaml.Node, t reflect.Type) (*yaml.Node, string) {
 			return v, "expected a list such as [\"a\", \"b\"], not a " + kindName(v)
 		}
 		for i, e := range v.Content {
-			for e.Kind == yaml.AliasNode && e.Alias != nil {
-				e = e.Alias
-			}
+			e = resolved(e)
 			if e.Kind != yaml.ScalarNode || e.Tag == "!!null" {
 				return e, fmt.Sprintf("item %d is a %s; each must be text", i+1, kindName(e))
 			}
 		}
 	}
 	return v, ""
+}
+
+// resolved is the node an alias (*name) stands for: the value &name marks.
+func resolved(v *yaml.Node) *yaml.Node {
+	for v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
+	}
+	return v
 }
 
 // messageOf is the message of a lineError, without its line.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"os/exec"
 	"slices"
 	"strings"
 
@@ -45,7 +46,8 @@ var terminalCodes = map[string]bool{
 	"InvalidClientTokenId": true, "SignatureDoesNotMatch": true, "IncompleteSignature": true,
 	"ExpiredToken": true, "ExpiredTokenException": true, "UnrecognizedClientException": true,
 	"MalformedPolicyDocument": true, "PackedPolicyTooLarge": true, "RegionDisabledException": true,
-	"ValidationError": true, "InvalidIdentityToken": true, "IDPRejectedClaim": true,
+	"ValidationError": true, "IDPRejectedClaim": true,
+	"UnauthorizedException": true, "InvalidGrantException": true, // SSO: the session expired or was revoked
 	"InvalidParameterValue": true, "MissingAuthenticationToken": true, "OptInRequired": true,
 }
 
@@ -97,19 +99,23 @@ func Classify(err error) Class {
 		}
 	}
 	// What remains of the source's failures is terminal when it is the
-	// host's setup (no credentials found, a token file missing, a helper's
-	// output that is no credentials), and worth retrying soon when
-	// something may answer differently next time: a timeout, the network,
-	// an AWS service behind the source (a web identity exchange's
-	// IDPCommunicationError), or a credential_process that failed (it
-	// says nothing of why: its own network, say).
+	// host's setup (no credentials found, a token file missing, a
+	// credential_process that cannot be run or whose output is no
+	// credentials), and worth retrying soon when something may answer
+	// differently next time: a timeout, the network, an AWS service behind
+	// the source (a web identity exchange's IDPCommunicationError), or a
+	// credential_process that ran and failed (it says nothing of why: its
+	// own network, say).
 	var ne net.Error
 	var pe *processcreds.ProviderError
+	var ee *exec.ExitError
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne):
 		return Transient
-	case errors.Is(err, ErrNoSourceCredentials) && (errors.As(err, &ae) || errors.As(err, &pe)):
+	case errors.Is(err, ErrNoSourceCredentials) && errors.As(err, &ae):
 		return Transient
+	case errors.Is(err, ErrNoSourceCredentials) && errors.As(err, &pe) && errors.As(pe, &ee) && ee.ExitCode() != 126 && ee.ExitCode() != 127:
+		return Transient // 126 and 127: the shell could not run the command
 	case errors.Is(err, profile.ErrProfileNotFound) || errors.Is(err, ErrNoSourceCredentials):
 		return Terminal
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -143,10 +145,15 @@ func TestClassify(t *testing.T) {
 		msg   string
 	}{
 		{source(errors.New("open /var/run/token: no such file or directory")), Terminal, setup},
-		{source(&processcreds.ProviderError{Err: errors.New("error in credential_process: exit status 1")}), Transient, retry},
+		{source(&processcreds.ProviderError{Err: fmt.Errorf("error in credential_process: %w", exitError(t, 1))}), Transient, retry},
+		{source(&processcreds.ProviderError{Err: fmt.Errorf("error in credential_process: %w", exitError(t, 127))}), Terminal, setup},
+		{source(&processcreds.ProviderError{Err: errors.New("missing AccessKeyId in process output")}), Terminal, setup},
+		{source(&smithy.GenericAPIError{Code: "UnauthorizedException", Message: "Session token not found or invalid"}), Terminal, setup},
 		{source(&net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}), Transient, retry},
 		{source(&smithy.GenericAPIError{Code: "IDPCommunicationError", Message: "the IdP could not be reached"}), Transient, retry},
-		{source(&smithy.GenericAPIError{Code: "InvalidIdentityToken", Message: "bad token"}), Terminal, setup},
+		// STS could not fetch the IdP's keys, say: the SDK's own web
+		// identity provider retries it.
+		{source(&smithy.GenericAPIError{Code: "InvalidIdentityToken", Message: "Couldn't retrieve verification key from your identity provider"}), Transient, retry},
 	} {
 		c := Classify(tc.err)
 		code, msg := failureCode(c, tc.err)
@@ -154,4 +161,15 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%v: %v, %s %q; want %v, InvalidSourceCredentials %q", tc.err, c, code, msg, tc.class, tc.msg)
 		}
 	}
+}
+
+// exitError returns the error of a process that exited with code.
+func exitError(t *testing.T, code int) error {
+	t.Helper()
+	err := exec.Command("/bin/sh", "-c", "exit "+strconv.Itoa(code)).Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != code {
+		t.Fatalf("sh exit %d: %v", code, err)
+	}
+	return err
 }

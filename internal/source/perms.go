@@ -124,6 +124,9 @@ func checkWriters(path string, uid int, groups []uint32) error {
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("%s is not an absolute path", path)
 	}
+	// The walk takes the path as written: the kernel resolves a ".." after
+	// a link from where the link led, which cleaning the text would not.
+	raw := path
 	path = filepath.Clean(path)
 	trusted := func(st *syscall.Stat_t) bool { return st.Uid == 0 || int(st.Uid) == uid }
 	refuse := func(what string, fi fs.FileInfo, who string) error {
@@ -157,7 +160,7 @@ func checkWriters(path string, uid int, groups []uint32) error {
 		}
 		return nil
 	}
-	todo := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	todo := strings.Split(strings.TrimPrefix(raw, "/"), "/")
 	dir, links := "/", 0
 	for len(todo) > 0 {
 		name := todo[0]
