@@ -42,7 +42,8 @@ Usage:
                                              show the running agent's role, credentials and errors
   imds-agent refresh [--config PATH | --socket PATH]
                                              make the running agent obtain new credentials now
-  imds-agent install|uninstall|start|stop    manage the systemd service where no package is used
+  imds-agent install|start|stop              manage the systemd service where no package is used
+  imds-agent uninstall [--config PATH]       remove it, with the link the config names
   imds-agent version                         print version, commit and Go version
 `
 

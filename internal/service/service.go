@@ -361,7 +361,7 @@ func (h *host) uninstall(svc kservice.Service, opts Options) error {
 	// administrator did: the daemon-reload that removing the service unit
 	// makes forgets both.
 	wants := filepath.Join(filepath.Dir(h.unit), "multi-user.target.wants", systemd.LinkUnitName)
-	if target, err := os.Readlink(wants); err == nil && filepath.Base(target) == systemd.LinkUnitName {
+	if target, err := os.Readlink(wants); err == nil && target == h.linkUnit() { // not one to a package's unit
 		if err := os.Remove(wants); err != nil {
 			return err
 		}

@@ -299,14 +299,14 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 		},
 		{
 			name: "prerm remove", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "1"},
-			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{
+			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service imds-agent-link.service"), []string{
 				"ischroot --default-true",
 				"imds-agent cleanup --config /etc/imds-agent/config.yaml",
 			}),
 		},
 		{
 			name: "prerm remove in a chroot", script: "prerm", args: []string{"remove"}, exits: map[string]string{"ischroot": "0"},
-			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service"), []string{"ischroot --default-true"}),
+			want: cat(ifRunning("deb-systemd-invoke stop imds-agent.service imds-agent-link.service"), []string{"ischroot --default-true"}),
 		},
 		{name: "prerm upgrade", script: "prerm", args: []string{"upgrade", "0.0.1"}},
 		{

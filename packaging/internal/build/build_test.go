@@ -119,13 +119,13 @@ func TestNotices(t *testing.T) {
 	if !bytes.Contains(got, []byte("-- PATENTS --")) || !bytes.Contains(got, []byte("Additional IP Rights Grant (Patents)")) {
 		t.Error("the notices lack Go's patent grant")
 	}
-	for _, name := range []string{"LICENSE", "LICENSE.txt", "LICENSE-MIT", "LICENCE.md", "COPYING", "NOTICE", "NOTICE.txt", "PATENTS"} {
-		if !noticeFile.MatchString(name) {
+	for _, name := range []string{"LICENSE", "LICENSE.txt", "LICENSE-MIT", "LICENCE.md", "LICENSE.libyaml", "COPYING", "COPYING.LESSER", "NOTICE", "NOTICE.txt", "PATENTS"} {
+		if !isNoticeFile(name) {
 			t.Errorf("%s is not taken for a licence file", name)
 		}
 	}
-	for _, name := range []string{"README.md", "LICENSES", "go.mod", "license_test.go"} {
-		if noticeFile.MatchString(name) {
+	for _, name := range []string{"README.md", "LICENSES", "go.mod", "license_test.go", "license.go", "LICENSE--"} {
+		if isNoticeFile(name) {
 			t.Errorf("%s is taken for a licence file", name)
 		}
 	}

@@ -16,8 +16,15 @@ import (
 
 // noticeFile matches the files at a module's root that carry its licence
 // terms: LICENSE, LICENCE, COPYING, NOTICE and PATENTS (Go's patent grant),
-// alone or with a suffix (LICENSE.txt, LICENSE-MIT, NOTICE.md).
-var noticeFile = regexp.MustCompile(`(?i)^(licen[cs]e|copying|notice|patents)(-[0-9a-z.-]+)?(\.(txt|md|rst))?$`)
+// alone or with a suffix after a dot or hyphen (LICENSE.txt, LICENSE-MIT,
+// COPYING.LESSER), Go source aside.
+var noticeFile = regexp.MustCompile(`(?i)^(licen[cs]e|copying|notice|patents)([-.][0-9a-z._-]*[0-9a-z])?$`)
+
+// isNoticeFile reports whether a file at a module's root carries its
+// licence terms.
+func isNoticeFile(name string) bool {
+	return noticeFile.MatchString(name) && !strings.HasSuffix(strings.ToLower(name), ".go")
+}
 
 // NoticesName is the file, beside the project's own licence, that holds the
 // licences and notices of the code linked into the binary.
@@ -73,7 +80,7 @@ func appendNotices(b *bytes.Buffer, heading, dir string) error {
 	}
 	var files []string
 	for _, e := range entries {
-		if e.Type().IsRegular() && noticeFile.MatchString(e.Name()) {
+		if e.Type().IsRegular() && isNoticeFile(e.Name()) {
 			files = append(files, e.Name())
 		}
 	}
