@@ -412,6 +412,14 @@ func TestUninstallHandsOverToThePackage(t *testing.T) {
 	f := newFakeHost(t)
 	writeTestFile(t, f.packagedUnits[0], systemd.Unit)
 	writeTestFile(t, f.unit, installedText(systemd.BinaryPath))
+	// The package's link unit, enabled: not install's to disable.
+	packagedLink := filepath.Join(filepath.Dir(f.packagedUnits[0]), systemd.LinkUnitName)
+	writeTestFile(t, packagedLink, systemd.LinkUnit)
+	wants := filepath.Join(f.etc, "systemd/system/multi-user.target.wants", systemd.LinkUnitName)
+	mkdir(t, filepath.Dir(wants))
+	if err := os.Symlink(packagedLink, wants); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := f.control("uninstall", Options{Executable: "/usr/bin/imds-agent", Out: &out}); err != nil {
 		t.Fatal(err)
@@ -421,6 +429,9 @@ func TestUninstallHandsOverToThePackage(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "is in charge now") || strings.Contains(out.String(), "rm -r") {
 		t.Errorf("uninstall said:\n%s", out.String())
+	}
+	if target, err := os.Readlink(wants); err != nil || target != packagedLink {
+		t.Errorf("uninstall removed the enablement of the package's link unit: %v", err)
 	}
 	// A unit in /etc that install did not write is not install's to remove.
 	g := newFakeHost(t)
