@@ -25,8 +25,9 @@ PKG_DATE ?= $(shell git log -1 --format=%ct 2>/dev/null)
 .PHONY: packages
 packages:
 	rm -rf dist/build dist/imds-agent_*.deb dist/imds-agent-*.rpm
+	pkgversion=$$(cd packaging && go run . -print-version -version '$(VERSION)') || exit 1; \
 	for arch in $(PKG_ARCHES); do \
-		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags '$(LDFLAGS)' -o dist/build/linux_$$arch/imds-agent ./cmd/imds-agent || exit 1; \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch go build -trimpath -ldflags "-s -w -X main.version=$$pkgversion -X main.commit=$(COMMIT)" -o dist/build/linux_$$arch/imds-agent ./cmd/imds-agent || exit 1; \
 	done
 	cd packaging && go run . -root .. -version '$(VERSION)' -commit '$(COMMIT)' -date '$(or $(PKG_DATE),0)' \
 		-bindir ../dist/build -out ../dist -arch '$(PKG_ARCHES)'

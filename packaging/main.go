@@ -6,6 +6,9 @@
 //	    -bindir ../dist/build -out ../dist -arch "amd64 arm64"
 //
 // It expects the binary for each architecture at BINDIR/linux_ARCH/imds-agent.
+// With -print-version it prints the package version -version gives and
+// exits: the Makefile stamps the binaries with it, so that `imds-agent
+// version` says what dpkg and rpm say.
 package main
 
 import (
@@ -28,7 +31,17 @@ func main() {
 	out := flag.String("out", "../dist", "where to write the packages")
 	arches := flag.String("arch", "amd64 arm64", "Go architectures, separated by spaces or commas")
 	maintainer := flag.String("maintainer", build.DefaultMaintainer, "the Maintainer/Packager field")
+	printVersion := flag.Bool("print-version", false, "print the package version -version gives (what the binaries should say too) and exit")
 	flag.Parse()
+	if *printVersion {
+		v, err := build.PackageVersion(*version)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "packaging:", err)
+			os.Exit(1)
+		}
+		fmt.Println(v)
+		return
+	}
 	if err := run(*root, *version, *commit, *date, *bindir, *out, *arches, *maintainer); err != nil {
 		fmt.Fprintln(os.Stderr, "packaging:", err)
 		os.Exit(1)

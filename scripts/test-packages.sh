@@ -28,7 +28,9 @@ fi
 
 echo "== make packages"
 start=$SECONDS
-timeout 20m make packages
+# A version in git describe's form, as four commits after a tag: the
+# packages must turn it into 1.2.3+4.g0123abc, and the binaries must say so.
+timeout 20m make packages VERSION=1.2.3-4-g0123abc
 ls -l dist/*.deb dist/*.rpm
 echo "(built in $((SECONDS - start)) s)"
 
@@ -54,4 +56,4 @@ undo_deb_test() {
 	if [[ -e $policy.imds-agent-test ]]; then mv "$policy.imds-agent-test" "$policy"; fi
 }
 trap undo_deb_test EXIT
-PKGTEST_DIST="$PWD/../dist" timeout 30m go test -count=1 -timeout 25m -v ./...
+PKGTEST_DIST="$PWD/../dist" PKGTEST_VERSION=1.2.3+4.g0123abc-1 timeout 30m go test -count=1 -timeout 25m -v ./...

@@ -4,6 +4,7 @@ import (
 	"debug/elf"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,9 @@ func TestMakePackagesOutput(t *testing.T) {
 			continue
 		}
 		debVersion := mustRun(t, time.Minute, "dpkg-deb", "-f", debs[0], "Version")
+		if v := os.Getenv("PKGTEST_VERSION"); v != "" && strings.TrimSpace(debVersion) != v {
+			t.Errorf("%s: version %q, want %q", debs[0], debVersion, v)
+		}
 		rpmVersion := mustRun(t, time.Minute, "rpm", "-qp", "--qf", "%{VERSION}-%{RELEASE}", rpms[0])
 		if strings.TrimSpace(debVersion) != rpmVersion {
 			t.Errorf("%s: deb version %q, rpm version %q", tc.goarch, debVersion, rpmVersion)
@@ -46,6 +50,14 @@ func TestMakePackagesOutput(t *testing.T) {
 		dir := t.TempDir()
 		mustRun(t, time.Minute, "dpkg-deb", "-x", debs[0], filepath.Join(dir, "deb"))
 		checkELF(t, filepath.Join(dir, "deb/usr/bin/imds-agent"), tc.machine)
+		// The binary says the version the package does (without the
+		// package's release).
+		if tc.goarch == runtime.GOARCH {
+			want := "imds-agent " + strings.TrimSuffix(strings.TrimSpace(debVersion), "-1") + " "
+			if got := mustRun(t, time.Minute, filepath.Join(dir, "deb/usr/bin/imds-agent"), "version"); !strings.HasPrefix(got, want) {
+				t.Errorf("%s: imds-agent version says %q, want it to start %q", debs[0], got, want)
+			}
+		}
 		rpmDir := filepath.Join(dir, "rpm")
 		if err := os.Mkdir(rpmDir, 0o755); err != nil {
 			t.Fatal(err)
