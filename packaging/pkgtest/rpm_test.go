@@ -92,6 +92,8 @@ func TestRPMScripts(t *testing.T) {
 		"postuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper mark-restart-system-units imds-agent.service",
 		"systemctl try-restart imds-agent.service",
+		"/usr/bin/imds-agent check-config --config /etc/imds-agent/config.yaml",
+		"config_taken && /usr/lib/systemd/systemd-update-helper mark-restart-system-units imds-agent.service",
 	} {
 		if !strings.Contains(scripts, want) {
 			t.Errorf("scriptlets lack %q", want)

@@ -13,13 +13,14 @@ import (
 
 // stubScript stands in for every program a maintainer script runs: it
 // records its name and arguments (and, for systemd-sysusers, its input),
-// prints out.NAME if one exists, and exits with the code in exit.NAME.ARG1
-// or else exit.NAME, if one exists.
+// prints out.NAME and, to standard error, err.NAME if they exist, and exits
+// with the code in exit.NAME.ARG1 or else exit.NAME, if one exists.
 const stubScript = `#!/bin/sh
 name=${0##*/}
 echo "$name $*" >> "$STUB_DIR/log"
 [ "$name" = systemd-sysusers ] && /bin/cat >> "$STUB_DIR/log"
 [ -f "$STUB_DIR/out.$name" ] && /bin/cat "$STUB_DIR/out.$name"
+[ -f "$STUB_DIR/err.$name" ] && /bin/cat "$STUB_DIR/err.$name" >&2
 [ -f "$STUB_DIR/exit.$name.$1" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name.$1")"
 [ -f "$STUB_DIR/exit.$name" ] && exit "$(/bin/cat "$STUB_DIR/exit.$name")"
 exit 0
@@ -45,11 +46,15 @@ func runScript(t *testing.T, script string, stubs []string, exits map[string]str
 			t.Fatal(err)
 		}
 	}
-	// exits holds exit codes by program name, and, under "out:NAME", what
-	// the stub for NAME prints.
+	// exits holds exit codes by program name, and, under "out:NAME" and
+	// "err:NAME", what the stub for NAME prints to standard output and error.
 	for name, v := range exits {
 		if prog, ok := strings.CutPrefix(name, "out:"); ok {
 			writeFile(t, filepath.Join(dir, "out."+prog), v, 0o644)
+			continue
+		}
+		if prog, ok := strings.CutPrefix(name, "err:"); ok {
+			writeFile(t, filepath.Join(dir, "err."+prog), v, 0o644)
 			continue
 		}
 		writeFile(t, filepath.Join(dir, "exit."+name), v, 0o644)
@@ -148,6 +153,11 @@ func TestDebMaintainerScriptsRun(t *testing.T) {
 		}
 		return s
 	}
+	// The packaged binary judges the config, whatever else is on PATH
+	// (a /usr/local/bin/imds-agent from an earlier `imds-agent install`).
+	if !strings.Contains(script("postinst"), "/usr/bin/imds-agent check-config --config /etc/imds-agent/config.yaml") {
+		t.Error("the postinst does not ask /usr/bin/imds-agent to check the config")
+	}
 	// Each script runs as on a host where systemd runs and as in a chroot
 	// or container where it does not, whatever this host is: the scripts'
 	// test for it, [ -d /run/systemd/system ], is pointed at a directory
@@ -207,6 +217,7 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 		exits    map[string]string
 		etcUnit  string // withUnitDir's kind
 		noStderr bool   // run with standard error closed
+		dpkgRoot bool   // run with DPKG_ROOT set, as for a foreign root
 		want     []string
 		wantWarn bool
 		wantOut  []string // what the script must print
@@ -264,7 +275,7 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 			// The new binary refuses the configuration: the running agent
 			// is left serving, and the package says why.
 			name: "postinst configure, upgrade, the config refused", script: "postinst", args: []string{"configure", "0.0.0"},
-			exits: map[string]string{"imds-agent": "1"},
+			exits: map[string]string{"imds-agent": "1", "err:imds-agent": `config.yaml:3: log.level: "C:\cfoo" is not a level`},
 			want: cat([]string{
 				"getent passwd imds-agent",
 				"dpkg-statoverride --list /etc/imds-agent/aws",
@@ -272,7 +283,33 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 				"deb-systemd-helper --quiet was-enabled imds-agent.service",
 				"deb-systemd-helper enable imds-agent.service",
 			}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf", checkConfig)),
-			wantOut: ifRunning("imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml"),
+			wantOut: ifRunning("imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml",
+				`config.yaml:3: log.level: "C:\cfoo" is not a level`),
+		},
+		{
+			// The binary cannot be run: not restarted either, saying so.
+			name: "postinst configure, upgrade, the binary not runnable", script: "postinst", args: []string{"configure", "0.0.0"},
+			exits: map[string]string{"imds-agent": "127"},
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper enable imds-agent.service",
+			}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf", checkConfig)),
+			wantOut: ifRunning("could not be run to check /etc/imds-agent/config.yaml"),
+		},
+		{
+			// A foreign root (DPKG_ROOT): this host's service is not
+			// this package's to check or restart.
+			name: "postinst configure, upgrade, DPKG_ROOT", script: "postinst", args: []string{"configure", "0.0.0"}, dpkgRoot: true,
+			want: cat([]string{
+				"getent passwd imds-agent",
+				"dpkg-statoverride --list /etc/imds-agent/aws",
+				"deb-systemd-helper unmask imds-agent.service",
+				"deb-systemd-helper --quiet was-enabled imds-agent.service",
+				"deb-systemd-helper enable imds-agent.service",
+			}, linkUpgrade),
 		},
 		{
 			// `imds-agent install` ran before the package came.
@@ -334,7 +371,13 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 			if s == nil {
 				s = stubs
 			}
-			text, warning := withUnitDir(t, strings.ReplaceAll(script(tc.script), "/run/systemd/system", runDir), tc.etcUnit)
+			// The packaged binary, by its path, is the stub.
+			text := strings.ReplaceAll(script(tc.script), "/usr/bin/imds-agent ", "imds-agent ")
+			text = strings.ReplaceAll(text, "/run/systemd/system", runDir)
+			if tc.dpkgRoot {
+				text = "DPKG_ROOT=/target\n" + text
+			}
+			text, warning := withUnitDir(t, text, tc.etcUnit)
 			if tc.noStderr {
 				text = "exec 2>&-\n" + text
 			}
@@ -462,15 +505,15 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 		{name: "%preun upgrade", tag: "PREUN", arg: "1"},
 		{
 			name: "%postun upgrade", tag: "POSTUN", arg: "1",
-			want: pick([]string{checkConfig}, []string{checkConfig, "systemctl daemon-reload", "systemctl try-restart imds-agent.service"}),
+			want: pick(nil, []string{"systemctl daemon-reload", checkConfig, "systemctl try-restart imds-agent.service"}),
 		},
 		{
 			// The new binary refuses the configuration: the running agent
 			// is left serving, and the package says why.
 			name: "%postun upgrade, the config refused", tag: "POSTUN", arg: "1",
-			exits:   map[string]string{"imds-agent": "1"},
-			want:    pick([]string{checkConfig}, []string{checkConfig, "systemctl daemon-reload"}),
-			wantOut: []string{"imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml"},
+			exits:   map[string]string{"imds-agent": "1", "err:imds-agent": "config.yaml:3: unknown key"},
+			want:    pick(nil, []string{"systemctl daemon-reload", checkConfig}),
+			wantOut: pick(nil, []string{"imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml", "config.yaml:3: unknown key"}),
 		},
 		{name: "%postun erase", tag: "POSTUN", arg: "0"},
 	} {
@@ -484,6 +527,7 @@ func testRPMScriptlets(t *testing.T, script func(tag string) string, stubs []str
 				t.Fatalf("no %s scriptlet", tc.tag)
 			}
 			text = strings.ReplaceAll(text, "/run/systemd/system", runDir)
+			text = strings.ReplaceAll(text, "/usr/bin/imds-agent ", "imds-agent ") // the packaged binary, by its path, is the stub
 			text, warning := withUnitDir(t, text, tc.etcUnit)
 			got, out := runScript(t, text, s, tc.exits, tc.arg)
 			if d := cmp.Diff(tc.want, got); d != "" {
