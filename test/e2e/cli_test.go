@@ -11,7 +11,9 @@ import (
 )
 
 // TestCommandLine: check-config, version and usage errors, with their exit
-// codes (scripts and packages depend on them).
+// codes (scripts and packages depend on them: the packages' upgrade scripts
+// restart the agent only when `check-config --config PATH` exits 0, and
+// installed scripts call the binaries of later releases).
 func TestCommandLine(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.yaml")
