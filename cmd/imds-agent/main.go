@@ -8,11 +8,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"syscall"
 
 	"github.com/imds-agent/imds-agent/internal/agent"
@@ -20,6 +22,7 @@ import (
 	"github.com/imds-agent/imds-agent/internal/hostinfo"
 	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/service"
+	"github.com/imds-agent/imds-agent/internal/source"
 )
 
 // Set at build time with -ldflags "-X main.version=… -X main.commit=…".
@@ -234,7 +237,8 @@ func levelOf(s string) *slog.LevelVar {
 
 // checkConfig validates the file as a start of the agent would (but for
 // what only the running agent can find out: the addresses it can claim and
-// the source credentials) and prints the effective configuration.
+// whether STS takes the source credentials), with the ownership and modes
+// of the source credential files, and prints the effective configuration.
 func checkConfig(path string, stdout, stderr io.Writer) error {
 	cfg, err := config.Load(path)
 	if err != nil {
@@ -243,6 +247,16 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	in, err := agent.Check(cfg, hostinfo.System(), newLogger(stderr, cfg.Log.Format, levelOf(cfg.Log.Level)))
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
+	}
+	// A start goes on without source credentials it refuses, and serves
+	// none: for whoever checks a file (an upgrade deciding whether to
+	// restart the agent, say), that is no valid configuration.
+	c := cfg.Credentials
+	switch err := source.CheckFiles(append(slices.Clone(c.SharedCredentialsFiles), c.SharedConfigFiles...)); {
+	case errors.Is(err, fs.ErrPermission):
+		fmt.Fprintf(stderr, "imds-agent check-config: warning: the source credential files were not checked (%v); root can check them\n", err)
+	case err != nil:
+		return fmt.Errorf("%s: the agent would start but serve no credentials: %w", path, err)
 	}
 	out, err := cfg.Marshal(fromHost(cfg, in))
 	if err != nil {

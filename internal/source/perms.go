@@ -25,8 +25,12 @@ var ErrExposedSecret = errors.New("a file holding a secret key is readable by ot
 // requests for), so whoever can write it can take the role.
 var ErrUntrustedFile = errors.New("a file that decides the agent's source credentials can be changed by other users")
 
-// ServiceGroup is the group the packages create for the agent.
-const ServiceGroup = "imds-agent"
+// ServiceUser and ServiceGroup are the user and group the packages create
+// for the agent, as whom the unit runs it.
+const (
+	ServiceUser  = "imds-agent"
+	ServiceGroup = "imds-agent"
+)
 
 // secretMarkers identify a shared config or credentials file that holds a
 // secret, not just settings.
@@ -39,23 +43,29 @@ var secretMarkers = [][]byte{[]byte("aws_secret_access_key"), []byte("aws_sessio
 // them there; the config file of the agent itself holds no secrets and is
 // not checked.
 func CheckFiles(paths []string) error {
-	uid, groups := os.Getuid(), ownGroups()
-	for _, p := range paths {
-		var w *writers
-		switch err := checkWriters(p, uid, groups); {
-		case errors.As(err, &w):
-			return fmt.Errorf("source credentials: %w: %w", err, ErrUntrustedFile)
-		case err != nil:
-			return fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
+	// The agent is the user running this and the service user and group
+	// the packages create: `check-config` runs as root, and must judge the
+	// files as the service will.
+	uids, groups := []uint32{0, uint32(os.Getuid())}, ownGroups()
+	fixGroup := groupName(uint32(os.Getgid()))
+	if u, err := user.Lookup(ServiceUser); err == nil {
+		if uid, err := strconv.ParseUint(u.Uid, 10, 32); err == nil {
+			uids = append(uids, uint32(uid))
 		}
 	}
-	fixGroup := groupName(uint32(os.Getgid()))
-	// The packages make the files readable by the service's group; that
-	// is fine whoever runs the agent.
 	if g, err := user.LookupGroup(ServiceGroup); err == nil {
 		if gid, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
 			groups = append(groups, uint32(gid))
 			fixGroup = ServiceGroup
+		}
+	}
+	for _, p := range paths {
+		var w *writers
+		switch err := checkWriters(p, uids, groups); {
+		case errors.As(err, &w):
+			return fmt.Errorf("source credentials: %w: %w", err, ErrUntrustedFile)
+		case err != nil:
+			return fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
 		}
 	}
 	for _, p := range paths {
@@ -88,7 +98,7 @@ func CheckFiles(paths []string) error {
 			who = "every user on this host"
 		case mode&0o040 != 0 && !slices.Contains(groups, st.Gid):
 			who = fmt.Sprintf("the members of group %s", groupName(st.Gid))
-		case mode&0o400 != 0 && st.Uid != 0 && int(st.Uid) != uid:
+		case mode&0o400 != 0 && !slices.Contains(uids, st.Uid):
 			who = fmt.Sprintf("its owner, user %s", userName(st.Uid))
 		}
 		if who != "" {
@@ -109,18 +119,18 @@ type writers struct{ msg string }
 
 func (w *writers) Error() string { return w.msg }
 
-// checkWriters reports who other than root and the agent (uid, in groups)
+// checkWriters reports who other than root and the agent (uids, in groups)
 // could change the file at path or what the path leads to. It walks the
 // path from / one name at a time, as the kernel resolves it, following each
 // symbolic link where it is met: every directory passed through, every
 // link and the file itself must be owned by root or the agent and writable
 // by no one else (group write only for the agent's own groups). A directory
-// everyone may write to is fine only with the sticky bit (/tmp), and only
-// for an entry in it that exists and that root or the agent owns: anyone
-// could put a missing one there. A missing file, or a missing directory on
+// others may write to is fine only with the sticky bit (/tmp, /nix/store),
+// and only for an entry in it that exists and that root or the agent owns:
+// anyone could put a missing one there. A missing file, or a missing directory on
 // the way, is fine when no one else could create it. Such findings are
 // *writers errors; any other error is one that kept the walk from looking.
-func checkWriters(path string, uid int, groups []uint32) error {
+func checkWriters(path string, uids, groups []uint32) error {
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("%s is not an absolute path", path)
 	}
@@ -128,7 +138,7 @@ func checkWriters(path string, uid int, groups []uint32) error {
 	// a link from where the link led, which cleaning the text would not.
 	raw := path
 	path = filepath.Clean(path)
-	trusted := func(st *syscall.Stat_t) bool { return st.Uid == 0 || int(st.Uid) == uid }
+	trusted := func(st *syscall.Stat_t) bool { return slices.Contains(uids, st.Uid) }
 	refuse := func(what string, fi fs.FileInfo, who string) error {
 		st := fi.Sys().(*syscall.Stat_t)
 		return &writers{fmt.Sprintf("%s can be changed by %s, through %s (owner %s, mode %s); let root alone write it and its directories",
@@ -153,7 +163,13 @@ func checkWriters(path string, uid int, groups []uint32) error {
 			return refuse(what, fi, "its owner, user "+userName(st.Uid))
 		case mode.Type() == fs.ModeSymlink:
 			return nil // a link's own mode means nothing
-		case mode&0o002 != 0 && !(mode.IsDir() && mode&fs.ModeSticky != 0 && childTrusted):
+		}
+		// In a sticky directory only an entry's owner may replace it.
+		if mode.IsDir() && mode&fs.ModeSticky != 0 && childTrusted {
+			return nil
+		}
+		switch {
+		case mode&0o002 != 0:
 			return refuse(what, fi, "every user on this host")
 		case mode&0o020 != 0 && !slices.Contains(groups, st.Gid):
 			return refuse(what, fi, "the members of group "+groupName(st.Gid))

@@ -133,6 +133,20 @@ func TestCheckFilesWriters(t *testing.T) {
 		{"in a world-writable directory", func(t *testing.T) string { return file(t, dir(t, 0o777), 0o644, 0, 0) }, "can be changed by every user on this host, through the directory"},
 		{"another user's, in a sticky directory", func(t *testing.T) string { return file(t, dir(t, 0o777|os.ModeSticky), 0o644, 65534, 0) }, "its owner, user"},
 		{"missing, in a sticky directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o777|os.ModeSticky), "config") }, "every user on this host, through the directory"},
+		{"root's, in a sticky directory another group may write to", func(t *testing.T) string {
+			d := dir(t, 0o775|os.ModeSticky) // as /nix/store is
+			if err := os.Chown(d, 0, 65534); err != nil {
+				t.Fatal(err)
+			}
+			return file(t, d, 0o644, 0, 0)
+		}, ""},
+		{"missing, in a sticky directory another group may write to", func(t *testing.T) string {
+			d := dir(t, 0o775|os.ModeSticky)
+			if err := os.Chown(d, 0, 65534); err != nil {
+				t.Fatal(err)
+			}
+			return filepath.Join(d, "config")
+		}, "the members of group"},
 		{"a link to a file in a world-writable directory", func(t *testing.T) string {
 			target := file(t, dir(t, 0o777), 0o644, 0, 0)
 			link := filepath.Join(dir(t, 0o755), "link")

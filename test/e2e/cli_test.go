@@ -26,6 +26,12 @@ func TestCommandLine(t *testing.T) {
 	_ = os.WriteFile(unknownUser, []byte("version: 1\naccess:\n  credentials:\n    deny: [\"user:no-such-user-imds\"]\n"), 0o644)
 	noUserData := filepath.Join(dir, "no-user-data.yaml")
 	_ = os.WriteFile(noUserData, []byte("version: 1\ninstance:\n  user_data_file: "+filepath.Join(dir, "missing-user-data")+"\n"), 0o644)
+	// A start that would refuse its source credentials, and serve none.
+	openSourceFile := filepath.Join(dir, "aws-config")
+	_ = os.WriteFile(openSourceFile, []byte("[default]\nregion = eu-west-1\n"), 0o644)
+	_ = os.Chmod(openSourceFile, 0o666)
+	openSource := filepath.Join(dir, "open-source.yaml")
+	_ = os.WriteFile(openSource, []byte("version: 1\ncredentials:\n  shared_config_files: ["+openSourceFile+"]\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -36,6 +42,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", filepath.Join(dir, "missing.yaml")}, 1, "does not exist"},
 		{[]string{"check-config", "--config", unknownUser}, 1, `access rule deny "user:no-such-user-imds": no such user`},
 		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
+		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
