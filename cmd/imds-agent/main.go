@@ -252,7 +252,7 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	// none: for whoever checks a file (an upgrade deciding whether to
 	// restart the agent, say), that is no valid configuration.
 	c := cfg.Credentials
-	switch err := source.CheckFiles(append(slices.Clone(c.SharedCredentialsFiles), c.SharedConfigFiles...)); {
+	switch err := source.CheckFilesAs(append(slices.Clone(c.SharedCredentialsFiles), c.SharedConfigFiles...), source.Service()); {
 	case errors.Is(err, fs.ErrPermission):
 		fmt.Fprintf(stderr, "imds-agent check-config: warning: the source credential files were not checked (%v); root can check them\n", err)
 	case err != nil:

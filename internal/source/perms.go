@@ -36,36 +36,80 @@ const (
 // secret, not just settings.
 var secretMarkers = [][]byte{[]byte("aws_secret_access_key"), []byte("aws_session_token")}
 
-// CheckFiles refuses a file among paths that holds a secret key and that
-// users other than root and the agent could read, and any file among paths
-// that they could write, or create or replace through its directories.
-// Missing files are fine (the SDK skips them) when no one else could put
-// them there; the config file of the agent itself holds no secrets and is
-// not checked.
-func CheckFiles(paths []string) error {
-	// The agent is the user running this and the service user and group
-	// the packages create: `check-config` runs as root, and must judge the
-	// files as the service will.
-	uids, groups := []uint32{0, uint32(os.Getuid())}, ownGroups()
-	fixGroup := groupName(uint32(os.Getgid()))
-	if u, err := user.Lookup(ServiceUser); err == nil {
-		if uid, err := strconv.ParseUint(u.Uid, 10, 32); err == nil {
-			uids = append(uids, uint32(uid))
+// Identity is who the agent runs as, for judging its files: root and UID
+// are the agent, and so are the groups in Groups.
+type Identity struct {
+	UID    uint32
+	Groups []uint32 // the primary group and the supplementary ones
+}
+
+// Self is the identity of this process.
+func Self() Identity {
+	groups := []uint32{uint32(os.Getgid())}
+	if gs, err := os.Getgroups(); err == nil {
+		for _, g := range gs {
+			groups = append(groups, uint32(g))
 		}
 	}
+	return Identity{UID: uint32(os.Getuid()), Groups: groups}
+}
+
+// Service is the identity the unit runs the agent as (the user and its
+// groups that the packages create), where that user exists; else Self.
+// `check-config` judges the files as the service will, not as root.
+func Service() Identity {
+	u, err := user.Lookup(ServiceUser)
+	if err != nil {
+		return Self()
+	}
+	uid, err := strconv.ParseUint(u.Uid, 10, 32)
+	if err != nil {
+		return Self()
+	}
+	id := Identity{UID: uint32(uid)}
+	gids, _ := u.GroupIds()
+	if !slices.Contains(gids, u.Gid) {
+		gids = append(gids, u.Gid)
+	}
+	for _, g := range gids {
+		if gid, err := strconv.ParseUint(g, 10, 32); err == nil {
+			id.Groups = append(id.Groups, uint32(gid))
+		}
+	}
+	return id
+}
+
+// CheckFiles refuses, for the agent running as this process, a file among
+// paths that holds a secret key and that users other than root and the
+// agent could read, and any file among paths that they could write, or
+// create or replace through its directories. Missing files are fine (the
+// SDK skips them) when no one else could put them there; the config file
+// of the agent itself holds no secrets and is not checked.
+func CheckFiles(paths []string) error { return CheckFilesAs(paths, Self()) }
+
+// CheckFilesAs is CheckFiles for the agent running as id. Every file is
+// looked at: a refusal is returned before an error that kept a file from
+// being checked (one id or this process may not read, say).
+func CheckFilesAs(paths []string, id Identity) error {
+	uids := []uint32{0, id.UID}
+	fixGroup := groupName(id.Groups[0])
+	// The packages make the files readable by the service's group; that
+	// is fine whoever runs the agent.
+	readers := slices.Clone(id.Groups)
 	if g, err := user.LookupGroup(ServiceGroup); err == nil {
 		if gid, err := strconv.ParseUint(g.Gid, 10, 32); err == nil {
-			groups = append(groups, uint32(gid))
+			readers = append(readers, uint32(gid))
 			fixGroup = ServiceGroup
 		}
 	}
+	var unchecked error
 	for _, p := range paths {
 		var w *writers
-		switch err := checkWriters(p, uids, groups); {
+		switch err := checkWriters(p, uids, id.Groups); {
 		case errors.As(err, &w):
 			return fmt.Errorf("source credentials: %w: %w", err, ErrUntrustedFile)
-		case err != nil:
-			return fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
+		case err != nil && unchecked == nil:
+			unchecked = fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
 		}
 	}
 	for _, p := range paths {
@@ -73,12 +117,15 @@ func CheckFiles(paths []string) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
-		if err != nil {
-			return fmt.Errorf("source credentials: %w", err)
+		var data []byte
+		if err == nil {
+			data, err = os.ReadFile(p)
 		}
-		data, err := os.ReadFile(p)
 		if err != nil {
-			return fmt.Errorf("source credentials: %w", err)
+			if unchecked == nil {
+				unchecked = fmt.Errorf("source credentials: %w", err)
+			}
+			continue
 		}
 		secret := false
 		for _, m := range secretMarkers {
@@ -96,7 +143,7 @@ func CheckFiles(paths []string) error {
 		switch {
 		case mode&0o004 != 0:
 			who = "every user on this host"
-		case mode&0o040 != 0 && !slices.Contains(groups, st.Gid):
+		case mode&0o040 != 0 && !slices.Contains(readers, st.Gid):
 			who = fmt.Sprintf("the members of group %s", groupName(st.Gid))
 		case mode&0o400 != 0 && !slices.Contains(uids, st.Uid):
 			who = fmt.Sprintf("its owner, user %s", userName(st.Uid))
@@ -106,7 +153,7 @@ func CheckFiles(paths []string) error {
 				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
 	}
-	return nil
+	return unchecked
 }
 
 // maxLinks bounds the symbolic links followed on one path, as the kernel's
@@ -225,16 +272,6 @@ func checkWriters(path string, uids, groups []uint32) error {
 		dir = next
 	}
 	return nil
-}
-
-func ownGroups() []uint32 {
-	out := []uint32{uint32(os.Getgid())}
-	if gs, err := os.Getgroups(); err == nil {
-		for _, g := range gs {
-			out = append(out, uint32(g))
-		}
-	}
-	return out
 }
 
 func groupName(gid uint32) string {

@@ -237,6 +237,40 @@ func TestCheckFilesWriters(t *testing.T) {
 	}
 }
 
+// TestCheckFilesAsTheService: judged as the service (its user and groups),
+// root's group is not the agent's, though it is root's own; and a file the
+// check could not look at does not hide a refusal of another.
+func TestCheckFilesAsTheService(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give files to root's group and to judge as another identity")
+	}
+	d := t.TempDir()
+	p := filepath.Join(d, "config")
+	if err := os.WriteFile(p, []byte("[default]\nregion = eu-west-1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p, 0o664); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFilesAs([]string{p}, Self()); err != nil {
+		t.Errorf("as root: %v", err)
+	}
+	service := Identity{UID: 999, Groups: []uint32{999}}
+	if err := CheckFilesAs([]string{p}, service); err == nil || !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "can be changed by the members of group root") {
+		t.Errorf("as the service: %v, want a refusal naming group root", err)
+	}
+
+	unwalkable := filepath.Join(write(t, "file", "", 0o600), "config") // through a file
+	open := write(t, "open", "[default]\n", 0o666)
+	err := CheckFilesAs([]string{unwalkable, open}, Self())
+	if err == nil || !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), open) {
+		t.Errorf("a path the check cannot walk, then a world-writable file: %v, want the refusal of %s", err, open)
+	}
+}
+
 // TestLoadNeverUsesIMDS: with no source credentials configured, loading
 // fails clearly instead of falling back to the instance metadata service
 // or a container endpoint (whose clients are replaced by refusals, so no
