@@ -92,7 +92,10 @@ func CheckFiles(paths []string) error { return CheckFilesAs(paths, Self()) }
 // being checked (one id or this process may not read, say).
 func CheckFilesAs(paths []string, id Identity) error {
 	uids := []uint32{0, id.UID}
-	fixGroup := groupName(id.Groups[0])
+	fixGroup := "root"
+	if len(id.Groups) > 0 {
+		fixGroup = groupName(id.Groups[0])
+	}
 	// The packages make the files readable by the service's group; that
 	// is fine whoever runs the agent.
 	readers := slices.Clone(id.Groups)

@@ -263,6 +263,10 @@ func TestCheckFilesAsTheService(t *testing.T) {
 		t.Errorf("as the service: %v, want a refusal naming group root", err)
 	}
 
+	if err := CheckFilesAs([]string{p}, Identity{UID: 999}); err == nil {
+		t.Error("as an identity without groups: accepted a file root's group may write")
+	}
+
 	unwalkable := filepath.Join(write(t, "file", "", 0o600), "config") // through a file
 	open := write(t, "open", "[default]\n", 0o666)
 	err := CheckFilesAs([]string{unwalkable, open}, Self())
