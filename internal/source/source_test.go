@@ -119,6 +119,23 @@ func TestCheckFilesWriters(t *testing.T) {
 		}
 		return p
 	}
+	// linkTo returns a link to target in a directory of root's.
+	linkTo := func(t *testing.T, target string) string {
+		link := filepath.Join(dir(t, 0o755), "link")
+		if err := os.Symlink(target, link); err != nil {
+			t.Fatal(err)
+		}
+		return link
+	}
+	// groupDir returns a directory of root's that group 65534 may write
+	// to, sticky as /nix/store is.
+	groupDir := func(t *testing.T) string {
+		d := dir(t, 0o775|os.ModeSticky)
+		if err := os.Chown(d, 0, 65534); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
 	for _, tc := range []struct {
 		name string
 		path func(t *testing.T) string
@@ -133,27 +150,10 @@ func TestCheckFilesWriters(t *testing.T) {
 		{"in a world-writable directory", func(t *testing.T) string { return file(t, dir(t, 0o777), 0o644, 0, 0) }, "can be changed by every user on this host, through the directory"},
 		{"another user's, in a sticky directory", func(t *testing.T) string { return file(t, dir(t, 0o777|os.ModeSticky), 0o644, 65534, 0) }, "its owner, user"},
 		{"missing, in a sticky directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o777|os.ModeSticky), "config") }, "every user on this host, through the directory"},
-		{"root's, in a sticky directory another group may write to", func(t *testing.T) string {
-			d := dir(t, 0o775|os.ModeSticky) // as /nix/store is
-			if err := os.Chown(d, 0, 65534); err != nil {
-				t.Fatal(err)
-			}
-			return file(t, d, 0o644, 0, 0)
-		}, ""},
-		{"missing, in a sticky directory another group may write to", func(t *testing.T) string {
-			d := dir(t, 0o775|os.ModeSticky)
-			if err := os.Chown(d, 0, 65534); err != nil {
-				t.Fatal(err)
-			}
-			return filepath.Join(d, "config")
-		}, "the members of group"},
+		{"root's, in a sticky directory another group may write to", func(t *testing.T) string { return file(t, groupDir(t), 0o644, 0, 0) }, ""},
+		{"missing, in a sticky directory another group may write to", func(t *testing.T) string { return filepath.Join(groupDir(t), "config") }, "the members of group"},
 		{"a link to a file in a world-writable directory", func(t *testing.T) string {
-			target := file(t, dir(t, 0o777), 0o644, 0, 0)
-			link := filepath.Join(dir(t, 0o755), "link")
-			if err := os.Symlink(target, link); err != nil {
-				t.Fatal(err)
-			}
-			return link
+			return linkTo(t, file(t, dir(t, 0o777), 0o644, 0, 0))
 		}, "every user on this host, through the directory"},
 		{"missing, in a missing directory", func(t *testing.T) string { return filepath.Join(dir(t, 0o755), "none", "config") }, ""},
 		{"missing, in a missing directory under a world-writable one", func(t *testing.T) string {
@@ -166,11 +166,7 @@ func TestCheckFilesWriters(t *testing.T) {
 			if err := os.Symlink(real, inner); err != nil {
 				t.Fatal(err)
 			}
-			outer := filepath.Join(dir(t, 0o755), "outer")
-			if err := os.Symlink(inner, outer); err != nil {
-				t.Fatal(err)
-			}
-			return outer
+			return linkTo(t, inner)
 		}, "every user on this host, through the directory"},
 		{"a relative link, through .., to a file in root's directory", func(t *testing.T) string {
 			d := dir(t, 0o755)
@@ -186,11 +182,7 @@ func TestCheckFilesWriters(t *testing.T) {
 			return link
 		}, ""},
 		{"a dangling link into a world-writable directory", func(t *testing.T) string {
-			link := filepath.Join(dir(t, 0o755), "link")
-			if err := os.Symlink(filepath.Join(dir(t, 0o777), "missing"), link); err != nil {
-				t.Fatal(err)
-			}
-			return link
+			return linkTo(t, filepath.Join(dir(t, 0o777), "missing"))
 		}, "every user on this host, through the directory"},
 		{"a .. after a link, into another user's directory", func(t *testing.T) string {
 			eve := dir(t, 0o755)
@@ -201,20 +193,12 @@ func TestCheckFilesWriters(t *testing.T) {
 			if err := os.Mkdir(sub, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			link := filepath.Join(dir(t, 0o755), "link")
-			if err := os.Symlink(sub, link); err != nil {
-				t.Fatal(err)
-			}
 			// The kernel reads eve's directory; the text, cleaned, names
 			// a missing file in root's.
-			return link + "/../config"
+			return linkTo(t, sub) + "/../config"
 		}, "its owner, user"},
 		{"another user's link", func(t *testing.T) string {
-			real := file(t, dir(t, 0o755), 0o644, 0, 0)
-			link := filepath.Join(dir(t, 0o755), "link")
-			if err := os.Symlink(real, link); err != nil {
-				t.Fatal(err)
-			}
+			link := linkTo(t, file(t, dir(t, 0o755), 0o644, 0, 0))
 			if err := os.Lchown(link, 65534, 65534); err != nil {
 				t.Fatal(err)
 			}

@@ -201,14 +201,19 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 		"deb-systemd-helper enable imds-agent-link.service",
 		"deb-systemd-helper update-state imds-agent-link.service",
 	}
-	upgrade := cat([]string{
+	// An upgrade up to the restart: the user and the credentials directory
+	// are there, both units' states are kept, the managers reread their
+	// drop-ins and the new binary is asked about the config.
+	upgradeState := cat([]string{
 		"getent passwd imds-agent",
 		"dpkg-statoverride --list /etc/imds-agent/aws",
 		"deb-systemd-helper unmask imds-agent.service",
 		"deb-systemd-helper --quiet was-enabled imds-agent.service",
 		"deb-systemd-helper enable imds-agent.service",
-	}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-		checkConfig, "deb-systemd-invoke restart imds-agent.service"))
+	}, linkUpgrade)
+	reload := ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf")
+	upgradeChecked := cat(upgradeState, reload, ifRunning(checkConfig))
+	upgrade := cat(upgradeChecked, ifRunning("deb-systemd-invoke restart imds-agent.service"))
 	for _, tc := range []struct {
 		name     string
 		script   string
@@ -233,8 +238,7 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 				"deb-systemd-helper unmask imds-agent.service",
 				"deb-systemd-helper --quiet was-enabled imds-agent.service",
 				"deb-systemd-helper enable imds-agent.service",
-			}, linkFirst, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-				"deb-systemd-invoke start imds-agent.service")),
+			}, linkFirst, reload, ifRunning("deb-systemd-invoke start imds-agent.service")),
 		},
 		{
 			name: "postinst configure, first install without systemd-sysusers", script: "postinst", args: []string{"configure", ""},
@@ -250,8 +254,7 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 				"deb-systemd-helper --quiet was-enabled imds-agent.service",
 				// The admin disabled it: keep it disabled.
 				"deb-systemd-helper update-state imds-agent.service",
-			}, linkFirst, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-				"deb-systemd-invoke start imds-agent.service")),
+			}, linkFirst, reload, ifRunning("deb-systemd-invoke start imds-agent.service")),
 		},
 		{name: "postinst configure, upgrade", script: "postinst", args: []string{"configure", "0.0.0"}, want: upgrade},
 		{
@@ -268,48 +271,29 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 				"deb-systemd-helper unmask imds-agent-link.service",
 				"deb-systemd-helper --quiet was-enabled imds-agent-link.service",
 				"deb-systemd-helper update-state imds-agent-link.service",
-			}, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf",
-				checkConfig, "deb-systemd-invoke restart imds-agent.service")),
+			}, reload, ifRunning(checkConfig, "deb-systemd-invoke restart imds-agent.service")),
 		},
 		{
 			// The new binary refuses the configuration: the running agent
 			// is left serving, and the package says why.
 			name: "postinst configure, upgrade, the config refused", script: "postinst", args: []string{"configure", "0.0.0"},
 			exits: map[string]string{"imds-agent": "1", "err:imds-agent": `config.yaml:3: log.level: "C:\cfoo" is not a level`},
-			want: cat([]string{
-				"getent passwd imds-agent",
-				"dpkg-statoverride --list /etc/imds-agent/aws",
-				"deb-systemd-helper unmask imds-agent.service",
-				"deb-systemd-helper --quiet was-enabled imds-agent.service",
-				"deb-systemd-helper enable imds-agent.service",
-			}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf", checkConfig)),
+			want:  upgradeChecked,
 			wantOut: ifRunning("imds-agent: not restarted: this version refuses /etc/imds-agent/config.yaml",
 				`config.yaml:3: log.level: "C:\cfoo" is not a level`),
 		},
 		{
 			// The binary cannot be run: not restarted either, saying so.
 			name: "postinst configure, upgrade, the binary not runnable", script: "postinst", args: []string{"configure", "0.0.0"},
-			exits: map[string]string{"imds-agent": "127"},
-			want: cat([]string{
-				"getent passwd imds-agent",
-				"dpkg-statoverride --list /etc/imds-agent/aws",
-				"deb-systemd-helper unmask imds-agent.service",
-				"deb-systemd-helper --quiet was-enabled imds-agent.service",
-				"deb-systemd-helper enable imds-agent.service",
-			}, linkUpgrade, ifRunning("systemctl --system daemon-reload", "networkctl reload", "nmcli general reload conf", checkConfig)),
+			exits:   map[string]string{"imds-agent": "127"},
+			want:    upgradeChecked,
 			wantOut: ifRunning("could not be run to check /etc/imds-agent/config.yaml"),
 		},
 		{
 			// A foreign root (DPKG_ROOT): this host's service is not
 			// this package's to check or restart.
 			name: "postinst configure, upgrade, DPKG_ROOT", script: "postinst", args: []string{"configure", "0.0.0"}, dpkgRoot: true,
-			want: cat([]string{
-				"getent passwd imds-agent",
-				"dpkg-statoverride --list /etc/imds-agent/aws",
-				"deb-systemd-helper unmask imds-agent.service",
-				"deb-systemd-helper --quiet was-enabled imds-agent.service",
-				"deb-systemd-helper enable imds-agent.service",
-			}, linkUpgrade),
+			want: upgradeState,
 		},
 		{
 			// `imds-agent install` ran before the package came.
