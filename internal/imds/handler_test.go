@@ -366,6 +366,17 @@ func TestUserData(t *testing.T) {
 	if res.StatusCode != 200 || body != string(in.UserData) || res.Header.Get("Content-Type") != "application/octet-stream" {
 		t.Errorf("user-data: %d %q %q", res.StatusCode, body, res.Header.Get("Content-Type"))
 	}
+
+	// An empty user-data file is no user data, as on EC2: not listed, and
+	// 404 rather than an empty 200.
+	in.UserData = []byte{}
+	f = newFixture(t, optional, in)
+	if res, body := f.do("GET", "/latest/", nil); body != "dynamic\nmeta-data" {
+		t.Errorf("empty user data: /latest/: %d %q", res.StatusCode, body)
+	}
+	if res, _ := f.do("GET", "/latest/user-data", nil); res.StatusCode != 404 {
+		t.Errorf("empty user data: /latest/user-data: %d, want 404", res.StatusCode)
+	}
 }
 
 func TestEndpointDisabled(t *testing.T) {

@@ -27,7 +27,8 @@ type Instance struct {
 	MAC           string
 	Architecture  string
 	PendingTime   time.Time
-	// UserData is served at user-data when not nil.
+	// UserData is served at user-data when not empty (EC2 has no empty
+	// user data: without any, user-data is not listed and is a 404).
 	UserData []byte
 }
 
@@ -85,7 +86,10 @@ func listing(entries ...string) body { return newBody(strings.Join(entries, "\n"
 func NewMetadata(in Instance, opts Options) *Metadata {
 	m := &Metadata{opts: opts, instance: in}
 	m.versions = listing(versions[:]...)
-	if in.UserData != nil {
+	// EC2 has no user data rather than an empty one: an empty body is
+	// never a 200.
+	hasUserData := len(in.UserData) > 0
+	if hasUserData {
 		m.root = listing("dynamic", "meta-data", "user-data")
 	} else {
 		m.root = listing("dynamic", "meta-data")
@@ -113,7 +117,7 @@ func NewMetadata(in Instance, opts Options) *Metadata {
 		"dynamic":                               m.dynamic,
 		"dynamic/instance-identity":             m.identityList,
 	}
-	if in.UserData != nil {
+	if hasUserData {
 		m.files["user-data"] = bodyOf(in.UserData)
 	}
 	return m
