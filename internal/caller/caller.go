@@ -255,8 +255,9 @@ func (r *Resolver) CgroupOf(id uint64) (path, unit string) {
 // user since Linux 5.7) only when asked with that device's index, so
 // without this a local user could pass for a container, or bind to any
 // link to go unidentified. A client whose address is local to this
-// namespace is looked for with one dump of the sockets with its ports,
-// which the kernel filters whatever their device; one not found is
+// namespace is looked for with a dump of the sockets with its ports,
+// which the kernel filters whatever their device (two for an IPv4 client:
+// its socket may be an IPv6 one); one not found is
 // ErrUnidentified. A client elsewhere is not found, as before, and a route
 // look-up that fails makes the client unidentified rather than elsewhere.
 // This path is rare (a client in another namespace takes one route
@@ -281,6 +282,12 @@ func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, erro
 	dump := *q
 	dump.dump = true
 	v, err := c.exchange(&dump, info, r.timeout)
+	if err == nil && v != verdictFound && dump.family == unix.AF_INET {
+		// A dump lists one family's sockets, and an IPv6 socket may
+		// have connected to the IPv4 address (as ::ffff:a.b.c.d).
+		dump.family = unix.AF_INET6
+		v, err = c.exchange(&dump, info, r.timeout)
+	}
 	if err != nil || v == verdictFound {
 		return v, err
 	}

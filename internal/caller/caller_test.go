@@ -278,6 +278,38 @@ func TestLookupBoundToDevice(t *testing.T) {
 	}
 }
 
+// An IPv6 socket bound to a device and connected to the IPv4 address
+// (::ffff:127.0.0.1) is found too: the dump that finds bound sockets lists
+// one family, and the client's is not the address's.
+func TestLookupBoundToDeviceMapped(t *testing.T) {
+	requireRoot(t) // CAP_NET_RAW for SO_BINDTODEVICE on kernels before 5.7
+	r := newResolver(t, Options{})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	// Go's net package would dial an IPv4-mapped address with an IPv4
+	// socket: the client socket is made by hand.
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.BindToDevice(fd, "lo"); err != nil {
+		t.Fatal(err)
+	}
+	to := netip.MustParseAddr("::ffff:127.0.0.1")
+	if err := unix.Connect(fd, &unix.SockaddrInet6{Port: ln.Addr().(*net.TCPAddr).Port, Addr: to.As16()}); err != nil {
+		t.Fatalf("connect to %v: %v", to, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	local, remote := ends(accept(t, ln))
+	got, err := r.Lookup(local, remote)
+	if err != nil || !got.Local || got.UID != uint32(os.Getuid()) || uint64(got.Inode) != st.Ino {
+		t.Errorf("Lookup = %+v, %v; want local, uid %d, inode %d", got, err, os.Getuid(), st.Ino)
+	}
+}
+
 // The dumps that find bound sockets are bounded (each walks the kernel's
 // whole connection table, and opening and resetting connections is free
 // to any user): past the bound, a socket the exact lookup misses is
