@@ -84,6 +84,10 @@ const (
 // but nobody in particular.
 var ErrUnidentified = errors.New("caller: the client is on this host but its socket was not found")
 
+// errDumpsSpent is ErrUnidentified for a lookup that would need a dump
+// past dumpRate and dumpBurst.
+var errDumpsSpent = fmt.Errorf("%w: too many sockets not found at once to look further", ErrUnidentified)
+
 // errBadAddr is preallocated: Lookup must not allocate, even to fail.
 var errBadAddr = errors.New("caller: local and remote must be valid addresses of one family")
 
@@ -277,7 +281,7 @@ func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, erro
 		return verdictNotFound, nil // another namespace or host
 	}
 	if !r.dumps.Allow() {
-		return verdictNotFound, fmt.Errorf("%w: too many sockets not found at once to look further", ErrUnidentified)
+		return verdictNotFound, errDumpsSpent
 	}
 	dump := *q
 	dump.dump = true
@@ -285,6 +289,9 @@ func (r *Resolver) lookupBound(c *diagConn, q *query, info *Info) (verdict, erro
 	if err == nil && v != verdictFound && dump.family == unix.AF_INET {
 		// A dump lists one family's sockets, and an IPv6 socket may
 		// have connected to the IPv4 address (as ::ffff:a.b.c.d).
+		if !r.dumps.Allow() {
+			return verdictNotFound, errDumpsSpent
+		}
 		dump.family = unix.AF_INET6
 		v, err = c.exchange(&dump, info, r.timeout)
 	}

@@ -308,6 +308,11 @@ func TestLookupBoundToDeviceMapped(t *testing.T) {
 	if err != nil || !got.Local || got.UID != uint32(os.Getuid()) || uint64(got.Inode) != st.Ino {
 		t.Errorf("Lookup = %+v, %v; want local, uid %d, inode %d", got, err, os.Getuid(), st.Ino)
 	}
+	// It takes two dumps, and each counts against the bound.
+	r.dumps = rate.NewLimiter(0, 1)
+	if got, err := r.Lookup(local, remote); !errors.Is(err, ErrUnidentified) || got != (Info{}) {
+		t.Errorf("with one dump left: Lookup = %+v, %v; want ErrUnidentified", got, err)
+	}
 }
 
 // The dumps that find bound sockets are bounded (each walks the kernel's
