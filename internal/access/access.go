@@ -29,8 +29,9 @@ type Caller struct {
 	// Identified: the kernel told the agent which local user owns the
 	// client socket, so UID (and Unit and Cgroup, where known) describe it.
 	// A local caller that could not be identified matches every deny rule
-	// about users, groups, units and cgroups and no allow rule about them:
-	// the policy fails closed.
+	// about users, groups, units and cgroups and no allow rule at all, cidr
+	// rules included (a deny rule with its address holds): the policy
+	// fails closed.
 	Identified bool
 	UID        uint32
 	Unit       string
@@ -181,10 +182,16 @@ func (p *Policy) matches(m matcher, c Caller, deny bool) bool {
 	case config.SelectCIDR:
 		// A process on this host may send from any of the host's
 		// addresses (a bridge's, to pass for a container): its user,
-		// group and unit speak for it, not the address it picked.
+		// group and unit speak for it, not the address it picked. One
+		// the agent could not identify is judged by its address only
+		// for a deny rule: a local user can make its socket hard to
+		// find, and must not pass an allow rule by it.
 		// A link-local peer's address carries its zone, which no
 		// prefix contains: the rule is about the address alone.
-		return c.Addr.IsValid() && !(c.Local && c.Identified) && m.sel.Prefix.Contains(c.Addr.Unmap().WithZone(""))
+		if !c.Addr.IsValid() || (c.Local && (c.Identified || !deny)) {
+			return false
+		}
+		return m.sel.Prefix.Contains(c.Addr.Unmap().WithZone(""))
 	}
 	if !c.Local {
 		return false // user, group, unit and cgroup describe local processes only

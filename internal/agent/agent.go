@@ -197,7 +197,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 	if err != nil {
-		a.log.Warn("callers cannot be identified: access rules by user, group or unit and the hop limit for containers do not apply", "error", err)
+		a.log.Warn("callers cannot be identified: each counts as a local process of an unknown user, so access rules fail closed (deny rules about users, groups and units refuse everyone, no allow rule admits anyone) and the hop limit for containers does not apply", "error", err)
 	} else {
 		a.gate.resolver = resolver
 		defer resolver.Close()

@@ -143,7 +143,7 @@ func (g *gate) identify(ci *connInfo) {
 			return
 		}
 		if g.warned.CompareAndSwap(false, true) {
-			g.log.Warn("cannot identify a caller; it counts as local with an unknown user, and access rules about users fail closed", "error", err)
+			g.log.Warn("cannot identify a caller; it counts as local with an unknown user, and access rules fail closed against it", "error", err)
 		}
 	}
 	// Without an answer, count the caller as local (refusing tokens to

@@ -81,6 +81,9 @@ var (
 	localWeb  = access.Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 33}
 	unknown   = access.Caller{Addr: netip.MustParseAddr("127.0.0.1"), Local: true}
 	container = access.Caller{Addr: netip.MustParseAddr("172.17.0.2")}
+	// A local process that sent from the bridge's address and could not
+	// be identified.
+	bridgeUnknown = access.Caller{Addr: netip.MustParseAddr("172.17.0.1"), Local: true}
 )
 
 func TestGateAdmit(t *testing.T) {
@@ -88,6 +91,8 @@ func TestGateAdmit(t *testing.T) {
 	strict := config.Default()
 	strict.Access.Credentials.Deny = []string{"uid:33"}
 	strict.Access.Credentials.Allow = []string{"uid:0", "cidr:172.17.0.0/16"}
+	allowOnly := config.Default() // no deny rule about users to fail closed on
+	allowOnly.Access.Credentials.Allow = strict.Access.Credentials.Allow
 	for _, tc := range []struct {
 		name     string
 		cfg      *config.Config
@@ -122,6 +127,7 @@ func TestGateAdmit(t *testing.T) {
 		{"policy: allowed user", strict, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", localRoot, 0, imds.ReasonNone},
 		{"policy: allowed network", strict, 2, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", container, 0, imds.ReasonNone},
 		{"policy: unidentified fails closed", strict, 1, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", unknown, 403, imds.ReasonAccessDenied},
+		{"policy: unidentified from an allowed network's address fails closed", allowOnly, 2, imds.RouteCredentials, "/latest/meta-data/iam/security-credentials/x", "169.254.169.254", bridgeUnknown, 403, imds.ReasonAccessDenied},
 		{"policy: metadata still open", strict, 1, imds.RouteMetadata, "/latest/meta-data/ami-id", "169.254.169.254", localWeb, 0, imds.ReasonNone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
