@@ -59,9 +59,24 @@ func (f *fakeNetlink) index(name string) int {
 	panic("no link " + name)
 }
 
+// addAddr adds an address with the kernel's default scope (global), as
+// `ip address add` would.
 func (f *fakeNetlink) addAddr(link, prefix string) {
+	f.addAddrScope(link, prefix, unix.RT_SCOPE_UNIVERSE)
+}
+
+// addOurAddr adds an address as Ensure adds it: an IPv4 one with link
+// scope.
+func (f *fakeNetlink) addOurAddr(link, prefix string) {
+	f.addAddrScope(link, prefix, unix.RT_SCOPE_LINK)
+}
+
+func (f *fakeNetlink) addAddrScope(link, prefix string, scope int) {
 	p := netip.MustParsePrefix(prefix)
-	f.addrs = append(f.addrs, netlink.Addr{IPNet: ipNet(p), LinkIndex: f.index(link)})
+	if p.Addr().Is6() {
+		scope = unix.RT_SCOPE_UNIVERSE // the kernel's for any IPv6 address but fe80::/10
+	}
+	f.addrs = append(f.addrs, netlink.Addr{IPNet: ipNet(p), LinkIndex: f.index(link), Scope: scope})
 }
 
 // route adds a main-table unicast route "dst [via gw] [dev link]".

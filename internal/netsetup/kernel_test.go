@@ -189,8 +189,14 @@ func TestKernelAddressScopeCorrected(t *testing.T) {
 		t.Fatal(err)
 	}
 	o, _ := kernelOptions(t)
+	if err := ns.Do(func() error { _, err := Check(h, o); return err }); !errors.Is(err, ErrNotReady) || !strings.Contains(err.Error(), "169.254.169.254/32 has a scope") {
+		t.Errorf("Check before Ensure: %v, want ErrNotReady naming the address's scope", err)
+	}
 	if err := ns.Do(func() error { _, err := Ensure(h, o); return err }); err != nil {
 		t.Fatal(err)
+	}
+	if err := ns.Do(func() error { _, err := Check(h, o); return err }); err != nil {
+		t.Errorf("Check after Ensure: %v", err)
 	}
 	addrs, err := h.AddrList(l, netlink.FAMILY_V4)
 	if err != nil {

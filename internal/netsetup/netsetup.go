@@ -232,7 +232,11 @@ func Check(h Netlink, o Options) (Result, error) {
 	}
 	wantV6 := o.IPv6.IsValid() && st.ipv6
 	for _, want := range st.wanted(o) {
-		if slices.ContainsFunc(st.addrs, want.equal) {
+		if i := slices.IndexFunc(st.addrs, want.equal); i >= 0 {
+			if !st.addrs[i].scoped() {
+				// Ensure would put it back with link scope.
+				missing = append(missing, want.String()+" has a scope the host could pick it by as a source address")
+			}
 			continue
 		}
 		if want.addr.Is6() {

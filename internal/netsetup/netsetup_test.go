@@ -423,7 +423,7 @@ func TestCheckIPv6(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake()
 			ourLink(f, true)
-			f.addAddr("imds0", "169.254.169.254/32")
+			f.addOurAddr("imds0", "169.254.169.254/32")
 			if tc.loopback {
 				f.addAddr("lo", "::1/128")
 			}
@@ -463,9 +463,16 @@ func TestCheck(t *testing.T) {
 			"host network not set up: link imds0 does not exist (run imds-agent setup-link)"},
 		{"all there", func(f *fakeNetlink) {
 			ourLink(f, true)
-			f.addAddr("imds0", "169.254.169.254/32")
-			f.addAddr("imds0", "fd00:ec2::254/128")
+			f.addOurAddr("imds0", "169.254.169.254/32")
+			f.addOurAddr("imds0", "fd00:ec2::254/128")
 		}, ""},
+		// Ensure would re-add it with link scope: the host could pick it
+		// as the source of traffic leaving through another link.
+		{"address with global scope", func(f *fakeNetlink) {
+			ourLink(f, true)
+			f.addAddr("imds0", "169.254.169.254/32")
+			f.addOurAddr("imds0", "fd00:ec2::254/128")
+		}, "host network not set up: link imds0: 169.254.169.254/32 has a scope the host could pick it by as a source address (run imds-agent setup-link)"},
 		{"down, one address missing, one extra", func(f *fakeNetlink) {
 			ourLink(f, false)
 			f.addAddr("imds0", "fd00:ec2::254/128")
