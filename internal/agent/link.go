@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -11,6 +12,16 @@ import (
 	"github.com/imds-agent/imds-agent/internal/config"
 	"github.com/imds-agent/imds-agent/internal/netsetup"
 )
+
+// checkOnly explains a link that is not ready to an agent that could only
+// check it. Other refusals (a conflict, a link not the agent's, EC2)
+// setup-link would make as well, and are returned as they are.
+func checkOnly(err error) error {
+	if errors.Is(err, netsetup.ErrNotReady) {
+		return fmt.Errorf("%w; without CAP_NET_ADMIN the agent only checks the link (the systemd unit runs setup-link as root before it)", err)
+	}
+	return err
+}
 
 // linkOptions says which link and addresses cfg asks for: the link, the
 // first non-loopback IPv4 listen address and, when IPv6 is enabled, the
@@ -73,9 +84,7 @@ func (a *Agent) prepareLink(cfg *config.Config) ([]netip.AddrPort, error) {
 		}
 		res, err = netsetup.Check(h, linkOptions(cfg, a.o.Force, log))
 		h.Close()
-		if err != nil {
-			err = fmt.Errorf("%w (without CAP_NET_ADMIN the agent only checks the link: run `imds-agent setup-link` as root first, as the systemd unit does)", err)
-		}
+		err = checkOnly(err)
 	}
 	if err != nil {
 		return nil, err
