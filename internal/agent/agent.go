@@ -521,6 +521,12 @@ func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
+	if in.AccountID == "" {
+		// The identity document names the role's account once the role
+		// is known; before, the one the configuration names, so that it
+		// does not change under a client that read it at its start.
+		in.AccountID = profile.ConfiguredAccount(cfg.Credentials.RoleARN, cfg.Credentials.InstanceProfile)
+	}
 	m := cfg.MetadataOptions
 	return imds.NewMetadata(in, imds.Options{
 		Enabled:        m.HTTPEndpoint == config.Enabled,

@@ -302,3 +302,37 @@ func TestReloadIgnoredWhileStopping(t *testing.T) {
 	conn.Close()
 	<-done
 }
+
+// TestIdentityAccountFromConfig: before the role is known, the identity
+// document names the account the configuration does (instance.account_id,
+// else the role's or the instance profile's ARN), so that it does not change
+// once the role is resolved; a bare profile name names none.
+func TestIdentityAccountFromConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name                      string
+		accountID, role, instProf string
+		want                      string
+	}{
+		{"role ARN", "", "arn:aws:iam::210987654321:role/web", "", "210987654321"},
+		{"profile ARN", "", "", "arn:aws:iam::210987654321:instance-profile/web", "210987654321"},
+		{"bare profile name", "", "", "web", ""},
+		{"account_id wins", "111122223333", "arn:aws:iam::210987654321:role/web", "", "111122223333"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Listen.Link = ""
+			cfg.Listen.Addresses = []string{"127.0.0.1:0"}
+			cfg.Admin.Socket = t.TempDir() + "/admin.sock"
+			cfg.Instance.ID = "i-0123456789abcdef0"
+			cfg.Instance.AccountID = tc.accountID
+			cfg.Credentials.RoleARN, cfg.Credentials.InstanceProfile = tc.role, tc.instProf
+			a, err := New(Options{Config: cfg, Host: hostinfo.System(), Logger: slog.New(slog.DiscardHandler), AuditOutput: io.Discard})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := a.handler.Metadata().Instance().AccountID; got != tc.want {
+				t.Errorf("account %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

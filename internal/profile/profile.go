@@ -99,6 +99,16 @@ func Resolve(ctx context.Context, client IAMAPI, t Target) (role snapshot.Role, 
 	return r, true, nil
 }
 
+// ConfiguredAccount is the account a configuration names before any call
+// to IAM: its role ARN's, else its instance profile's when that is given by
+// ARN; "" when it names none (a bare profile name).
+func ConfiguredAccount(roleARN, instanceProfile string) string {
+	if roleARN != "" {
+		return account(roleARN)
+	}
+	return account(instanceProfile)
+}
+
 // account is the account id of an ARN, "" if it is none.
 func account(s string) string {
 	a, err := arn.Parse(s)
