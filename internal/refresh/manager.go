@@ -731,10 +731,18 @@ func (m *Manager) signalReady() { m.once.Do(func() { close(m.ready) }) }
 
 func (m *Manager) publishStatus() {
 	snap := m.Snapshot()
+	// The role whose credentials are served, with their key and expiry;
+	// while none are, the role being assumed. During a change of role
+	// the old one is served until the new one can be assumed, and the
+	// failure says why.
+	role := snap.Role
+	if role.ARN == "" {
+		role = m.role
+	}
 	st := &Status{
 		Target:              m.s.Target.String(),
 		State:               snap.State,
-		Role:                m.role,
+		Role:                role,
 		KeySuffix:           snap.KeySuffix,
 		Expiration:          snap.Expiration,
 		ConsecutiveFailures: max(m.failures, m.profileFails),

@@ -475,6 +475,11 @@ func TestRoleChangeKeepsCredentialsUntilAssumed(t *testing.T) {
 		if snap.State != snapshot.Ready || snap.Role.ARN != roleA || !bytes.Equal(snap.Credentials.Bytes, before.Credentials.Bytes) {
 			t.Fatalf("%s: the old role's valid credentials were dropped: state %v role %s", phase, snap.State, snap.Role.ARN)
 		}
+		// Status names the role served next to its key, not the one
+		// that cannot be assumed yet.
+		if st := s.m.Status(); st.Role.ARN != roleA || st.KeySuffix != snap.KeySuffix {
+			t.Fatalf("%s: status says role %s key %s, serving role %s key %s", phase, st.Role.ARN, st.KeySuffix, roleA, snap.KeySuffix)
+		}
 	})
 	snap := s.m.Snapshot()
 	if snap.FailureCode != "AssumeRoleUnauthorizedAccess" {
