@@ -103,6 +103,9 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 		row("next refresh", "%s", ago(st.NextRefresh))
 	}
 	row("refreshes", "%d succeeded, %d failed", st.Refreshes, st.Failures)
+	if st.LookupFailures > 0 {
+		row("profile look-ups", "%d failed", st.LookupFailures)
+	}
 	if st.LastError != "" {
 		row("last error", "%s (%s, %s)", st.LastError, st.LastErrorClass, ago(st.LastErrorAt))
 	} else {

@@ -47,6 +47,7 @@ type Status struct {
 	ConsecutiveFailures int       `json:"consecutive_failures"`
 	Refreshes           uint64    `json:"refreshes"`
 	Failures            uint64    `json:"failures"`
+	LookupFailures      uint64    `json:"profile_lookup_failures"`
 	Listen              []string  `json:"listen"`
 	Link                string    `json:"link,omitempty"`
 	Clients             int64     `json:"clients"`

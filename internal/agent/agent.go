@@ -133,6 +133,7 @@ func New(o Options) (*Agent, error) {
 		OnRefresh: func(err error, class refresh.Class, took time.Duration) {
 			a.metrics.Refresh(err, class.String(), took)
 		},
+		OnLookupFailure: func(_ error, class refresh.Class) { a.metrics.LookupFailed(class.String()) },
 		OnStatus: func(st refresh.Status) {
 			select {
 			case <-a.statusChanged: // keep only the newest
@@ -394,6 +395,7 @@ func (a *Agent) Status() admin.Status {
 		ConsecutiveFailures: st.ConsecutiveFailures,
 		Refreshes:           st.Refreshes,
 		Failures:            st.Failures,
+		LookupFailures:      st.LookupFailures,
 		Link:                a.boot.Listen.Link,
 		Clients:             a.server.Connections(),
 		ClientsShed:         a.server.Shed(),

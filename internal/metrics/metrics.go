@@ -41,6 +41,7 @@ type Metrics struct {
 	tokens         prometheus.Counter
 	refreshOK      prometheus.Counter
 	refreshFailed  *prometheus.CounterVec
+	lookupFailed   *prometheus.CounterVec
 	refreshLatency prometheus.Histogram
 	auditDropped   prometheus.Counter
 }
@@ -94,8 +95,13 @@ func New(src Sources) *Metrics {
 	}, []string{"class"})
 	// Every class from the start, at 0, so that rate() and alerts see a
 	// series before the first failure.
+	m.lookupFailed = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "imds_agent_profile_lookup_failures_total",
+		Help: "Failed look-ups of the instance profile's role (iam:GetInstanceProfile), by failure class.",
+	}, []string{"class"})
 	for _, c := range refresh.ClassNames() {
 		m.refreshFailed.WithLabelValues(c)
+		m.lookupFailed.WithLabelValues(c)
 	}
 	m.refreshLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "imds_agent_refresh_duration_seconds",
@@ -136,7 +142,7 @@ func New(src Sources) *Metrics {
 		ConstLabels: prometheus.Labels{"version": src.Version},
 	})
 	info.Set(1)
-	reg.MustRegister(requests, refusals, m.tokens, m.refreshOK, m.refreshFailed, m.refreshLatency,
+	reg.MustRegister(requests, refusals, m.tokens, m.refreshOK, m.refreshFailed, m.lookupFailed, m.refreshLatency,
 		m.auditDropped, expiry, ready, conns, info)
 	return m
 }
@@ -163,6 +169,9 @@ func (m *Metrics) Refresh(err error, class string, took time.Duration) {
 	}
 	m.refreshFailed.WithLabelValues(class).Inc()
 }
+
+// LookupFailed counts a failed look-up of the instance profile's role.
+func (m *Metrics) LookupFailed(class string) { m.lookupFailed.WithLabelValues(class).Inc() }
 
 // AuditDropped counts audit records the writer could not keep up with.
 func (m *Metrics) AuditDropped() { m.auditDropped.Inc() }

@@ -98,6 +98,9 @@ type Options struct {
 	CallTimeout time.Duration
 	// OnRefresh, if set, observes every AssumeRole attempt.
 	OnRefresh func(err error, class Class, took time.Duration)
+	// OnLookupFailure, if set, observes every failed look-up of the
+	// instance profile's role (while it fails, no AssumeRole is tried).
+	OnLookupFailure func(err error, class Class)
 	// OnStatus, if set, is called (on the manager's goroutine; it must not
 	// block) whenever the status changes.
 	OnStatus func(Status)
@@ -118,7 +121,8 @@ type Status struct {
 	LastErrorAt         time.Time
 	ConsecutiveFailures int
 	Refreshes           uint64
-	Failures            uint64
+	Failures            uint64 // failed AssumeRole attempts
+	LookupFailures      uint64 // failed look-ups of the instance profile's role
 }
 
 // Manager runs the credential lifecycle.
@@ -159,6 +163,7 @@ type Manager struct {
 	profileDue     time.Duration
 	failures       int
 	profileFails   int
+	lookupFailed   uint64 // look-ups failed in all
 	lastErr        error
 	lastClass      Class
 	lastErrAt      time.Time
@@ -372,7 +377,11 @@ func (m *Manager) resolve(ctx context.Context) error {
 	}
 	if err != nil {
 		m.profileFails++
+		m.lookupFailed++
 		class := Classify(err)
+		if m.opts.OnLookupFailure != nil {
+			m.opts.OnLookupFailure(err, class)
+		}
 		delay := m.backoff(m.profileFails, class)
 		m.profileDue = mono + delay
 		m.noteFailure(err, class)
@@ -748,6 +757,7 @@ func (m *Manager) publishStatus() {
 		ConsecutiveFailures: max(m.failures, m.profileFails),
 		Refreshes:           m.refreshes,
 		Failures:            m.failed,
+		LookupFailures:      m.lookupFailed,
 	}
 	if m.creds != nil {
 		st.LastRefresh = m.credsAt

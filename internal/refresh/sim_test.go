@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -116,6 +117,7 @@ type sim struct {
 	logs     *logBuffer
 	stsCalls func() int
 	wake     time.Duration // monotonic time of the pending wake-up
+	lookups  atomic.Int64  // failed look-ups, as OnLookupFailure saw them
 }
 
 type simOptions struct {
@@ -152,10 +154,11 @@ func newSim(t *testing.T, o simOptions) *sim {
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	s.m = New(s.settings(o), Options{
-		Clock:       s.clock,
-		Rand:        rng.Float64,
-		Logger:      slog.New(slog.NewTextHandler(s.logs, nil)),
-		CallTimeout: 100 * time.Millisecond,
+		Clock:           s.clock,
+		Rand:            rng.Float64,
+		Logger:          slog.New(slog.NewTextHandler(s.logs, nil)),
+		CallTimeout:     100 * time.Millisecond,
+		OnLookupFailure: func(error, Class) { s.lookups.Add(1) },
 	})
 	s.stsCalls = func() int { return s.emu.Calls("AssumeRole") }
 	return s
@@ -528,6 +531,11 @@ func TestReloadToUnresolvableTarget(t *testing.T) {
 	}
 	if snap := s.m.Snapshot(); snap.FailureCode == "" {
 		t.Error("iam/info does not say why nothing is served")
+	}
+	// The failed look-ups are counted, though no AssumeRole failed.
+	if st := s.m.Status(); st.LookupFailures == 0 || st.LookupFailures != uint64(s.lookups.Load()) || st.Failures != 0 {
+		t.Errorf("status: %d look-ups failed (hook saw %d), %d AssumeRole failures; want the look-ups counted, no AssumeRole failure",
+			st.LookupFailures, s.lookups.Load(), st.Failures)
 	}
 	if err := s.m.forced(context.Background()); err == nil {
 		t.Error("a forced refresh reported success while the target does not resolve")

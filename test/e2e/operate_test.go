@@ -255,6 +255,9 @@ func TestStatusMetricsAudit(t *testing.T) {
 		if v := value("imds_agent_refresh_failures_total", map[string]string{"class": class}); v != 0 {
 			t.Errorf("refresh failures of class %s = %v, want 0", class, v)
 		}
+		if v := value("imds_agent_profile_lookup_failures_total", map[string]string{"class": class}); v != 0 {
+			t.Errorf("profile look-up failures of class %s = %v, want 0", class, v)
+		}
 	}
 
 	waitFor(t, 5*time.Second, "three more audit records", func() bool { return served() >= before+3 })
