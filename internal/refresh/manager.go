@@ -312,8 +312,30 @@ func (m *Manager) step(ctx context.Context) time.Duration {
 	if m.roleStale {
 		m.expireStale()
 	}
+	m.expireOtherRole()
 	m.publishStatus()
 	return m.sleepFor()
+}
+
+// expireOtherRole stops serving the credentials of the role before a
+// change of role (the instance profile's, or a reload's) once they have
+// expired: they are not the new role's, and are never renewed. The new
+// role's are awaited (503), with the failure that keeps them away.
+func (m *Manager) expireOtherRole() {
+	if m.creds == nil || m.credsRole == m.role.ARN || m.opts.Clock.Now().Before(m.creds.Expiration) {
+		return
+	}
+	if snap := m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != m.credsRole {
+		return
+	}
+	next := snapshot.NewPending(m.role)
+	if m.lastErr != nil {
+		code, msg := failureCode(m.lastClass, m.lastErr)
+		next = next.WithFailure(code, msg, m.lastErrAt)
+	}
+	m.log.Warn("the credentials of the role before the change have expired; none are served until the new role's are obtained",
+		"role", m.credsRole, "new_role", m.role.ARN)
+	m.publish(next)
 }
 
 // expireStale stops serving the credentials of the role before a reload
@@ -358,7 +380,8 @@ func (m *Manager) sleepFor() time.Duration {
 	if m.s.Target.NeedsIAM() || !m.resolved || m.roleStale {
 		wait = min(wait, m.profileDue-mono)
 	}
-	if m.roleStale && m.creds != nil {
+	if m.creds != nil && (m.roleStale || m.credsRole != m.role.ARN) {
+		// Another role's credentials stop being served when they expire.
 		if left := m.creds.Expiration.Sub(m.opts.Clock.Now()); left > 0 {
 			wait = min(wait, left)
 		}

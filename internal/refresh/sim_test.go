@@ -502,6 +502,55 @@ func TestRoleChangeKeepsCredentialsUntilAssumed(t *testing.T) {
 	}
 }
 
+// TestChangedRoleNotServedExpired: the role changes, in IAM (the instance
+// profile's role is swapped) or by a reload (another role_arn), to one that
+// does not trust the host yet. The old role's credentials are served while
+// they are valid, never past their expiry (the agent waits for the new
+// role, 503), and status names the role served.
+func TestChangedRoleNotServedExpired(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		target profile.Target
+		change func(s *sim)
+	}{
+		{"swapped in IAM", profile.Target{InstanceProfile: "web"}, func(s *sim) {
+			s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "other"})
+		}},
+		{"reload", profile.Target{RoleARN: roleA}, func(s *sim) {
+			s.reload(s.settings(simOptions{target: profile.Target{RoleARN: roleB}, duration: time.Hour}))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, simOptions{target: tc.target, duration: time.Hour})
+			s.run(time.Minute, nil)
+			before := s.m.Snapshot()
+			if before.State != snapshot.Ready || before.Role.ARN != roleA {
+				t.Fatalf("state %v role %s", before.State, before.Role.ARN)
+			}
+			s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+			tc.change(s)
+			var late time.Duration
+			s.run(2*time.Hour, func(phase string) {
+				snap := s.m.Snapshot()
+				// Before a step: what was served while the manager slept.
+				if snap.Role.ARN == roleA && snap.State == snapshot.Ready {
+					late = max(late, s.clock.Now().Sub(before.Expiration))
+				}
+				if st := s.m.Status(); phase == "after step" && snap.State == snapshot.Ready && st.Role.ARN != snap.Role.ARN {
+					t.Fatalf("status names role %s, serving %s", st.Role.ARN, snap.Role.ARN)
+				}
+			})
+			if late > 0 {
+				t.Errorf("the old role's credentials were served %v past their expiry", late)
+			}
+			if snap := s.m.Snapshot(); snap.State != snapshot.Pending || snap.Role.ARN != roleB || snap.FailureCode == "" {
+				t.Errorf("after the old credentials expired: state %v role %s failure %q, want pending for %s with the failure",
+					snap.State, snap.Role.ARN, snap.FailureCode, roleB)
+			}
+		})
+	}
+}
+
 // TestReloadToUnresolvableTarget: a reload names an instance profile that
 // does not exist (a typo). The old role is not renewed: its credentials are
 // served while they are valid, with the failure in iam/info, then nothing
