@@ -122,6 +122,13 @@ func Classify(err error) Class {
 	return Transient
 }
 
+// lookupError is a failure to look up the instance profile's role, as
+// opposed to one of AssumeRole: iam/info and STATUS= name IAM, not STS.
+type lookupError struct{ err error }
+
+func (e *lookupError) Error() string { return e.err.Error() }
+func (e *lookupError) Unwrap() error { return e.err }
+
 // ErrNoSourceCredentials means the host has no usable source credentials.
 var ErrNoSourceCredentials = errors.New("no source credentials")
 
@@ -145,6 +152,12 @@ func failureCode(c Class, err error) (code, message string) {
 		return "InvalidSourceCredentials", "The host's source credentials could not be obtained; retrying. See the agent's log."
 	case errors.Is(err, profile.ErrProfileNotFound):
 		return "InstanceProfileNotFound", "The instance profile was not found. See the agent's log."
+	case errors.As(err, new(*lookupError)) && c == Terminal:
+		return "InstanceProfileUnauthorizedAccess", "The agent cannot look up the instance profile's role. See the agent's log."
+	case errors.As(err, new(*lookupError)) && c == Throttled:
+		return "Throttling", "IAM is throttling the instance profile's look-up; retrying."
+	case errors.As(err, new(*lookupError)):
+		return "ServiceUnavailable", "IAM could not be reached to look up the instance profile's role; retrying."
 	case c == Terminal:
 		return "AssumeRoleUnauthorizedAccess", "The agent cannot assume the role. See the agent's log."
 	case c == Throttled:

@@ -399,6 +399,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 		return err // stopping: not a failure
 	}
 	if err != nil {
+		err = &lookupError{err}
 		m.profileFails++
 		m.lookupFailed++
 		class := Classify(err)

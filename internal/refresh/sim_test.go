@@ -502,6 +502,43 @@ func TestRoleChangeKeepsCredentialsUntilAssumed(t *testing.T) {
 	}
 }
 
+// TestLookupFailureCodes: a failing look-up of the instance profile's role
+// is reported as IAM's (iam/info's code and text, and status's), not as a
+// failure of STS or of AssumeRole.
+func TestLookupFailureCodes(t *testing.T) {
+	for _, tc := range []struct {
+		fault awsemu.Fault
+		code  string
+		msg   string
+	}{
+		{awsemu.Fault{Status: 403, Code: "AccessDenied", Message: "not authorized to perform iam:GetInstanceProfile"},
+			"InstanceProfileUnauthorizedAccess", "The agent cannot look up the instance profile's role. See the agent's log."},
+		{awsemu.Fault{Status: 400, Code: "Throttling", Message: "Rate exceeded"},
+			"Throttling", "IAM is throttling the instance profile's look-up; retrying."},
+		{awsemu.Fault{Status: 503, Code: "ServiceUnavailable", Message: "down"},
+			"ServiceUnavailable", "IAM could not be reached to look up the instance profile's role; retrying."},
+	} {
+		t.Run(tc.fault.Code, func(t *testing.T) {
+			s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour})
+			s.emu.Inject(func(action string) *awsemu.Fault {
+				if action != "GetInstanceProfile" {
+					return nil
+				}
+				f := tc.fault
+				return &f
+			})
+			s.run(time.Minute, nil)
+			snap := s.m.Snapshot()
+			if snap.State != snapshot.Pending || snap.FailureCode != tc.code || !bytes.Contains(snap.Failure.Bytes, []byte(`"Message":"`+tc.msg+`"`)) {
+				t.Errorf("iam/info: state %v, %s; want pending, %s %q", snap.State, snap.Failure.Bytes, tc.code, tc.msg)
+			}
+			if st := s.m.Status(); st.LastErrorCode != tc.code || !strings.Contains(st.LastError, tc.fault.Code) {
+				t.Errorf("status: %s %q", st.LastErrorCode, st.LastError)
+			}
+		})
+	}
+}
+
 // TestChangedRoleNotServedExpired: the role changes, in IAM (the instance
 // profile's role is swapped) or by a reload (another role_arn), to one that
 // does not trust the host yet. The old role's credentials are served while
