@@ -407,6 +407,12 @@ func (m *Manager) resolve(ctx context.Context) error {
 			m.opts.OnLookupFailure(err, class)
 		}
 		delay := m.backoff(m.profileFails, class)
+		if m.resolved && !m.roleStale {
+			// A recheck: the role is known and its credentials are
+			// refreshed as usual. It is tried again at its own pace, not
+			// faster: IAM's quota is the account's, shared by the fleet.
+			delay = max(delay, jittered(m.s.ProfileRecheck, m.opts.Rand()))
+		}
 		m.profileDue = mono + delay
 		m.noteFailure(err, class)
 		m.log.Error("resolving the instance profile failed", "target", m.s.Target.String(), "error", err,

@@ -539,6 +539,38 @@ func TestLookupFailureCodes(t *testing.T) {
 	}
 }
 
+// TestRecheckKeepsItsPaceWhenIAMFails: once the role is known, a failing
+// recheck of the instance profile (IAM throttling the account, say) is
+// tried again at the recheck's own pace, not faster: IAM's quota is the
+// account's, shared by the fleet. The role's credentials are refreshed as
+// usual meanwhile.
+func TestRecheckKeepsItsPaceWhenIAMFails(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour, recheck: 30 * time.Minute})
+	s.run(time.Minute, nil)
+	lookups := func() int { return s.emu.Calls("GetInstanceProfile") }
+	healthy := lookups()
+	s.run(4*time.Hour, nil)
+	healthy = lookups() - healthy
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action != "GetInstanceProfile" {
+			return nil
+		}
+		return &awsemu.Fault{Status: 400, Code: "Throttling", Message: "Rate exceeded"}
+	})
+	failing := lookups()
+	s.run(4*time.Hour, func(phase string) {
+		if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Expired(s.clock.Now()) {
+			t.Fatalf("%s: state %v, expired %v: the known role's credentials must be refreshed as usual", phase, snap.State, snap.Expired(s.clock.Now()))
+		}
+	})
+	failing = lookups() - failing
+	attempts := s.m.Status().LookupFailures
+	t.Logf("4 h: %d look-ups while IAM answered, %d calls in %d failed look-ups while it throttled", healthy, failing, attempts)
+	if attempts > uint64(healthy)+2 {
+		t.Errorf("%d failed look-ups in 4 h while IAM throttled, against %d look-ups while it answered", attempts, healthy)
+	}
+}
+
 // TestChangedRoleNotServedExpired: the role changes, in IAM (the instance
 // profile's role is swapped) or by a reload (another role_arn), to one that
 // does not trust the host yet. The old role's credentials are served while
