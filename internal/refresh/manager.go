@@ -687,6 +687,9 @@ func (m *Manager) forced(ctx context.Context) error {
 		// target before a reload.
 		if err := m.resolve(ctx); err != nil && (!m.attached || m.roleStale) {
 			m.publishStatus()
+			if ctx.Err() != nil {
+				return ErrStopped
+			}
 			return err
 		}
 	}
@@ -706,6 +709,9 @@ func (m *Manager) forced(ctx context.Context) error {
 	}
 	m.publishStatus()
 	if m.refreshes == before {
+		if ctx.Err() != nil {
+			return ErrStopped // the call was cut short, not failed
+		}
 		if m.lastErr == nil {
 			return errors.New("no credentials were obtained")
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials/processcreds"
 	"github.com/aws/smithy-go"
 
+	"github.com/imds-agent/imds-agent/internal/awsemu"
 	"github.com/imds-agent/imds-agent/internal/profile"
 	"github.com/imds-agent/imds-agent/internal/snapshot"
 )
@@ -100,6 +102,31 @@ func TestRefreshCancelled(t *testing.T) {
 	defer cancel()
 	if err := s.m.Refresh(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Refresh without a loop: %v", err)
+	}
+}
+
+// TestRefreshCaughtByStop: a refresh that the manager's stop interrupts
+// (its AssumeRole in flight) says the manager is stopping, not that no
+// credentials were obtained or what failed before.
+func TestRefreshCaughtByStop(t *testing.T) {
+	s := newSim(t, simOptions{})
+	s.run(time.Minute, nil)
+	hung := make(chan struct{})
+	var once sync.Once
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action != "AssumeRole" {
+			return nil
+		}
+		once.Do(func() { close(hung) })
+		return &awsemu.Fault{Hang: true}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.m.forced(ctx) }()
+	<-hung
+	cancel()
+	if err := <-done; !errors.Is(err, ErrStopped) {
+		t.Errorf("refresh caught by the stop: %v, want ErrStopped", err)
 	}
 }
 
