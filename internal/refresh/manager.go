@@ -441,6 +441,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 			m.log.Warn("no role attached: the iam paths answer 404, as on EC2", "target", m.s.Target.String())
 		}
 		m.attached, m.role, m.creds, m.credsRole = false, role, nil, ""
+		m.failures = 0 // nothing is attempted without a role
 		m.publish(snapshot.None())
 		m.signalReady()
 	case !m.attached || role.ARN != m.role.ARN:

@@ -807,10 +807,22 @@ func TestRoleSwappedAndDetached(t *testing.T) {
 	if !strings.Contains(s.logs.String(), "role changed; rotating now") {
 		t.Errorf("swap not logged")
 	}
+	// The role stops trusting the host for a while (AssumeRole fails),
+	// then leaves the profile: no attempt is made, and none is failing.
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "other", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+	s.m.refreshDue = s.clock.Monotonic()
+	s.wake = s.clock.Monotonic()
+	s.run(time.Minute, nil)
+	if st := s.m.Status(); st.ConsecutiveFailures == 0 {
+		t.Fatalf("the untrusted role did not fail: %+v", st)
+	}
 	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web"})
 	s.run(6*time.Minute, nil)
 	if snap := s.m.Snapshot(); snap.State != snapshot.NoRole {
 		t.Errorf("after detaching: state %v, want no-role", snap.State)
+	}
+	if st := s.m.Status(); st.ConsecutiveFailures != 0 {
+		t.Errorf("after detaching: %d failures in a row, want none (no attempt is made)", st.ConsecutiveFailures)
 	}
 	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
 	s.run(6*time.Minute, nil)
