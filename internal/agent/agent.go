@@ -257,7 +257,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer cancel()
 		defer a.memory.stop() // the connections closing would arm it
 		defer stopAudit()     // the last answers are recorded: flush them
-		return a.server.Shutdown(sctx)
+		err := a.server.Shutdown(sctx)
+		a.gate.noticeSuppressed()
+		return err
 	})
 	err = g.Wait()
 	a.log.Info("stopped")

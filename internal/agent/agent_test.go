@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -8,7 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"regexp"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -43,13 +47,19 @@ func startAgent(t *testing.T) (*Agent, *jumpClock, context.CancelFunc) {
 // yields Run's result once it returns.
 func startAgentWith(t *testing.T, audit io.Writer) (a *Agent, clock *jumpClock, cancel context.CancelFunc, done <-chan error) {
 	t.Helper()
+	return startAgentLogged(t, audit, io.Discard)
+}
+
+// startAgentLogged is startAgentWith with the agent's log written to log.
+func startAgentLogged(t *testing.T, audit, log io.Writer) (a *Agent, clock *jumpClock, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
 	cfg := config.Default()
 	cfg.Listen.Link = ""
 	cfg.Listen.Addresses = []string{"127.0.0.1:0"}
 	cfg.Admin.Socket = t.TempDir() + "/admin.sock"
 	cfg.Instance.ID = "i-0123456789abcdef0"
 	clock = &jumpClock{origin: time.Now()}
-	a, err := New(Options{Config: cfg, Host: hostinfo.System(), Clock: clock, Logger: slog.New(slog.DiscardHandler), AuditOutput: audit})
+	a, err := New(Options{Config: cfg, Host: hostinfo.System(), Clock: clock, Logger: slog.New(slog.NewTextHandler(log, nil)), AuditOutput: audit})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,6 +112,44 @@ func TestShutdownRecordsDrainedRequests(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "role=in-flight") {
 		t.Errorf("the answer given during the drain has no audit record:\n%s", out.String())
+	}
+}
+
+// TestStopTellsRefusalsLeftOut: when the agent stops, every refusal is
+// either in the audit trail or counted in a notice, those left out since
+// the last notice included (the next would have come after the stop).
+func TestStopTellsRefusalsLeftOut(t *testing.T) {
+	var mu sync.Mutex
+	var out, logs bytes.Buffer
+	a, _, cancel, done := startAgentLogged(t, lockedWriter{&mu, &out}, lockedWriter{&mu, &logs})
+	// More token-less requests than the refusals recorded in a burst.
+	const sent = refusalRecordBurst + 600
+	client := &http.Client{Timeout: 5 * time.Second}
+	url := "http://" + a.Addrs()[0].String() + "/latest/meta-data/iam/security-credentials/app"
+	for range sent {
+		res, err := client.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("status %d, want 401", res.StatusCode)
+		}
+	}
+	client.CloseIdleConnections()
+	cancel()
+	<-done
+	mu.Lock()
+	defer mu.Unlock()
+	recorded := strings.Count(out.String(), "reason=token-missing")
+	told := 0
+	for _, m := range regexp.MustCompile(`not_recorded=(\d+)`).FindAllStringSubmatch(logs.String(), -1) {
+		n, _ := strconv.Atoi(m[1])
+		told += n
+	}
+	if recorded+told != sent || told == 0 {
+		t.Errorf("%d refusals: %d recorded, %d told left out in the notices:\n%s", sent, recorded, told, logs.String())
 	}
 }
 

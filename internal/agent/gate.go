@@ -39,10 +39,10 @@ type gate struct {
 	// refusalRecordBurst): anyone on the host can ask without a token as
 	// fast as they like, and their records would push everything else out
 	// of the journal. Credential answers are always recorded.
-	refusals   *rate.Limiter // nil: every refusal is recorded
-	suppressed atomic.Uint64 // refusals not recorded since the last notice of them
-	lastNotice atomic.Int64  // when that notice was logged (Unix ns); at most one a second
-	auditLog   *slog.Logger  // the notice's logger (component=audit)
+	refusals    *rate.Limiter // nil: every refusal is recorded
+	suppressed  atomic.Uint64 // refusals not recorded since the last notice of them
+	noticeAfter time.Duration // how long after the first of them the notice comes; 0: a second
+	auditLog    *slog.Logger  // the notice's logger (component=audit)
 }
 
 const (
@@ -291,15 +291,18 @@ func (g *gate) Served(req *imds.Request, status int) {
 	if !secret && !refusal(req.Reason) {
 		return
 	}
-	if !secret && g.refusals != nil {
-		if !g.refusals.Allow() {
-			g.suppressed.Add(1)
-			return
+	if !secret && g.refusals != nil && !g.refusals.Allow() {
+		if g.suppressed.Add(1) == 1 {
+			// The first left out since the last notice: the next one
+			// comes a second from now, with all those left out by then,
+			// so a flood gets one notice a second and its end is told.
+			after := g.noticeAfter
+			if after == 0 {
+				after = time.Second
+			}
+			time.AfterFunc(after, g.noticeSuppressed)
 		}
-		if g.suppressed.Load() > 0 && g.noticeDue(req.Time) {
-			g.auditLog.Warn("refusals not recorded in the audit trail: more than the limit a second",
-				"not_recorded", g.suppressed.Swap(0), "limit_per_second", refusalRecordRate)
-		}
+		return
 	}
 	ci := g.callerOf(req)
 	rec := audit.Record{
@@ -328,15 +331,14 @@ func (g *gate) Served(req *imds.Request, status int) {
 	g.audit.RecordRepeat(rec, &ci.audit)
 }
 
-// noticeDue reports whether the notice of refusals left out of the audit
-// trail may be logged at t: once a second at most, or a flood of refusals
-// would double the journal's volume the limit is there to bound.
-func (g *gate) noticeDue(t time.Time) bool {
-	now, last := t.UnixNano(), g.lastNotice.Load()
-	if last != 0 && now-last < int64(time.Second) {
-		return false
+// noticeSuppressed logs how many refusals were left out of the audit trail
+// since the last notice, if any were. The agent calls it once more when
+// the server has stopped, for those its timer would tell too late.
+func (g *gate) noticeSuppressed() {
+	if n := g.suppressed.Swap(0); n > 0 {
+		g.auditLog.Warn("refusals not recorded in the audit trail: more than the limit a second",
+			"not_recorded", n, "limit_per_second", refusalRecordRate)
 	}
-	return g.lastNotice.CompareAndSwap(last, now)
 }
 
 // refusal reports whether a reason is a refusal worth auditing (as opposed

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -341,13 +342,15 @@ func TestGateTokenBindingTurnedOn(t *testing.T) {
 }
 
 // TestGateRefusalRecordsAreLimited: refusals beyond the limit are counted,
-// not recorded, and the next one recorded says how many were left out;
-// credential answers are recorded whatever the limit.
+// not recorded, and a notice says how many were left out (here the one the
+// agent logs once its server has stopped); credential answers are recorded
+// whatever the limit.
 func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
 	var out, logs bytes.Buffer
 	g.audit = audit.New(&out, "text", nil)
 	g.auditLog = slog.New(slog.NewTextHandler(&logs, nil))
+	g.noticeAfter = time.Hour
 	g.refusals = rate.NewLimiter(rate.Every(time.Hour), 2)
 	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
 		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
@@ -362,54 +365,82 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
 	req.Route, req.Snapshot = imds.RouteCredentials, snap
 	g.Served(req, http.StatusOK)
-	g.refusals = rate.NewLimiter(rate.Inf, 0)
-	refuse()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := g.audit.Run(ctx); err != nil { // flushes
 		t.Fatal(err)
 	}
-	if n := strings.Count(out.String(), "reason=token-missing"); n != 3 {
-		t.Errorf("%d refusal records, want 2 within the limit and 1 after it:\n%s", n, out.String())
+	if n := strings.Count(out.String(), "reason=token-missing"); n != 2 {
+		t.Errorf("%d refusal records, want the 2 within the limit:\n%s", n, out.String())
 	}
 	if n := strings.Count(out.String(), `msg="credentials served"`); n != 1 {
 		t.Errorf("%d credential records, want 1", n)
 	}
+	g.noticeSuppressed()
 	if !strings.Contains(logs.String(), "not_recorded=3") {
 		t.Errorf("the count of refusals left out is not logged:\n%s", logs.String())
 	}
+	g.noticeSuppressed()
+	if n := strings.Count(logs.String(), "refusals not recorded"); n != 1 {
+		t.Errorf("%d notices, want 1: a notice with nothing left out since the last:\n%s", n, logs.String())
+	}
 }
 
-// TestGateRefusalNoticeOnceASecond: under a flood of refusals the notice
-// of those left out is logged once a second, not with every refusal the
-// limit lets through.
-func TestGateRefusalNoticeOnceASecond(t *testing.T) {
+// TestGateRefusalNotice: the refusals left out of the audit trail are told
+// in one notice a while (a second; here 20 ms) after the first of them,
+// with all those left out by then, though no refusal comes after them; a
+// flood gets one notice per interval, not one per refusal.
+func TestGateRefusalNotice(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var mu sync.Mutex
 	var logs bytes.Buffer
 	g.audit = audit.New(io.Discard, "text", nil)
-	g.auditLog = slog.New(slog.NewTextHandler(&logs, nil))
-	start := time.Now()
-	refuse := func(at time.Duration) {
-		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
-		req.Route, req.Reason, req.Time = imds.RouteCredentials, imds.ReasonTokenMissing, start.Add(at)
-		g.Served(req, http.StatusUnauthorized)
-	}
-	// Within one second: one refusal in two is left out.
-	for i := range 100 {
-		g.refusals = rate.NewLimiter(rate.Inf, 0)
-		if i%2 == 1 {
-			g.refusals = rate.NewLimiter(0, 0)
+	g.auditLog = slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
+	g.noticeAfter = 20 * time.Millisecond
+	g.refusals = rate.NewLimiter(0, 0) // every refusal is left out
+	refuse := func(n int) {
+		for range n {
+			req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+			req.Route, req.Reason = imds.RouteCredentials, imds.ReasonTokenMissing
+			g.Served(req, http.StatusUnauthorized)
 		}
-		refuse(time.Duration(i) * time.Millisecond)
 	}
-	if n := strings.Count(logs.String(), "refusals not recorded"); n != 1 {
-		t.Errorf("%d notices within a second, want 1:\n%s", n, logs.String())
+	notices := func(want string) int {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			l := logs.String()
+			mu.Unlock()
+			if strings.Contains(l, want) || time.Now().After(deadline) {
+				if !strings.Contains(l, want) {
+					t.Fatalf("no notice with %s:\n%s", want, l)
+				}
+				return strings.Count(l, "refusals not recorded")
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
-	g.refusals = rate.NewLimiter(rate.Inf, 0)
-	refuse(1100 * time.Millisecond)
-	if n := strings.Count(logs.String(), "refusals not recorded"); n != 2 || !strings.Contains(logs.String(), "not_recorded=49") {
-		t.Errorf("after a second: %d notices, want 2, the second for the 49 left out since the first:\n%s", n, logs.String())
+	refuse(100)
+	if n := notices("not_recorded=100"); n != 1 {
+		t.Errorf("%d notices for one burst, want 1", n)
 	}
+	refuse(7)
+	if n := notices("not_recorded=7"); n != 2 {
+		t.Errorf("%d notices after a second burst, want 2", n)
+	}
+}
+
+// lockedWriter serialises writes to w with mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 // TestGateNamesCgroupOffTheAcceptLoop: connValue, on the server's accept
