@@ -287,7 +287,8 @@ func (g *gate) Served(req *imds.Request, status int) {
 	if g.audit == nil {
 		return
 	}
-	secret := req.Route.Secret() && status == http.StatusOK
+	// A HEAD's answer has no body: no credentials were given.
+	secret := req.Route.Secret() && status == http.StatusOK && req.HTTP.Method != http.MethodHead
 	if !secret && !refusal(req.Reason) {
 		return
 	}

@@ -386,6 +386,29 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	}
 }
 
+// TestGateHeadIsNoCredentialAnswer: a HEAD of the credentials, answered
+// without a body, is no credential answer in the audit trail; a GET is.
+func TestGateHeadIsNoCredentialAnswer(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var out bytes.Buffer
+	g.audit = audit.New(&out, "text", nil)
+	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
+		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	for _, method := range []string{http.MethodHead, http.MethodGet} {
+		req := request(method, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		req.Route, req.Snapshot = imds.RouteCredentials, snap
+		g.Served(req, http.StatusOK)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.audit.Run(ctx); err != nil { // flushes
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), `msg="credentials served"`); n != 1 {
+		t.Errorf("%d credential records for a HEAD and a GET, want 1 (the GET's):\n%s", n, out.String())
+	}
+}
+
 // TestGateRefusalNotice: the refusals left out of the audit trail are told
 // in one notice a while (a second; here 20 ms) after the first of them,
 // with all those left out by then, though no refusal comes after them; a
