@@ -208,7 +208,7 @@ func (l *Logger) flush() {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
-	b := l.batch
+	b, n := l.batch, l.pending
 	l.batch, l.spare = l.spare[:0], nil
 	l.pending = 0
 	l.mu.Unlock()
@@ -216,7 +216,17 @@ func (l *Logger) flush() {
 		l.putSpare(b)
 		return
 	}
-	_, _ = l.out.Write(b)
+	if _, err := l.out.Write(b); err != nil {
+		// The output failed (a closed pipe, a full disk): the batch's
+		// records are lost, and counted as dropped. Which of them the
+		// output kept, if any, it does not say.
+		l.dropped.Add(uint64(n))
+		if l.onDrop != nil {
+			for range n {
+				l.onDrop()
+			}
+		}
+	}
 	l.putSpare(b)
 }
 

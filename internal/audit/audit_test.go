@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -86,6 +87,31 @@ func TestRecordNeverBlocks(t *testing.T) {
 	close(w.release)
 	cancel()
 	<-done
+}
+
+// failingWriter refuses every write: a closed pipe, a full disk.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) {
+	return 0, errors.New("write /dev/stderr: broken pipe")
+}
+
+// TestFailedWriteCounted: records a failed write loses are counted as
+// dropped, as those dropped behind a slow output are.
+func TestFailedWriteCounted(t *testing.T) {
+	dropped := 0
+	l := New(failingWriter{}, "text", func() { dropped++ })
+	for range 3 {
+		l.Record(Record{Decision: "allow", Route: "credentials", Status: 200})
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := l.Run(ctx); err != nil { // flushes
+		t.Fatal(err)
+	}
+	if dropped != 3 || l.Dropped() != 3 {
+		t.Errorf("dropped %d (counted %d), want the 3 records the failed write lost", dropped, l.Dropped())
+	}
 }
 
 // TestFormatMatchesSlog: the fast formatter writes exactly what log/slog's
