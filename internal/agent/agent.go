@@ -85,7 +85,7 @@ type Agent struct {
 	// boot is the configuration the agent started with: listen, link,
 	// admin, metrics and audit settings keep its values until a restart.
 	boot      *config.Config
-	readySent atomic.Bool
+	readySent atomic.Bool // READY=1 was sent; set under lifecycle
 	stopping  atomic.Bool // set when shutdown begins: reloads are ignored from then on
 	// lifecycle orders READY=1 and STOPPING=1: once STOPPING=1 is sent,
 	// no READY=1 follows it (a reload that was running as the stop began).
@@ -437,12 +437,9 @@ func (a *Agent) Reload() error {
 		a.log.Warn("reload ignored: the agent is stopping")
 		return errors.New("stopping")
 	}
-	a.reloading()
-	defer func() {
-		if a.readySent.Load() {
-			a.notifyReady()
-		}
-	}()
+	if a.reloading() {
+		defer a.notifyReady()
+	}
 	cfg, err := config.Load(a.o.ConfigPath)
 	if err == nil {
 		err = a.apply(cfg)

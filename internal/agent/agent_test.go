@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -255,34 +256,33 @@ func TestStatusLineShowsCodesOnly(t *testing.T) {
 	}
 }
 
-// TestNoReadyAfterStopping: a reload still running when the stop begins
-// (here, held in loading new source settings) does not tell systemd
-// READY=1 after STOPPING=1.
-func TestNoReadyAfterStopping(t *testing.T) {
-	dir := t.TempDir()
+// notifySocket listens on a NOTIFY_SOCKET in dir for the agent's sd_notify
+// messages; next waits for one that starts with want.
+func notifySocket(t *testing.T, dir string) (messages <-chan string, next func(want string)) {
+	t.Helper()
 	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: dir + "/notify", Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sock.Close()
+	t.Cleanup(func() { sock.Close() })
 	t.Setenv("NOTIFY_SOCKET", dir+"/notify")
-	messages := make(chan string, 64)
+	ch := make(chan string, 64)
 	go func() {
 		buf := make([]byte, 4096)
 		for {
 			n, err := sock.Read(buf)
 			if err != nil {
-				close(messages)
+				close(ch)
 				return
 			}
-			messages <- string(buf[:n])
+			ch <- string(buf[:n])
 		}
 	}()
-	next := func(want string) {
+	return ch, func(want string) {
 		t.Helper()
 		for {
 			select {
-			case m := <-messages:
+			case m := <-ch:
 				if strings.HasPrefix(m, want) {
 					return
 				}
@@ -291,6 +291,60 @@ func TestNoReadyAfterStopping(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestNoReloadingBeforeReady: a reload during the start-up wait (the first
+// credentials not there yet, READY=1 not sent) sends no RELOADING=1: systemd
+// would hold the unit in "reloading" until the start's READY=1, up to
+// StartupWait later.
+func TestNoReloadingBeforeReady(t *testing.T) {
+	dir := t.TempDir()
+	messages, _ := notifySocket(t, dir)
+	path := dir + "/config.yaml"
+	if err := os.WriteFile(path, []byte("version: 1\ncredentials:\n  role_arn: arn:aws:iam::123456789012:role/app\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Listen.Link = ""
+	cfg.Listen.Addresses = []string{"127.0.0.1:0"}
+	cfg.Admin.Socket = dir + "/admin.sock"
+	cfg.Instance.ID = "i-0123456789abcdef0"
+	a, err := New(Options{Config: cfg, ConfigPath: path, Host: hostinfo.System(), Logger: slog.New(slog.DiscardHandler), AuditOutput: io.Discard,
+		Connect: func(context.Context) (refresh.Clients, error) {
+			return refresh.Clients{}, errors.New("no source credentials here")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-a.Listening()
+	if err := a.Reload(); err != nil {
+		t.Fatalf("Reload: %v", err)
+	}
+	for {
+		select {
+		case m := <-messages:
+			if strings.Contains(m, "RELOADING=1") || strings.Contains(m, "READY=1") {
+				t.Fatalf("during the start-up wait: %q", m)
+			}
+		case <-time.After(300 * time.Millisecond):
+			return
+		}
+	}
+}
+
+// TestNoReadyAfterStopping: a reload still running when the stop begins
+// (here, held in loading new source settings) does not tell systemd
+// READY=1 after STOPPING=1.
+func TestNoReadyAfterStopping(t *testing.T) {
+	dir := t.TempDir()
+	messages, next := notifySocket(t, dir)
 	path := dir + "/config.yaml"
 	if err := os.WriteFile(path, []byte("version: 1\ncredentials:\n  source_profile: elsewhere\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -81,7 +81,6 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 	if !a.notifyReady() {
 		return nil // stopping
 	}
-	a.readySent.Store(true)
 	a.memory.releaseNow(true) // what starting up left behind
 	var tick <-chan time.Time
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
@@ -164,6 +163,7 @@ func (a *Agent) notifyReady() bool {
 		return false
 	}
 	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	a.readySent.Store(true)
 	return true
 }
 
@@ -175,7 +175,16 @@ func (a *Agent) notifyStopping() {
 	a.notify("STOPPING=1")
 }
 
-// reloading tells systemd a reload has begun.
-func (a *Agent) reloading() {
+// reloading tells systemd a reload has begun, and reports whether it did:
+// not before READY=1 (a reload during the start-up wait is part of the
+// start, whose READY=1 is still to come) nor after STOPPING=1. A reload
+// that did must end with READY=1.
+func (a *Agent) reloading() bool {
+	a.lifecycle.Lock()
+	defer a.lifecycle.Unlock()
+	if !a.readySent.Load() || a.stopping.Load() {
+		return false
+	}
 	a.notify("RELOADING=1\nMONOTONIC_USEC=" + strconv.FormatInt(monotonicUsec(), 10))
+	return true
 }
