@@ -461,17 +461,8 @@ func (a *Agent) apply(cfg *config.Config) error {
 	a.mu.Lock()
 	running := a.cfg
 	a.mu.Unlock()
-	if changed := sourceSettings(cfg); !reflect.DeepEqual(changed, sourceSettings(running)) {
-		// The running clients are dropped on reload; new source settings
-		// that cannot be loaded (a profile that does not exist, a file
-		// others can read) would leave nothing to call STS with, and the
-		// error would show only at the next refresh.
-		ctx, cancel := context.WithTimeout(context.Background(), sourceCheckTimeout)
-		_, err := settings.Connect(ctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("credentials: the new source credential settings do not load: %w", err)
-		}
+	if err := a.checkSource(cfg, running, settings); err != nil {
+		return err
 	}
 	a.mu.Lock()
 	var bound []netip.AddrPort
@@ -539,6 +530,30 @@ func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {
 // sourceCheckTimeout bounds loading new source settings on reload (local
 // files only: no call leaves the host).
 const sourceCheckTimeout = 10 * time.Second
+
+// checkSource refuses new source settings (a region, profile or shared
+// file) that do not load while the running ones do: the running clients
+// are dropped on reload, and new settings that cannot be loaded (a profile
+// that does not exist, a file others can read) would leave nothing to call
+// STS with, with the error showing only at the next refresh. Without a
+// role nothing calls STS, and when the running settings do not load
+// either, the reload loses nothing: it goes ahead, with a warning.
+func (a *Agent) checkSource(cfg, running *config.Config, settings refresh.Settings) error {
+	if settings.Target.None() || reflect.DeepEqual(sourceSettings(cfg), sourceSettings(running)) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sourceCheckTimeout)
+	defer cancel()
+	_, err := settings.Connect(ctx)
+	if err == nil {
+		return nil
+	}
+	if _, rerr := a.settings(running, "").Connect(ctx); rerr != nil {
+		a.log.Warn("the new source credential settings do not load, nor do the running ones; applying them", "error", err)
+		return nil
+	}
+	return fmt.Errorf("credentials: the new source credential settings (region, source_profile, shared files) do not load, while the running ones do: %w", err)
+}
 
 // sourceSettings says where cfg finds the host's source credentials.
 func sourceSettings(cfg *config.Config) source.Settings {

@@ -346,7 +346,9 @@ func TestNoReadyAfterStopping(t *testing.T) {
 	dir := t.TempDir()
 	messages, next := notifySocket(t, dir)
 	path := dir + "/config.yaml"
-	if err := os.WriteFile(path, []byte("version: 1\ncredentials:\n  source_profile: elsewhere\n"), 0o644); err != nil {
+	// New source settings for a role: the reload loads them before it
+	// applies anything.
+	if err := os.WriteFile(path, []byte("version: 1\ncredentials:\n  role_arn: arn:aws:iam::123456789012:role/app\n  source_profile: elsewhere\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	a, _, cancel, done := startAgentWith(t, &strings.Builder{})
@@ -360,7 +362,11 @@ func TestNoReadyAfterStopping(t *testing.T) {
 	}
 	reloaded := make(chan error, 1)
 	go func() { reloaded <- a.Reload() }()
-	<-entered
+	select {
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload did not load the new source settings")
+	}
 	cancel()
 	next("STOPPING=1")
 	close(release)
@@ -403,6 +409,63 @@ func TestReloadIgnoredWhileStopping(t *testing.T) {
 	}
 	conn.Close()
 	<-done
+}
+
+// TestReloadChecksSource: new source settings (here only the region) are
+// loaded before a reload applies them, and refused only when they do not
+// load while the running ones do; without a role nothing calls STS and
+// they are not loaded at all.
+func TestReloadChecksSource(t *testing.T) {
+	const role = "arn:aws:iam::123456789012:role/app"
+	for _, tc := range []struct {
+		name    string
+		role    string
+		loads   []bool // what each load of source settings gives, in turn: the new ones', then the running ones'
+		refused bool
+	}{
+		{"no role", "", nil, false},
+		{"the new settings load", role, []bool{true}, false},
+		{"neither loads", role, []bool{false, false}, false},
+		{"only the running ones load", role, []bool{false, true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Listen.Link = ""
+			cfg.Listen.Addresses = []string{"127.0.0.1:0"}
+			cfg.Admin.Socket = t.TempDir() + "/admin.sock"
+			cfg.Instance.ID = "i-0123456789abcdef0"
+			cfg.Instance.Region = "eu-west-1"
+			cfg.Credentials.RoleARN = tc.role
+			calls := 0
+			a, err := New(Options{Config: cfg, Host: hostinfo.System(), Logger: slog.New(slog.DiscardHandler), AuditOutput: io.Discard,
+				Connect: func(context.Context) (refresh.Clients, error) {
+					calls++
+					if calls > len(tc.loads) {
+						t.Fatalf("source settings loaded %d times, want %d", calls, len(tc.loads))
+					}
+					if !tc.loads[calls-1] {
+						return refresh.Clients{}, errors.New("no source credentials here")
+					}
+					return refresh.Clients{}, nil
+				}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			next := *cfg
+			next.Instance.Region = "us-west-2"
+			err = a.apply(&next)
+			if refused := err != nil; refused != tc.refused || calls != len(tc.loads) {
+				t.Fatalf("apply: %v after %d loads; want refused %v after %d", err, calls, tc.refused, len(tc.loads))
+			}
+			want := "us-west-2"
+			if tc.refused {
+				want = "eu-west-1"
+			}
+			if got := a.handler.Metadata().Instance().Region; got != want {
+				t.Errorf("region served %s, want %s", got, want)
+			}
+		})
+	}
 }
 
 // TestIdentityAccountFromConfig: before the role is known, the identity
