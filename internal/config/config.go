@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -176,9 +177,12 @@ func AdminSocket(path string) string {
 	return c.Admin.Socket
 }
 
-// readFile reads the file at path, up to MaxFileSize.
+// readFile reads the regular file at path, up to MaxFileSize. It is opened
+// without waiting: a FIFO given by mistake would otherwise hold a start, a
+// reload (and the stop after it) or check-config until something wrote
+// to it.
 func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("config file %s does not exist", path)
@@ -186,6 +190,11 @@ func readFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("reading config: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("config file %s is not a regular file (it is a %s); is it the right file?", path, fileKind(fi.Mode()))
+	}
 	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
 	if err != nil {
 		return nil, fmt.Errorf("reading config: %w", err)
@@ -194,6 +203,23 @@ func readFile(path string) ([]byte, error) {
 		return nil, fmt.Errorf("config file %s is larger than %d KiB; is it the right file?", path, MaxFileSize>>10)
 	}
 	return data, nil
+}
+
+// fileKind names the type of a file that is not a regular one.
+func fileKind(m os.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&os.ModeNamedPipe != 0:
+		return "FIFO"
+	case m&os.ModeSocket != 0:
+		return "socket"
+	case m&os.ModeCharDevice != 0:
+		return "character device"
+	case m&os.ModeDevice != 0:
+		return "device"
+	}
+	return m.Type().String()
 }
 
 // Parse decodes data (named name in messages), applies defaults and

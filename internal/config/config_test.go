@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -274,6 +275,28 @@ func TestLoadTooLarge(t *testing.T) {
 	}
 	if _, err := Load(path); err != nil {
 		t.Errorf("a file of exactly %d bytes: %v", MaxFileSize, err)
+	}
+}
+
+// TestLoadNotARegularFile: a FIFO (which would hold the open until a
+// writer came), a device or a directory is refused at once, by type.
+func TestLoadNotARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "config.yaml")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for path, kind := range map[string]string{fifo: "FIFO", "/dev/zero": "character device", dir: "directory"} {
+		done := make(chan error, 1)
+		go func() { _, err := Load(path); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), "is not a regular file (it is a "+kind+")") {
+				t.Errorf("%s: %v, want a refusal naming a %s", path, err, kind)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: Load still waiting after 10 s", path)
+		}
 	}
 }
 
