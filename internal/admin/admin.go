@@ -314,7 +314,7 @@ func (c *Client) dialError(err error) error {
 	case errors.Is(err, fs.ErrPermission):
 		return fmt.Errorf("admin socket %s: permission denied; run as root or as a member of the agent's group", c.path)
 	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("admin socket %s: no agent is answering (is it running?)", c.path)
+		return fmt.Errorf("admin socket %s: no agent is answering (is it running? A running agent keeps the admin.socket it started with until a restart)", c.path)
 	}
 	return fmt.Errorf("admin socket %s: %w", c.path, op.Err)
 }

@@ -125,8 +125,8 @@ func TestClientErrors(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for _, tc := range []struct{ path, want string }{
-		{filepath.Join(dir, "none.sock"), "no agent is answering (is it running?)"},
-		{stale, "no agent is answering (is it running?)"},
+		{filepath.Join(dir, "none.sock"), "no agent is answering (is it running? A running agent keeps the admin.socket it started with until a restart)"},
+		{stale, "no agent is answering (is it running? A running agent keeps the admin.socket it started with until a restart)"},
 	} {
 		_, err := NewClient(tc.path).Status(ctx)
 		if err == nil || err.Error() != "admin socket "+tc.path+": "+tc.want {

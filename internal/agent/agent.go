@@ -17,6 +17,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -476,11 +477,14 @@ func (a *Agent) apply(cfg *config.Config) error {
 	}
 	a.cfg = cfg
 	a.mu.Unlock()
-	boot := a.boot
-	if !slices.Equal(boot.Listen.Addresses, cfg.Listen.Addresses) || boot.Listen.Link != cfg.Listen.Link ||
-		boot.Admin.Socket != cfg.Admin.Socket || boot.Metrics.Listen != cfg.Metrics.Listen || boot.Log.Audit != cfg.Log.Audit ||
-		boot.Log.Format != cfg.Log.Format || boot.MetadataOptions.HTTPProtocolIPv6 != cfg.MetadataOptions.HTTPProtocolIPv6 {
-		a.log.Warn("listen, link, admin, metrics, audit, log format and http_protocol_ipv6 settings change only on restart; the running ones stay")
+	if keys := restartOnly(a.boot, cfg); len(keys) > 0 {
+		attrs := []any{"keys", strings.Join(keys, ", ")}
+		if a.boot.Admin.Socket != cfg.Admin.Socket {
+			// `imds-agent status` reads the file's socket, where no
+			// agent answers until the restart.
+			attrs = append(attrs, "admin_socket_in_use", a.boot.Admin.Socket)
+		}
+		a.log.Warn("these settings change only on restart; the running ones stay", attrs...)
 	}
 	a.gate.rules.Store(rules)
 	a.handler.SetMetadata(meta)
@@ -530,6 +534,31 @@ func (a *Agent) metadata(cfg *config.Config) (*imds.Metadata, error) {
 // sourceCheckTimeout bounds loading new source settings on reload (local
 // files only: no call leaves the host).
 const sourceCheckTimeout = 10 * time.Second
+
+// restartOnly names the settings of cfg that differ from those the agent
+// started with (boot) and take effect only on restart: the listen, link,
+// admin, metrics and audit settings, log.format, and http_protocol_ipv6,
+// which decides the addresses bound.
+func restartOnly(boot, cfg *config.Config) []string {
+	var keys []string
+	for _, k := range []struct {
+		key     string
+		differs bool
+	}{
+		{"listen.addresses", !slices.Equal(boot.Listen.Addresses, cfg.Listen.Addresses)},
+		{"listen.link", boot.Listen.Link != cfg.Listen.Link},
+		{"admin.socket", boot.Admin.Socket != cfg.Admin.Socket},
+		{"metrics.listen", boot.Metrics.Listen != cfg.Metrics.Listen},
+		{"log.audit", boot.Log.Audit != cfg.Log.Audit},
+		{"log.format", boot.Log.Format != cfg.Log.Format},
+		{"metadata_options.http_protocol_ipv6", boot.MetadataOptions.HTTPProtocolIPv6 != cfg.MetadataOptions.HTTPProtocolIPv6},
+	} {
+		if k.differs {
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
+}
 
 // checkSource refuses new source settings (a region, profile or shared
 // file) that do not load while the running ones do: the running clients

@@ -50,7 +50,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"start", "--config", "x"}, 2, "flag provided but not defined: -config"},
 		{[]string{"check-config", "-h"}, 0, "configuration file"},
 		{[]string{}, 2, "Usage:"},
-		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running?)"},
+		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no agent is answering (is it running? A running agent keeps the admin.socket it started with until a restart)"},
 		// dev refuses these before it opens anything. (A documentation
 		// address, not a wildcard: were the check lost, nothing would be
 		// served to the network.)
