@@ -161,8 +161,9 @@ var garbage [][]byte
 
 // What sync.Pools hold is freed by a release too, not kept in the pools'
 // victim caches until the next cycle under load. (Under -race a Put drops
-// one item in four at random, and the test then passes either way; in the
-// other runs it fails with a release that collects only once.)
+// one item in four at random, and the test then passes either way; the
+// test command runs it again without -race, where it fails with a release
+// that collects only once.)
 func TestReleaseFreesPooledBuffers(t *testing.T) {
 	var pool sync.Pool
 	freed := make(chan struct{})
