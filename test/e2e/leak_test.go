@@ -57,8 +57,11 @@ func TestNoSecretInOutput(t *testing.T) {
 		secrets["session token of "+doc.AccessKeyId] = doc.Token
 	}
 	cmd := func(args ...string) {
-		out, _ := runClient(t, baseEnv(t), binary, args...)
+		out, err := runClient(t, baseEnv(t), binary, args...)
 		outputs = append(outputs, out)
+		if err != nil { // it holds what the command printed on stderr
+			outputs = append(outputs, err.Error())
+		}
 	}
 	grab()
 	time.Sleep(6 * time.Second) // a rotation or two

@@ -191,7 +191,13 @@ func TestMotoWrongSourceKeys(t *testing.T) {
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("role listing: %d, want 503 while the profile cannot be resolved", status)
 	}
-	status, body := imdsGet(url, "/latest/meta-data/iam/info")
+	// The first look-up runs beside serving: until it has failed,
+	// iam/info is the plain 503 page.
+	var body string
+	waitFor(t, 10*time.Second, "iam/info to name the failure", func() bool {
+		status, body = imdsGet(url, "/latest/meta-data/iam/info")
+		return strings.Contains(body, `"Code":`)
+	})
 	if status != http.StatusServiceUnavailable || !strings.Contains(body, `"Code":"InvalidSourceCredentials"`) || strings.Contains(body, "Success") {
 		t.Errorf("iam/info: %d %s", status, body)
 	}
