@@ -32,6 +32,18 @@ func TestCommandLine(t *testing.T) {
 	_ = os.Chmod(openSourceFile, 0o666)
 	openSource := filepath.Join(dir, "open-source.yaml")
 	_ = os.WriteFile(openSource, []byte("version: 1\ncredentials:\n  shared_config_files: ["+openSourceFile+"]\n"), 0o644)
+	// The cases below that a broken argument check would let run do no
+	// harm even then: run has a loopback-only configuration (not the
+	// default, which claims 169.254.169.254), and the service managers'
+	// commands that start would call are stubs that fail.
+	loopback := filepath.Join(dir, "loopback.yaml")
+	_ = os.WriteFile(loopback, []byte("version: 1\nlisten:\n  link: \"\"\n  addresses: [\"127.0.0.1:0\"]\nadmin:\n  socket: "+filepath.Join(dir, "admin.sock")+"\n"), 0o644)
+	stubs := filepath.Join(dir, "bin")
+	_ = os.Mkdir(stubs, 0o755)
+	for _, name := range []string{"systemctl", "service", "initctl", "rc-service"} {
+		_ = os.WriteFile(filepath.Join(stubs, name), []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	}
+	env := append(baseEnv(t), "PATH="+stubs+":"+os.Getenv("PATH"))
 	for _, tc := range []struct {
 		args []string
 		code int
@@ -45,7 +57,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
-		{[]string{"run", "extra"}, 2, `unexpected argument "extra"`},
+		{[]string{"run", "--config", loopback, "extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"version", "--config", "x"}, 2, "flag provided but not defined: -config"},
 		{[]string{"start", "--config", "x"}, 2, "flag provided but not defined: -config"},
 		{[]string{"check-config", "-h"}, 0, "configuration file"},
@@ -59,7 +71,7 @@ func TestCommandLine(t *testing.T) {
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		cmd := exec.CommandContext(ctx, binary, tc.args...)
-		cmd.Env = baseEnv(t)
+		cmd.Env = env
 		out, _ := cmd.CombinedOutput()
 		cancel()
 		if code := cmd.ProcessState.ExitCode(); code != tc.code || !strings.Contains(string(out), tc.want) {
