@@ -164,6 +164,7 @@ type Manager struct {
 	failures       int
 	profileFails   int
 	lookupFailed   uint64 // look-ups failed in all
+	rechecking     bool   // the target has resolved: a look-up of it is a recheck
 	lastErr        error
 	lastClass      Class
 	lastErrAt      time.Time
@@ -407,10 +408,11 @@ func (m *Manager) resolve(ctx context.Context) error {
 			m.opts.OnLookupFailure(err, class)
 		}
 		delay := m.backoff(m.profileFails, class)
-		if m.resolved && !m.roleStale {
-			// A recheck: the role is known and its credentials are
-			// refreshed as usual. It is tried again at its own pace, not
-			// faster: IAM's quota is the account's, shared by the fleet.
+		if m.rechecking {
+			// A recheck of a target that has resolved: what it gave is
+			// served as usual meanwhile. It is tried again at its own
+			// pace, not faster: IAM's quota is the account's, shared by
+			// the fleet. A first look-up backs off as a refresh does.
 			delay = max(delay, jittered(m.s.ProfileRecheck, m.opts.Rand()))
 		}
 		m.profileDue = mono + delay
@@ -428,6 +430,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 		return err
 	}
 	m.roleStale = false
+	m.rechecking = true
 	if m.profileFails > 0 {
 		m.log.Info("instance profile resolved again", "target", m.s.Target.String(), "after_failures", m.profileFails)
 	}
@@ -746,6 +749,7 @@ func (m *Manager) applyReload(s Settings) {
 		m.refreshDue = m.profileDue
 	}
 	if s.Target != old.Target {
+		m.rechecking = false
 		m.log.Info("reload: the attached role changed", "from", old.Target.String(), "to", s.Target.String())
 		if s.Target.None() {
 			m.resolved, m.attached, m.roleStale, m.creds, m.credsRole = true, false, false, nil, ""

@@ -577,6 +577,37 @@ func TestRecheckKeepsItsPaceWhenIAMFails(t *testing.T) {
 	}
 }
 
+// TestFirstLookupAfterReloadBacksOff: a reload from no role to an instance
+// profile is a first look-up, not a recheck: while IAM fails it is retried
+// on the backoff, not at the recheck's pace, and the role is served soon
+// after IAM recovers.
+func TestFirstLookupAfterReloadBacksOff(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour, recheck: 30 * time.Minute})
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web"}) // no role
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web2", Role: "app"})
+	s.run(time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.NoRole {
+		t.Fatalf("state %v, want no-role", snap.State)
+	}
+	var iamUp atomic.Bool // read on the emulator's goroutines
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action != "GetInstanceProfile" || iamUp.Load() {
+			return nil
+		}
+		return &awsemu.Fault{Status: 503, Code: "ServiceUnavailable", Message: "down"}
+	})
+	s.reload(s.settings(simOptions{target: profile.Target{InstanceProfile: "web2"}, duration: time.Hour, recheck: 30 * time.Minute}))
+	s.run(20*time.Minute, nil)
+	if n := s.m.Status().LookupFailures; n < 5 {
+		t.Errorf("%d failed look-ups in 20 min while IAM was down, want the backoff's (at least 5), not the 30 min recheck's", n)
+	}
+	iamUp.Store(true)
+	s.run(6*time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
+		t.Errorf("6 min after IAM recovered: state %v role %s, want the new profile's role served", snap.State, snap.Role.ARN)
+	}
+}
+
 // TestChangedRoleNotServedExpired: the role changes, in IAM (the instance
 // profile's role is swapped) or by a reload (another role_arn), to one that
 // does not trust the host yet. The old role's credentials are served while
