@@ -329,14 +329,20 @@ func (m *Manager) expireOtherRole() {
 	if snap := m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != m.credsRole {
 		return
 	}
-	next := snapshot.NewPending(m.role)
+	m.log.Warn("the credentials of the role before the change have expired; none are served until the new role's are obtained",
+		"role", m.credsRole, "new_role", m.role.ARN)
+	m.publish(m.awaiting(m.role))
+}
+
+// awaiting is the snapshot served while role's credentials are awaited:
+// none, with the last failure (what keeps them away) in iam/info.
+func (m *Manager) awaiting(role snapshot.Role) *snapshot.Snapshot {
+	next := snapshot.NewPending(role)
 	if m.lastErr != nil {
 		code, msg := failureCode(m.lastClass, m.lastErr)
 		next = next.WithFailure(code, msg, m.lastErrAt)
 	}
-	m.log.Warn("the credentials of the role before the change have expired; none are served until the new role's are obtained",
-		"role", m.credsRole, "new_role", m.role.ARN)
-	m.publish(next)
+	return next
 }
 
 // expireStale stops serving the credentials of the role before a reload
@@ -347,14 +353,9 @@ func (m *Manager) expireStale() {
 	if snap.State != snapshot.Ready || !snap.Expired(m.opts.Clock.Now()) {
 		return
 	}
-	next := snapshot.NewPending(snapshot.Role{})
-	if m.lastErr != nil {
-		code, msg := failureCode(m.lastClass, m.lastErr)
-		next = next.WithFailure(code, msg, m.lastErrAt)
-	}
 	m.log.Warn("the credentials of the role before the reload have expired; none are served until the new target's role is obtained",
 		"role", m.credsRole, "target", m.s.Target.String())
-	m.publish(next)
+	m.publish(m.awaiting(snapshot.Role{}))
 	m.role, m.attached, m.roleStale = snapshot.Role{}, false, false
 }
 

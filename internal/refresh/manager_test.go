@@ -109,24 +109,38 @@ func TestRefreshCancelled(t *testing.T) {
 // (its AssumeRole in flight) says the manager is stopping, not that no
 // credentials were obtained or what failed before.
 func TestRefreshCaughtByStop(t *testing.T) {
-	s := newSim(t, simOptions{})
-	s.run(time.Minute, nil)
-	hung := make(chan struct{})
-	var once sync.Once
-	s.emu.Inject(func(action string) *awsemu.Fault {
-		if action != "AssumeRole" {
-			return nil
-		}
-		once.Do(func() { close(hung) })
-		return &awsemu.Fault{Hang: true}
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.m.forced(ctx) }()
-	<-hung
-	cancel()
-	if err := <-done; !errors.Is(err, ErrStopped) {
-		t.Errorf("refresh caught by the stop: %v, want ErrStopped", err)
+	for _, tc := range []struct {
+		name   string
+		target profile.Target
+		action string // the call in flight when the stop comes
+		first  bool   // the manager has run before
+	}{
+		{"AssumeRole", profile.Target{RoleARN: roleA}, "AssumeRole", true},
+		{"the first look-up", profile.Target{InstanceProfile: "web"}, "GetInstanceProfile", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSim(t, simOptions{target: tc.target})
+			if tc.first {
+				s.run(time.Minute, nil)
+			}
+			hung := make(chan struct{})
+			var once sync.Once
+			s.emu.Inject(func(action string) *awsemu.Fault {
+				if action != tc.action {
+					return nil
+				}
+				once.Do(func() { close(hung) })
+				return &awsemu.Fault{Hang: true}
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- s.m.forced(ctx) }()
+			<-hung
+			cancel()
+			if err := <-done; !errors.Is(err, ErrStopped) {
+				t.Errorf("refresh caught by the stop: %v, want ErrStopped", err)
+			}
+		})
 	}
 }
 
