@@ -112,10 +112,7 @@ func (l *Logger) record(r *Record, rep *Repeat) {
 	l.mu.Lock()
 	if l.pending >= QueueSize || len(l.batch) >= maxPendingBytes {
 		l.mu.Unlock()
-		l.dropped.Add(1)
-		if l.onDrop != nil {
-			l.onDrop()
-		}
+		l.drop(1)
 		return
 	}
 	if l.batch == nil {
@@ -220,14 +217,19 @@ func (l *Logger) flush() {
 		// The output failed (a closed pipe, a full disk): the batch's
 		// records are lost, and counted as dropped. Which of them the
 		// output kept, if any, it does not say.
-		l.dropped.Add(uint64(n))
-		if l.onDrop != nil {
-			for range n {
-				l.onDrop()
-			}
-		}
+		l.drop(n)
 	}
 	l.putSpare(b)
+}
+
+// drop counts n records lost.
+func (l *Logger) drop(n int) {
+	l.dropped.Add(uint64(n))
+	if l.onDrop != nil {
+		for range n {
+			l.onDrop()
+		}
+	}
 }
 
 func (l *Logger) putSpare(b []byte) {
