@@ -51,14 +51,22 @@ func startAgentWith(t *testing.T, audit io.Writer) (a *Agent, clock *jumpClock, 
 	return startAgentLogged(t, audit, io.Discard)
 }
 
-// startAgentLogged is startAgentWith with the agent's log written to log.
-func startAgentLogged(t *testing.T, audit, log io.Writer) (a *Agent, clock *jumpClock, cancel context.CancelFunc, done <-chan error) {
+// onLoopback makes cfg safe to run in the machine's own network
+// namespace: no link, a loopback listener on a free port, an admin socket
+// of the test's own, and a fixed instance id.
+func onLoopback(t *testing.T, cfg *config.Config) {
 	t.Helper()
-	cfg := config.Default()
 	cfg.Listen.Link = ""
 	cfg.Listen.Addresses = []string{"127.0.0.1:0"}
 	cfg.Admin.Socket = t.TempDir() + "/admin.sock"
 	cfg.Instance.ID = "i-0123456789abcdef0"
+}
+
+// startAgentLogged is startAgentWith with the agent's log written to log.
+func startAgentLogged(t *testing.T, audit, log io.Writer) (a *Agent, clock *jumpClock, cancel context.CancelFunc, done <-chan error) {
+	t.Helper()
+	cfg := config.Default()
+	onLoopback(t, cfg)
 	clock = &jumpClock{origin: time.Now()}
 	a, err := New(Options{Config: cfg, Host: hostinfo.System(), Clock: clock, Logger: slog.New(slog.NewTextHandler(log, nil)), AuditOutput: audit})
 	if err != nil {
@@ -308,10 +316,7 @@ func TestNoReloadingBeforeReady(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Listen.Link = ""
-	cfg.Listen.Addresses = []string{"127.0.0.1:0"}
-	cfg.Admin.Socket = dir + "/admin.sock"
-	cfg.Instance.ID = "i-0123456789abcdef0"
+	onLoopback(t, cfg)
 	a, err := New(Options{Config: cfg, ConfigPath: path, Host: hostinfo.System(), Logger: slog.New(slog.DiscardHandler), AuditOutput: io.Discard,
 		Connect: func(context.Context) (refresh.Clients, error) {
 			return refresh.Clients{}, errors.New("no source credentials here")
@@ -430,10 +435,7 @@ func TestReloadChecksSource(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := config.Default()
-			cfg.Listen.Link = ""
-			cfg.Listen.Addresses = []string{"127.0.0.1:0"}
-			cfg.Admin.Socket = t.TempDir() + "/admin.sock"
-			cfg.Instance.ID = "i-0123456789abcdef0"
+			onLoopback(t, cfg)
 			cfg.Instance.Region = "eu-west-1"
 			cfg.Credentials.RoleARN = tc.role
 			calls := 0
@@ -485,10 +487,7 @@ func TestIdentityAccountFromConfig(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := config.Default()
-			cfg.Listen.Link = ""
-			cfg.Listen.Addresses = []string{"127.0.0.1:0"}
-			cfg.Admin.Socket = t.TempDir() + "/admin.sock"
-			cfg.Instance.ID = "i-0123456789abcdef0"
+			onLoopback(t, cfg)
 			cfg.Instance.AccountID = tc.accountID
 			cfg.Credentials.RoleARN, cfg.Credentials.InstanceProfile = tc.role, tc.instProf
 			a, err := New(Options{Config: cfg, Host: hostinfo.System(), Logger: slog.New(slog.DiscardHandler), AuditOutput: io.Discard})
