@@ -29,8 +29,8 @@ type Caller struct {
 	// Identified: the kernel told the agent which local user owns the
 	// client socket, so UID (and Unit and Cgroup, where known) describe it.
 	// A local caller that could not be identified matches every deny rule
-	// about users, groups, units and cgroups and no allow rule at all, cidr
-	// rules included (a deny rule with its address holds): the policy
+	// about users, groups, units and cgroups and no allow rule but "all",
+	// cidr rules included (a deny rule with its address holds): the policy
 	// fails closed.
 	Identified bool
 	UID        uint32

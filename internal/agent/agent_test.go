@@ -483,7 +483,7 @@ func TestIdentityAccountFromConfig(t *testing.T) {
 		{"role ARN", "", "arn:aws:iam::210987654321:role/web", "", "210987654321"},
 		{"profile ARN", "", "", "arn:aws:iam::210987654321:instance-profile/web", "210987654321"},
 		{"bare profile name", "", "", "web", ""},
-		{"account_id wins", "111122223333", "arn:aws:iam::210987654321:role/web", "", "111122223333"},
+		{"account_id before the ARN's", "111122223333", "arn:aws:iam::210987654321:role/web", "", "111122223333"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := config.Default()
