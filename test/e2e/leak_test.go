@@ -57,11 +57,8 @@ func TestNoSecretInOutput(t *testing.T) {
 		secrets["session token of "+doc.AccessKeyId] = doc.Token
 	}
 	cmd := func(args ...string) {
-		out, err := runClient(t, baseEnv(t), binary, args...)
-		outputs = append(outputs, out)
-		if err != nil { // it holds what the command printed on stderr
-			outputs = append(outputs, err.Error())
-		}
+		out, errOut, _ := runClientOutputs(t, baseEnv(t), binary, args...)
+		outputs = append(outputs, out, errOut)
 	}
 	grab()
 	time.Sleep(6 * time.Second) // a rotation or two

@@ -249,15 +249,22 @@ func python(t *testing.T) string {
 // runClient runs a client process with a bound on its time.
 func runClient(t *testing.T, env []string, name string, args ...string) (string, error) {
 	t.Helper()
+	out, _, err := runClientOutputs(t, env, name, args...)
+	return out, err
+}
+
+// runClientOutputs is runClient that also returns what the command printed
+// on stderr, whether or not it failed.
+func runClientOutputs(t *testing.T, env []string, name string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Env = env
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, errOut.String())
+	if err := cmd.Run(); err != nil {
+		return out.String(), errOut.String(), fmt.Errorf("%s %s: %w\nstderr:\n%s", name, strings.Join(args, " "), err, errOut.String())
 	}
-	return out.String(), nil
+	return out.String(), errOut.String(), nil
 }
