@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -134,7 +135,7 @@ func (m *moto) seed(t *testing.T, client *http.Client) {
 // runAgent writes source credentials and a config serving on a loopback
 // port, and starts `imds-agent run`. Its STS and IAM endpoint is moto,
 // given through the SDK's standard AWS_ENDPOINT_URL setting.
-func runAgent(t *testing.T, m *moto, keyID, secret, extraCredentials string) (*process, string) {
+func runAgent(t *testing.T, m *moto, keyID, secret, extraCredentials string) *runningAgent {
 	t.Helper()
 	a := runConfig(t, append(baseEnv(t), "AWS_ENDPOINT_URL="+m.url), func(dir string) string {
 		creds := filepath.Join(dir, "credentials")
@@ -149,9 +150,11 @@ credentials:
   shared_config_files: [%s]
   shared_credentials_files: [%s]
 %s
+metrics:
+  listen: 127.0.0.1:0
 `, motoInstanceID, motoAccount, motoProfile, filepath.Join(dir, "aws-config"), creds, extraCredentials)
 	})
-	return a.process, a.url
+	return a
 }
 
 const motoAssumedRole = "arn:aws:sts::" + motoAccount + ":assumed-role/" + motoRole + "/" + motoInstanceID
@@ -161,7 +164,7 @@ const motoAssumedRole = "arn:aws:sts::" + motoAccount + ":assumed-role/" + motoR
 // Go SDK and the AWS CLI on the host, using only the agent, are that role.
 func TestMotoEndToEnd(t *testing.T) {
 	m := startMoto(t)
-	_, url := runAgent(t, m, m.keyID, m.secret, "")
+	url := runAgent(t, m, m.keyID, m.secret, "").url
 	waitReady(t, url)
 
 	t.Run("aws-sdk-go-v2", func(t *testing.T) {
@@ -186,7 +189,8 @@ func TestMotoEndToEnd(t *testing.T) {
 // 503 on the credential paths, and logs one clear error per backoff step.
 func TestMotoWrongSourceKeys(t *testing.T) {
 	m := startMoto(t)
-	p, url := runAgent(t, m, m.keyID, "not-the-secret", "")
+	a := runAgent(t, m, m.keyID, "not-the-secret", "")
+	p, url := a.process, a.url
 	status, _ := imdsGet(url, "/latest/meta-data/iam/security-credentials/")
 	if status != http.StatusServiceUnavailable {
 		t.Errorf("role listing: %d, want 503 while the profile cannot be resolved", status)
@@ -217,6 +221,27 @@ func TestMotoWrongSourceKeys(t *testing.T) {
 	if status, _ := imdsGet(url, "/latest/meta-data/instance-id"); status != http.StatusOK {
 		t.Errorf("the rest of the metadata is not served: %d", status)
 	}
+	// The failures are the instance profile's look-ups (no AssumeRole is
+	// tried without the role), and status and the metrics count them.
+	out, err := runClient(t, baseEnv(t), binary, "status", "--socket", a.socket, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Metrics        string
+		Failures       int
+		LookupFailures int `json:"profile_lookup_failures"`
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if st.LookupFailures < 1 || st.Failures != 0 {
+		t.Errorf("status: %d failed look-ups, %d failed AssumeRole calls; want the look-ups counted", st.LookupFailures, st.Failures)
+	}
+	// Read after status: a look-up may have failed again in between.
+	if v := metricsOf(t, st.Metrics)("imds_agent_profile_lookup_failures_total", map[string]string{"class": "terminal"}); v < float64(st.LookupFailures) {
+		t.Errorf("terminal look-up failures in the metrics = %v, status said %d", v, st.LookupFailures)
+	}
 }
 
 // accessKey returns the access key id the agent serves now.
@@ -241,7 +266,8 @@ func TestMotoPausedAcrossRotationAndReload(t *testing.T) {
 	m := startMoto(t)
 	// 15-minute sessions replaced 14m50s before expiry: a rotation every
 	// few seconds.
-	p, url := runAgent(t, m, m.keyID, m.secret, "  session_duration: 15m\n  refresh_before_expiry: 14m50s")
+	a := runAgent(t, m, m.keyID, m.secret, "  session_duration: 15m\n  refresh_before_expiry: 14m50s")
+	p, url := a.process, a.url
 	waitReady(t, url)
 	first := accessKey(t, url)
 	waitFor(t, 30*time.Second, "a first rotation", func() bool { return accessKey(t, url) != first })

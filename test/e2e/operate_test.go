@@ -144,6 +144,45 @@ func TestStatusAfterRefusedEdit(t *testing.T) {
 	}
 }
 
+// metricsOf reads the agent's metrics at addr once, and returns a reader
+// of one series' value (a histogram's sample count), which fails the test
+// and gives -1 for a series that is not there.
+func metricsOf(t *testing.T, addr string) func(name string, labels map[string]string) float64 {
+	t.Helper()
+	res, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(res.Body)
+	if err != nil {
+		t.Fatalf("parsing metrics: %v", err)
+	}
+	return func(name string, labels map[string]string) float64 {
+		t.Helper()
+		f, ok := fams[name]
+		if !ok {
+			t.Errorf("metric %s missing", name)
+			return -1
+		}
+		for _, mt := range f.Metric {
+			if matchLabels(mt, labels) {
+				switch {
+				case mt.Counter != nil:
+					return mt.Counter.GetValue()
+				case mt.Gauge != nil:
+					return mt.Gauge.GetValue()
+				case mt.Histogram != nil:
+					return float64(mt.Histogram.GetSampleCount())
+				}
+			}
+		}
+		t.Errorf("metric %s%v missing", name, labels)
+		return -1
+	}
+}
+
 // TestStatusMetricsAudit: `imds-agent status` against a running agent, the
 // metrics endpoint scraped and parsed, and the audit trail naming callers.
 func TestStatusMetricsAudit(t *testing.T) {
@@ -198,37 +237,7 @@ func TestStatusMetricsAudit(t *testing.T) {
 		}
 	}
 
-	res, err := http.Get("http://" + st.Metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(res.Body)
-	if err != nil {
-		t.Fatalf("parsing metrics: %v", err)
-	}
-	value := func(name string, labels map[string]string) float64 {
-		f, ok := fams[name]
-		if !ok {
-			t.Errorf("metric %s missing", name)
-			return -1
-		}
-		for _, mt := range f.Metric {
-			if matchLabels(mt, labels) {
-				switch {
-				case mt.Counter != nil:
-					return mt.Counter.GetValue()
-				case mt.Gauge != nil:
-					return mt.Gauge.GetValue()
-				case mt.Histogram != nil:
-					return float64(mt.Histogram.GetSampleCount())
-				}
-			}
-		}
-		t.Errorf("metric %s%v missing", name, labels)
-		return -1
-	}
+	value := metricsOf(t, st.Metrics)
 	if v := value("imds_agent_requests_total", map[string]string{"route": "credentials", "status": "200"}); v < 3 {
 		t.Errorf("credentials 200s = %v, want at least 3", v)
 	}
