@@ -114,6 +114,7 @@ type Session struct {
 	SessionToken    string
 	Expiration      time.Time
 	AssumedRoleARN  string // arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION
+	AssumedRoleID   string // AROA…:SESSION: the role's unique id (as IAM gives it) and the session name
 	Account         string
 }
 
@@ -373,7 +374,7 @@ func (e *Emulator) authenticate(r *http.Request, body []byte, service string) (c
 			return caller{}, errorf(403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 		}
 		creds = aws.Credentials{AccessKeyID: keyID, SecretAccessKey: sess.SecretAccessKey, SessionToken: sess.SessionToken}
-		who = caller{arn: sess.AssumedRoleARN, userID: "AROA" + keyID[4:], account: sess.Account, session: true}
+		who = caller{arn: sess.AssumedRoleARN, userID: sess.AssumedRoleID, account: sess.Account, session: true}
 	default:
 		return caller{}, errorf(403, "InvalidClientTokenId", "The security token included in the request is invalid.")
 	}
@@ -464,6 +465,7 @@ func (e *Emulator) assumeRole(c caller, form url.Values) (any, *apiError) {
 		SessionToken:    randomSecret(360),
 		Expiration:      now.Add(duration).Truncate(time.Second),
 		AssumedRoleARN:  fmt.Sprintf("arn:aws:sts::%s:assumed-role/%s/%s", role.Account, role.Name, session),
+		AssumedRoleID:   "AROA" + hashID(role.ARN()) + ":" + session,
 		Account:         role.Account,
 	}
 	for k, old := range e.sessions { // forget expired sessions
@@ -480,7 +482,7 @@ func (e *Emulator) assumeRole(c caller, form url.Values) (any, *apiError) {
 			SessionToken:    s.SessionToken,
 			Expiration:      s.Expiration.UTC().Format(time.RFC3339),
 		},
-		AssumedRoleUser: assumedRoleUser{Arn: s.AssumedRoleARN, AssumedRoleID: "AROA" + randomID(17) + ":" + session},
+		AssumedRoleUser: assumedRoleUser{Arn: s.AssumedRoleARN, AssumedRoleID: s.AssumedRoleID},
 	}}, nil
 }
 

@@ -71,6 +71,23 @@ func TestAssumeRoleAndCallerIdentity(t *testing.T) {
 	if want := "arn:aws:sts::123456789012:assumed-role/app/i-0123456789abcdef0"; *id.Arn != want {
 		t.Errorf("caller = %s, want %s", *id.Arn, want)
 	}
+	// As STS: the role's unique id (the one IAM lists) and the session
+	// name, the same for every session of the role.
+	ip, err := iam.NewFromConfig(cfg(s, "AKIAHOSTKEY000000001", "host-secret", "")).GetInstanceProfile(ctx, &iam.GetInstanceProfileInput{InstanceProfileName: aws.String("app-profile")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := *ip.InstanceProfile.Roles[0].RoleId + ":i-0123456789abcdef0"
+	if *id.UserId != want || *out.AssumedRoleUser.AssumedRoleId != want {
+		t.Errorf("caller's UserId %s, AssumeRole's AssumedRoleId %s; want %s", *id.UserId, *out.AssumedRoleUser.AssumedRoleId, want)
+	}
+	again, err := c.AssumeRole(ctx, &sts.AssumeRoleInput{RoleArn: aws.String("arn:aws:iam::123456789012:role/app"), RoleSessionName: aws.String("i-0123456789abcdef0")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *again.AssumedRoleUser.AssumedRoleId != want {
+		t.Errorf("a second session's AssumedRoleId %s, want %s", *again.AssumedRoleUser.AssumedRoleId, want)
+	}
 }
 
 func TestSignatureChecked(t *testing.T) {
