@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/imds-agent/imds-agent/internal/agent"
@@ -354,6 +355,16 @@ func serve(ctx context.Context, a *agent.Agent, hup <-chan os.Signal) error {
 	}
 }
 
+// devUnset are the settings that would make an SDK take credentials from
+// somewhere other than the metadata service (or not ask it at all), or send
+// STS and IAM calls elsewhere than the emulator: dev's banner unsets them.
+var devUnset = []string{
+	"AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+	"AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE",
+	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+	"AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_IAM",
+}
+
 func runDev(listen string, stdout, stderr io.Writer) error {
 	agent.TuneGC()
 	ctx, stop, hup := signals()
@@ -381,18 +392,26 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	select {
 	case <-a.Listening():
 	case err := <-done:
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return fmt.Errorf("%w (another program has the port: choose another with --listen 127.0.0.1:PORT)", err)
+		}
 		return err
 	}
 	addr := a.Addrs()[0].String()
+	self, err := os.Executable() // under go run, a binary that lasts as long as this one
+	if err != nil {
+		self = "imds-agent"
+	}
 	fmt.Fprintf(stdout, `imds-agent dev: instance metadata on http://%[1]s (tokens required), AWS emulator (STS, IAM) on %[2]s
 Instance profile %[3]s, role %[4]s, account %[5]s. Ctrl-C stops.
 
 In another shell (the unset and the empty config files keep your own AWS settings out of the way):
-  unset AWS_PROFILE AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN
+  unset %[8]s
   export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://%[1]s/ AWS_ENDPOINT_URL=%[2]s AWS_REGION=%[6]s AWS_DEFAULT_REGION=%[6]s AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null NO_PROXY='*'
   aws sts get-caller-identity --endpoint-url %[2]s
-Status: imds-agent status --socket %[7]s
-`, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region, dev.Config.Admin.Socket)
+Status: %[9]s status --socket %[7]s
+`, addr, dev.Emulator.URL, dev.Config.Credentials.InstanceProfile, agent.DevRole, agent.DevAccount, dev.Config.Instance.Region, dev.Config.Admin.Socket,
+		strings.Join(devUnset, " "), self)
 	err = <-done
 	if errors.Is(err, context.Canceled) {
 		return nil

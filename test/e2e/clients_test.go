@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -149,6 +150,60 @@ func TestDevClients(t *testing.T) {
 				t.Errorf("aws sts get-caller-identity = %s", got.Arn)
 			}
 		})
+	}
+}
+
+// TestDevBanner: what dev prints works. Its unset and export lines, run by
+// bash, leave none of the settings that would take an SDK's credentials or
+// STS calls elsewhere; its status command answers; and a port already in
+// use says how to choose another.
+func TestDevBanner(t *testing.T) {
+	d := startDev(t)
+	var unset, export string
+	for _, l := range strings.Split(d.stdout.String(), "\n") {
+		switch {
+		case strings.HasPrefix(l, "  unset "):
+			unset = l
+		case strings.HasPrefix(l, "  export "):
+			export = l
+		}
+	}
+	if unset == "" || export == "" {
+		t.Fatalf("banner lacks the unset or export line:\n%s", d.stdout.String())
+	}
+	// A developer's shell in an EKS pod, an ECS task, or with endpoints of
+	// its own; nothing here is used to reach anything.
+	hostile := []string{
+		"AWS_PROFILE=work", "AWS_ACCESS_KEY_ID=AKIAOWN", "AWS_SECRET_ACCESS_KEY=own", "AWS_SESSION_TOKEN=own",
+		"AWS_ROLE_ARN=arn:aws:iam::111111111111:role/pod", "AWS_WEB_IDENTITY_TOKEN_FILE=/var/run/token",
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9/creds", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI=/v2/creds",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN=own", "AWS_EC2_METADATA_DISABLED=true",
+		"AWS_ENDPOINT_URL_STS=http://127.0.0.1:9", "AWS_ENDPOINT_URL_IAM=http://127.0.0.1:9",
+		"AWS_CONFIG_FILE=/home/dev/.aws/config", "AWS_SHARED_CREDENTIALS_FILE=/home/dev/.aws/credentials",
+	}
+	env, err := runClient(t, append(baseEnv(t), hostile...), "bash", "-c", unset+"\n"+export+"\nenv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range hostile {
+		if name := h[:strings.IndexByte(h, '=')]; strings.Contains("\n"+env, "\n"+h+"\n") {
+			t.Errorf("%s survives the banner's lines", name)
+		}
+	}
+	if !strings.Contains(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT="+d.metadataURL+"/\n") {
+		t.Errorf("the export line does not point at the agent:\n%s", export)
+	}
+	status := d.statusCommand(t)
+	out, err := runClient(t, baseEnv(t), status[0], status[1:]...)
+	if err != nil || !strings.Contains(out, "imds-agent-demo") {
+		t.Errorf("the banner's status command %q: %v\n%s", status, err, out)
+	}
+	addr := strings.TrimPrefix(d.metadataURL, "http://")
+	busy := exec.Command(binary, "dev", "--listen", addr)
+	busy.Env = baseEnv(t)
+	msg, _ := busy.CombinedOutput()
+	if code := busy.ProcessState.ExitCode(); code != 1 || !strings.Contains(string(msg), "choose another with --listen 127.0.0.1:PORT") {
+		t.Errorf("dev on a port in use: exit %d:\n%s", code, msg)
 	}
 }
 

@@ -234,13 +234,8 @@ type statusView struct {
 
 func devStatus(t *testing.T, d *devAgent) statusView {
 	t.Helper()
-	socket := ""
-	for _, l := range strings.Split(d.stdout.String(), "\n") {
-		if s, ok := strings.CutPrefix(l, "Status: imds-agent status --socket "); ok {
-			socket = strings.TrimSpace(s)
-		}
-	}
-	out, err := runClient(t, baseEnv(t), binary, "status", "--socket", socket, "--json")
+	cmd := d.statusCommand(t)
+	out, err := runClient(t, baseEnv(t), binary, "status", "--socket", cmd[len(cmd)-1], "--json")
 	if err != nil {
 		t.Fatal(err)
 	}

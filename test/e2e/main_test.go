@@ -155,6 +155,21 @@ func startDev(t *testing.T) *devAgent {
 	return d
 }
 
+// statusCommand is the status command dev's banner prints (the binary,
+// "status", "--socket" and the socket's path).
+func (d *devAgent) statusCommand(t *testing.T) []string {
+	t.Helper()
+	for _, l := range strings.Split(d.stdout.String(), "\n") {
+		if s, ok := strings.CutPrefix(l, "Status: "); ok {
+			if f := strings.Fields(s); len(f) == 4 && f[1] == "status" && f[2] == "--socket" {
+				return f
+			}
+		}
+	}
+	t.Fatalf("the dev banner has no status command:\n%s", d.stdout.String())
+	return nil
+}
+
 // waitReady waits until the agent serves credentials (the role list alone
 // answers as soon as the role is known, before its credentials arrive).
 func waitReady(t *testing.T, url string) {
