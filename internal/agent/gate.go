@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/imds-agent/imds-agent/internal/access"
@@ -194,9 +195,12 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 	if req.Route == imds.RouteToken {
 		return g.admitToken(req, rules, opts)
 	}
-	if ci := g.connOf(req); !req.Token && ci.ttl != 0 {
+	if ci := g.connOf(req); !req.Token && ci.ttl != 0 && g.delivered(ci) {
 		// An IMDSv1 request on a connection whose socket was set to the
 		// hop limit for an earlier token answer: EC2 answers it normally.
+		// Not while that answer is unacknowledged (it did not reach the
+		// caller, beyond the limit): the kernel would send it again with
+		// the default TTL, and the token would get through.
 		g.setTTL(ci, 0)
 	}
 	if rules.policy.Open() {
@@ -243,6 +247,25 @@ func (g *gate) admitToken(req *imds.Request, rules *gateRules, opts imds.Options
 		g.setTTL(ci, ttl)
 	}
 	return 0, imds.ReasonNone
+}
+
+// delivered reports whether the peer has acknowledged everything sent on
+// the connection (SIOCOUTQ: nothing unsent or unacknowledged). It reports
+// false when it cannot tell.
+func (g *gate) delivered(ci *connInfo) bool {
+	sc, ok := ci.conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	queued, qerr := -1, error(nil)
+	if err := raw.Control(func(fd uintptr) { queued, qerr = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) }); err != nil || qerr != nil {
+		return false
+	}
+	return queued == 0
 }
 
 // setTTL sets the socket's IP TTL (IPv6 unicast hop limit); 0 restores

@@ -237,6 +237,38 @@ func TestGateTTL(t *testing.T) {
 	}
 }
 
+// TestGateTTLKeptWhileUndelivered: an IMDSv1 request on a connection
+// whose token answer has not been acknowledged (it did not reach a caller
+// beyond the hop limit) keeps the lowered TTL: with the default, the
+// kernel's retransmission of the token would get through. Here the answer
+// stays queued because the client does not read and its window is full.
+func TestGateTTLKeptWhileUndelivered(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	_, s := loopbackPair(t) // the client never reads
+	ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: container}
+	ci.once.Do(func() {})
+	put := httptest.NewRequest(http.MethodPut, "http://127.0.0.1:80/latest/api/token", nil)
+	opts := imds.Options{Enabled: true, HopLimit: 3}
+	if st, _ := g.Admit(&imds.Request{HTTP: put, Conn: ci, Route: imds.RouteToken}, opts); st != 0 || ci.ttl != 2 {
+		t.Fatalf("token: status %d, TTL %d; want 0 and 2", st, ci.ttl)
+	}
+	// The answer, and more, until the client's window is full.
+	_ = s.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+	for {
+		if _, err := s.Write(make([]byte, 64<<10)); err != nil {
+			break
+		}
+	}
+	if g.delivered(ci) {
+		t.Fatal("the send queue is empty although the client read nothing")
+	}
+	get := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:80/latest/meta-data/", nil)
+	g.Admit(&imds.Request{HTTP: get, Conn: ci, Route: imds.RouteMetaData}, opts)
+	if ci.ttl != 2 {
+		t.Errorf("after an IMDSv1 request with the token answer undelivered: TTL %d, want 2 kept", ci.ttl)
+	}
+}
+
 // TestGateAuditNamesUserUnits: a unit under a user's own service manager
 // is recorded as its cgroup path, so a user's "nginx.service" cannot pass
 // for the system's in the audit trail; a system unit is recorded by name.
