@@ -127,6 +127,25 @@ func TestTokenLimiter(t *testing.T) {
 	if !l.Allow(app, now.Add(time.Second)) {
 		t.Error("the limit did not refill")
 	}
+	// Callers elsewhere: per IPv4 address, per IPv6 /64.
+	from := func(addr string) Caller { return Caller{Addr: netip.MustParseAddr(addr)} }
+	l = NewTokenLimiter(1)
+	for _, tc := range []struct {
+		addr string
+		want bool
+	}{
+		{"2001:db8:0:1::1", true},
+		{"2001:db8:0:1::2", false}, // the same /64
+		{"2001:db8:0:1:ffff::9", false},
+		{"2001:db8:0:2::1", true}, // another /64
+		{"192.0.2.1", true},
+		{"192.0.2.2", true},
+		{"::ffff:192.0.2.1", false}, // 192.0.2.1 again
+	} {
+		if got := l.Allow(from(tc.addr), now); got != tc.want {
+			t.Errorf("a token for %s: %v, want %v", tc.addr, got, tc.want)
+		}
+	}
 }
 
 // FuzzDecide: any configured selectors and any caller: no panic, and a

@@ -45,13 +45,17 @@ func NewTokenLimiter(perSecond float64) *TokenLimiter {
 }
 
 // Allow reports whether c may have another token now. Identified local
-// callers are limited per user, others per address.
+// callers are limited per user, others per address: an IPv4 address, or an
+// IPv6 /64 (one host may hold every address of its /64, and would
+// otherwise get an allowance for each).
 func (l *TokenLimiter) Allow(c Caller, now time.Time) bool {
 	k := limitKey{local: c.Local && c.Identified}
 	if k.local {
 		k.uid = c.UID
+	} else if a := c.Addr.Unmap().WithZone(""); a.Is6() {
+		k.addr = netip.PrefixFrom(a, 64).Masked().Addr()
 	} else {
-		k.addr = c.Addr.Unmap()
+		k.addr = a
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()

@@ -51,7 +51,8 @@ type Options struct {
 	// so more sockets buy nothing.
 	Sockets int
 	// Timeout bounds the wait for one kernel answer; default 100 ms.
-	// A lookup that times out reports "not local".
+	// A lookup that times out returns ErrTimeout: the caller is unknown
+	// (the agent then counts it as local, with no user).
 	Timeout time.Duration
 }
 
