@@ -287,7 +287,7 @@ func (b *bench) startAgent(ctx context.Context, n int) (*process, time.Duration,
 	if err := p.cmd.Start(); err != nil {
 		return nil, 0, err
 	}
-	// The banner names the admin socket: "Status: imds-agent status --socket PATH".
+	// The banner names the admin socket: "Status: BINARY status --socket PATH".
 	socket := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
