@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/config"
@@ -37,19 +38,23 @@ type Host struct {
 	// Interfaces lists candidate interfaces for local-ipv4 and mac.
 	Interfaces func() ([]net.Interface, error)
 	Addrs      func(net.Interface) ([]net.Addr, error)
-	Uptime     func() (time.Duration, error)
-	Arch       string
+	// DefaultRoute returns the index of the interface the IPv4 default
+	// route leaves by (the lowest metric's), 0 when there is none.
+	DefaultRoute func() (int, error)
+	Uptime       func() (time.Duration, error)
+	Arch         string
 }
 
 // System is the real host.
 func System() Host {
 	return Host{
-		ReadFile:   os.ReadFile,
-		Hostname:   os.Hostname,
-		Interfaces: net.Interfaces,
-		Addrs:      func(i net.Interface) ([]net.Addr, error) { return i.Addrs() },
-		Uptime:     uptime,
-		Arch:       runtime.GOARCH,
+		ReadFile:     os.ReadFile,
+		Hostname:     os.Hostname,
+		Interfaces:   net.Interfaces,
+		Addrs:        func(i net.Interface) ([]net.Addr, error) { return i.Addrs() },
+		DefaultRoute: defaultRoute,
+		Uptime:       uptime,
+		Arch:         runtime.GOARCH,
 	}
 }
 
@@ -96,7 +101,7 @@ func (h Host) Instance(c config.Instance, skipLink string) (imds.Instance, error
 		}
 	}
 	if in.LocalIPv4 == "" || in.MAC == "" {
-		ip, mac := h.primaryAddress(skipLink)
+		ip, mac := h.primaryAddress(skipLink, in.LocalIPv4)
 		if in.LocalIPv4 == "" {
 			in.LocalIPv4 = ip
 		}
@@ -177,16 +182,47 @@ func (h Host) bootTime() time.Time {
 	return now.Add(-up).Round(time.Second)
 }
 
-// primaryAddress picks the first up, non-loopback interface with a private
-// or global IPv4 address, skipping the agent's own link.
-func (h Host) primaryAddress(skipLink string) (ip, mac string) {
+// primaryAddress picks the host's main IPv4 address and its interface's
+// MAC, skipping the agent's own link: the interface of the default route,
+// else the first one up with carrier, else the first one up, holding a
+// private or global IPv4 address (not a container bridge's or an unplugged
+// NIC's, when the host has a better one). An interface without an
+// Ethernet address (a tunnel) gives its address with a zero MAC. With
+// configured, the address the configuration names, it finds that address's
+// interface for the MAC.
+func (h Host) primaryAddress(skipLink, configured string) (ip, mac string) {
+	const noMAC = "00:00:00:00:00:00"
 	ifaces, err := h.Interfaces()
 	if err != nil {
-		return "127.0.0.1", "00:00:00:00:00:00"
+		return "127.0.0.1", noMAC
 	}
+	route := 0
+	if h.DefaultRoute != nil {
+		route, _ = h.DefaultRoute()
+	}
+	// rank orders the candidates: lower is better; -1 is no candidate.
+	rank := func(i net.Interface) int {
+		switch {
+		case i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 || i.Name == skipLink:
+			return -1
+		case i.Index == route:
+			return 0
+		case i.Flags&net.FlagRunning != 0:
+			return 1
+		}
+		return 2
+	}
+	best, bestRank, bestMAC := "", 3, ""
 	for _, i := range ifaces {
-		if i.Flags&net.FlagUp == 0 || i.Flags&net.FlagLoopback != 0 || i.Name == skipLink || len(i.HardwareAddr) != 6 {
+		r := rank(i)
+		if r < 0 {
 			continue
+		}
+		hw := noMAC
+		if len(i.HardwareAddr) == 6 {
+			hw = i.HardwareAddr.String()
+		} else {
+			r += 3 // a tunnel's address only if nothing has an Ethernet one
 		}
 		addrs, err := h.Addrs(i)
 		if err != nil {
@@ -197,10 +233,40 @@ func (h Host) primaryAddress(skipLink string) (ip, mac string) {
 			if !ok || n.IP.To4() == nil || n.IP.IsLinkLocalUnicast() || n.IP.IsLoopback() {
 				continue
 			}
-			return n.IP.String(), i.HardwareAddr.String()
+			if configured != "" && n.IP.String() == configured {
+				return configured, hw
+			}
+			if r < bestRank || best == "" {
+				best, bestRank, bestMAC = n.IP.String(), r, hw
+			}
+			break
 		}
 	}
-	return "127.0.0.1", "00:00:00:00:00:00"
+	if best == "" {
+		return "127.0.0.1", noMAC
+	}
+	return best, bestMAC
+}
+
+// defaultRoute returns the index of the interface of the main table's IPv4
+// default route with the lowest metric; 0 when there is none.
+func defaultRoute() (int, error) {
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return 0, err
+	}
+	index, metric := 0, -1
+	for _, r := range routes {
+		if (r.Dst == nil || r.Dst.IP.IsUnspecified() && isZeroMask(r.Dst.Mask)) && r.LinkIndex > 0 && (metric < 0 || r.Priority < metric) {
+			index, metric = r.LinkIndex, r.Priority
+		}
+	}
+	return index, nil
+}
+
+func isZeroMask(m net.IPMask) bool {
+	ones, _ := m.Size()
+	return ones == 0
 }
 
 func uptime() (time.Duration, error) {
