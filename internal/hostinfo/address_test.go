@@ -70,7 +70,7 @@ func TestPrimaryAddress(t *testing.T) {
 	const up, running = net.FlagUp, net.FlagUp | net.FlagRunning
 	var (
 		lo      = link(1, "lo", running|net.FlagLoopback, "", "127.0.0.1/8")
-		unplug  = link(2, "eno1", up, "02:00:00:00:00:02", "192.168.50.10/24")
+		unplug  = link(2, "eno1", up, "02:00:00:00:00:02", "192.168.50.10/24", "192.168.60.10/24")
 		docker0 = link(3, "docker0", running, "02:00:00:00:00:03", "172.17.0.1/16")
 		eth0    = link(4, "eth0", running, "02:00:00:00:00:04", "169.254.7.7/16", "10.0.0.5/24")
 		imds0   = link(5, "imds0", running, "02:00:00:00:00:05", "10.99.0.1/32")
@@ -87,6 +87,7 @@ func TestPrimaryAddress(t *testing.T) {
 		{"only an unplugged NIC", fakeHost(0, lo, unplug), config.Instance{}, "192.168.50.10", "02:00:00:00:00:02"},
 		{"the agent's own link is skipped", fakeHost(5, lo, imds0, eth0), config.Instance{}, "10.0.0.5", "02:00:00:00:00:04"},
 		{"a configured address keeps its interface's MAC", fakeHost(4, lo, unplug, docker0, eth0), config.Instance{LocalIPv4: "192.168.50.10"}, "192.168.50.10", "02:00:00:00:00:02"},
+		{"a configured address that is its interface's second", fakeHost(4, lo, unplug, docker0, eth0), config.Instance{LocalIPv4: "192.168.60.10"}, "192.168.60.10", "02:00:00:00:00:02"},
 		{"a tunnel only", fakeHost(6, lo, tun0), config.Instance{}, "10.8.0.2", "00:00:00:00:00:00"},
 		{"a tunnel behind an Ethernet NIC", fakeHost(6, lo, tun0, eth0), config.Instance{}, "10.0.0.5", "02:00:00:00:00:04"},
 		{"nothing", fakeHost(0, lo), config.Instance{}, "127.0.0.1", "00:00:00:00:00:00"},

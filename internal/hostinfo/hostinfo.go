@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"runtime"
@@ -196,10 +197,7 @@ func (h Host) primaryAddress(skipLink, configured string) (ip, mac string) {
 	if err != nil {
 		return "127.0.0.1", noMAC
 	}
-	route := 0
-	if h.DefaultRoute != nil {
-		route, _ = h.DefaultRoute()
-	}
+	route, _ := h.DefaultRoute() // 0 (none) on error: the ranking still holds
 	// rank orders the candidates: lower is better; -1 is no candidate.
 	rank := func(i net.Interface) int {
 		switch {
@@ -212,7 +210,7 @@ func (h Host) primaryAddress(skipLink, configured string) (ip, mac string) {
 		}
 		return 2
 	}
-	best, bestRank, bestMAC := "", 3, ""
+	best, bestRank, bestMAC := "", math.MaxInt, ""
 	for _, i := range ifaces {
 		r := rank(i)
 		if r < 0 {
@@ -228,6 +226,7 @@ func (h Host) primaryAddress(skipLink, configured string) (ip, mac string) {
 		if err != nil {
 			continue
 		}
+		first := ""
 		for _, a := range addrs {
 			n, ok := a.(*net.IPNet)
 			if !ok || n.IP.To4() == nil || n.IP.IsLinkLocalUnicast() || n.IP.IsLoopback() {
@@ -236,10 +235,12 @@ func (h Host) primaryAddress(skipLink, configured string) (ip, mac string) {
 			if configured != "" && n.IP.String() == configured {
 				return configured, hw
 			}
-			if r < bestRank || best == "" {
-				best, bestRank, bestMAC = n.IP.String(), r, hw
+			if first == "" {
+				first = n.IP.String()
 			}
-			break
+		}
+		if first != "" && r < bestRank {
+			best, bestRank, bestMAC = first, r, hw
 		}
 	}
 	if best == "" {
