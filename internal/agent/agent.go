@@ -134,7 +134,7 @@ func New(o Options) (*Agent, error) {
 		OnRefresh: func(err error, class refresh.Class, took time.Duration) {
 			a.metrics.Refresh(err, class.String(), took)
 		},
-		OnLookupFailure: func(_ error, class refresh.Class) { a.metrics.LookupFailed(class.String()) },
+		OnLookupFailure: func(class refresh.Class) { a.metrics.LookupFailed(class.String()) },
 		OnStatus: func(st refresh.Status) {
 			select {
 			case <-a.statusChanged: // keep only the newest

@@ -100,7 +100,7 @@ type Options struct {
 	OnRefresh func(err error, class Class, took time.Duration)
 	// OnLookupFailure, if set, observes every failed look-up of the
 	// instance profile's role (while it fails, no AssumeRole is tried).
-	OnLookupFailure func(err error, class Class)
+	OnLookupFailure func(class Class)
 	// OnStatus, if set, is called (on the manager's goroutine; it must not
 	// block) whenever the status changes.
 	OnStatus func(Status)
@@ -406,7 +406,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 		m.lookupFailed++
 		class := Classify(err)
 		if m.opts.OnLookupFailure != nil {
-			m.opts.OnLookupFailure(err, class)
+			m.opts.OnLookupFailure(class)
 		}
 		delay := m.backoff(m.profileFails, class)
 		if m.rechecking {

@@ -158,7 +158,7 @@ func newSim(t *testing.T, o simOptions) *sim {
 		Rand:            rng.Float64,
 		Logger:          slog.New(slog.NewTextHandler(s.logs, nil)),
 		CallTimeout:     100 * time.Millisecond,
-		OnLookupFailure: func(error, Class) { s.lookups.Add(1) },
+		OnLookupFailure: func(Class) { s.lookups.Add(1) },
 	})
 	s.stsCalls = func() int { return s.emu.Calls("AssumeRole") }
 	return s
