@@ -269,6 +269,23 @@ func TestGateTTLKeptWhileUndelivered(t *testing.T) {
 	}
 }
 
+// appSnapshot is a snapshot serving the role "app" for an hour.
+func appSnapshot() *snapshot.Snapshot {
+	return snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
+		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+}
+
+// flushAudit writes out the audit records g has made: its writer, told
+// to stop at once, writes what is waiting.
+func flushAudit(t *testing.T, g *gate) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := g.audit.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestGateAuditNamesUserUnits: a unit under a user's own service manager
 // is recorded as its cgroup path, so a user's "nginx.service" cannot pass
 // for the system's in the audit trail; a system unit is recorded by name.
@@ -276,8 +293,7 @@ func TestGateAuditNamesUserUnits(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
 	var out bytes.Buffer
 	g.audit = audit.New(&out, "text", nil)
-	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
-		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	snap := appSnapshot()
 	for _, c := range []access.Caller{
 		{Addr: netip.MustParseAddr("127.0.0.1"), Local: true, Identified: true, UID: 1000,
 			Unit: "nginx.service", Cgroup: "/user.slice/user-1000.slice/user@1000.service/app.slice/nginx.service"},
@@ -288,11 +304,7 @@ func TestGateAuditNamesUserUnits(t *testing.T) {
 		req.Route, req.Snapshot = imds.RouteCredentials, snap
 		g.Served(req, http.StatusOK)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := g.audit.Run(ctx); err != nil { // flushes
-		t.Fatal(err)
-	}
+	flushAudit(t, g)
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	if len(lines) != 2 {
 		t.Fatalf("%d audit records, want 2:\n%s", len(lines), out.String())
@@ -384,8 +396,7 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	g.auditLog = slog.New(slog.NewTextHandler(&logs, nil))
 	g.noticeAfter = time.Hour
 	g.refusals = rate.NewLimiter(rate.Every(time.Hour), 2)
-	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
-		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	snap := appSnapshot()
 	refuse := func() {
 		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
 		req.Route, req.Reason = imds.RouteCredentials, imds.ReasonTokenMissing
@@ -397,11 +408,7 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
 	req.Route, req.Snapshot = imds.RouteCredentials, snap
 	g.Served(req, http.StatusOK)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := g.audit.Run(ctx); err != nil { // flushes
-		t.Fatal(err)
-	}
+	flushAudit(t, g)
 	if n := strings.Count(out.String(), "reason=token-missing"); n != 2 {
 		t.Errorf("%d refusal records, want the 2 within the limit:\n%s", n, out.String())
 	}
@@ -424,18 +431,13 @@ func TestGateHeadIsNoCredentialAnswer(t *testing.T) {
 	g := newTestGate(t, config.Default(), "127.0.0.1:80")
 	var out bytes.Buffer
 	g.audit = audit.New(&out, "text", nil)
-	snap := snapshot.New(snapshot.Role{Name: "app"}, snapshot.Credentials{AccessKeyID: "ASIAEXAMPLEKEY000001",
-		SecretAccessKey: "secret", SessionToken: "token", Expiration: time.Now().Add(time.Hour)}, time.Now())
+	snap := appSnapshot()
 	for _, method := range []string{http.MethodHead, http.MethodGet} {
 		req := request(method, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
 		req.Route, req.Snapshot = imds.RouteCredentials, snap
 		g.Served(req, http.StatusOK)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := g.audit.Run(ctx); err != nil { // flushes
-		t.Fatal(err)
-	}
+	flushAudit(t, g)
 	if n := strings.Count(out.String(), `msg="credentials served"`); n != 1 {
 		t.Errorf("%d credential records for a HEAD and a GET, want 1 (the GET's):\n%s", n, out.String())
 	}

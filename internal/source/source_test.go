@@ -300,15 +300,23 @@ func TestLoadNeverUsesIMDS(t *testing.T) {
 	}
 }
 
+// countingServer is a loopback server that answers nothing and counts
+// the requests it gets: where a source must never send anything.
+func countingServer(t *testing.T) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	hits := new(atomic.Int64)
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { hits.Add(1) }))
+	t.Cleanup(srv.Close)
+	return srv, hits
+}
+
 // TestCredentialSourceEnvironment: a profile assuming a role with the keys
 // in the agent's environment (credential_source = Environment) is a source
 // like any other, though the SDK labels it as it labels a container
 // endpoint; with a container endpoint named in the environment, the agent
 // stays on the safe side and refuses it.
 func TestCredentialSourceEnvironment(t *testing.T) {
-	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
-	defer srv.Close()
+	srv, hits := countingServer(t)
 	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
 	t.Setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE000000002")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
@@ -356,9 +364,7 @@ func TestSourceFailureIsTheSources(t *testing.T) {
 	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
 		t.Setenv(k, "")
 	}
-	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
-	defer srv.Close()
+	srv, hits := countingServer(t)
 	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
 	script := write(t, "process", "#!/bin/sh\necho 'vault sealed' >&2\nexit 1\n", 0o755)
 	cfgFile := write(t, "config", "[default]\ncredential_process = "+script+"\n", 0o600)
@@ -381,9 +387,7 @@ func TestSourceFailureIsTheSources(t *testing.T) {
 // anything: a profile asking for Ec2InstanceMetadata, with the IMDS
 // endpoint pointed at a counting server, never reaches it.
 func TestExcludedSourcesNeverContacted(t *testing.T) {
-	var hits atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
-	defer srv.Close()
+	srv, hits := countingServer(t)
 	t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", srv.URL)
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "")
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", srv.URL+"/creds")
