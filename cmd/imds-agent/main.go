@@ -14,7 +14,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"syscall"
 
@@ -252,10 +251,9 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	// A start goes on without source credentials it refuses, and serves
 	// none: for whoever checks a file (an upgrade deciding whether to
 	// restart the agent, say), that is no valid configuration.
-	c := cfg.Credentials
-	switch err := source.CheckFilesAs(append(slices.Clone(c.SharedCredentialsFiles), c.SharedConfigFiles...), source.Service()); {
+	switch err := source.CheckSettings(agent.SourceSettings(cfg), source.Service()); {
 	case errors.Is(err, fs.ErrPermission):
-		fmt.Fprintf(stderr, "imds-agent check-config: warning: the source credential files were not checked (%v); root can check them\n", err)
+		fmt.Fprintf(stderr, "imds-agent check-config: warning: the source credential files (and what they name) were not checked (%v); root can check them\n", err)
 	case err != nil:
 		return fmt.Errorf("%s: the agent would start but serve no credentials: %w", path, err)
 	}

@@ -568,7 +568,7 @@ func restartOnly(boot, cfg *config.Config) []string {
 // role nothing calls STS, and when the running settings do not load
 // either, the reload loses nothing: it goes ahead, with a warning.
 func (a *Agent) checkSource(cfg, running *config.Config, settings refresh.Settings) error {
-	if settings.Target.None() || reflect.DeepEqual(sourceSettings(cfg), sourceSettings(running)) {
+	if settings.Target.None() || reflect.DeepEqual(SourceSettings(cfg), SourceSettings(running)) {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), sourceCheckTimeout)
@@ -584,8 +584,8 @@ func (a *Agent) checkSource(cfg, running *config.Config, settings refresh.Settin
 	return fmt.Errorf("credentials: the new source credential settings (region, source_profile, shared files) do not load, while the running ones do: %w", err)
 }
 
-// sourceSettings says where cfg finds the host's source credentials.
-func sourceSettings(cfg *config.Config) source.Settings {
+// SourceSettings says where cfg finds the host's source credentials.
+func SourceSettings(cfg *config.Config) source.Settings {
 	c := cfg.Credentials
 	return source.Settings{
 		Region:                 cfg.Instance.Region,
@@ -599,7 +599,7 @@ func (a *Agent) settings(cfg *config.Config, instanceID string) refresh.Settings
 	c := cfg.Credentials
 	connect := a.o.Connect
 	if connect == nil {
-		connect = source.Connector(sourceSettings(cfg))
+		connect = source.Connector(SourceSettings(cfg))
 	}
 	return refresh.Settings{
 		Target:         profile.Target{InstanceProfile: c.InstanceProfile, RoleARN: c.RoleARN},

@@ -2,16 +2,20 @@ package source
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 )
 
 // ErrExposedSecret is returned when a file holding a secret key can be
@@ -79,17 +83,14 @@ func Service() Identity {
 	return id
 }
 
-// CheckFiles refuses, for the agent running as this process, a file among
-// paths that holds a secret key and that users other than root and the
-// agent could read, and any file among paths that they could write, or
-// create or replace through its directories. Missing files are fine (the
-// SDK skips them) when no one else could put them there; the config file
-// of the agent itself holds no secrets and is not checked.
-func CheckFiles(paths []string) error { return CheckFilesAs(paths, Self()) }
-
-// CheckFilesAs is CheckFiles for the agent running as id. Every file is
-// looked at: a refusal is returned before an error that kept a file from
-// being checked (one id or this process may not read, say).
+// CheckFilesAs refuses, for the agent running as id, a file among paths
+// that holds a secret key and that users other than root and the agent
+// could read, and any file among paths that they could write, or create or
+// replace through its directories. Missing files are fine (the SDK skips
+// them) when no one else could put them there; the config file of the
+// agent itself holds no secrets and is not checked. Every file is looked
+// at: a refusal is returned before an error that kept a file from being
+// checked (one id or this process may not read, say).
 func CheckFilesAs(paths []string, id Identity) error {
 	uids := []uint32{0, id.UID}
 	fixGroup := "root"
@@ -105,15 +106,9 @@ func CheckFilesAs(paths []string, id Identity) error {
 			fixGroup = ServiceGroup
 		}
 	}
-	var unchecked error
-	for _, p := range paths {
-		var w *writers
-		switch err := checkWriters(p, uids, id.Groups); {
-		case errors.As(err, &w):
-			return fmt.Errorf("source credentials: %w: %w", err, ErrUntrustedFile)
-		case err != nil && unchecked == nil:
-			unchecked = fmt.Errorf("source credentials: checking who may change %s: %w", p, err)
-		}
+	refusal, unchecked := untrusted(paths, nil, id)
+	if refusal != nil {
+		return refusal
 	}
 	for _, p := range paths {
 		fi, err := os.Stat(p)
@@ -157,6 +152,115 @@ func CheckFilesAs(paths []string, id Identity) error {
 		}
 	}
 	return unchecked
+}
+
+// untrusted runs checkWriters, for the agent running as id, on each of
+// paths, which whats describe (nil: the paths are the files named in the
+// settings). It returns the first refusal, and the first error that kept
+// a file from being checked.
+func untrusted(paths, whats []string, id Identity) (refusal, unchecked error) {
+	uids := []uint32{0, id.UID}
+	for i, p := range paths {
+		what := ""
+		if whats != nil {
+			what = whats[i] + ": "
+		}
+		var w *writers
+		switch err := checkWriters(p, uids, id.Groups); {
+		case errors.As(err, &w):
+			return fmt.Errorf("source credentials: %s%w: %w", what, err, ErrUntrustedFile), unchecked
+		case err != nil && unchecked == nil:
+			unchecked = fmt.Errorf("source credentials: checking who may change %s%s: %w", what, p, err)
+		}
+	}
+	return nil, unchecked
+}
+
+// CheckSettings is CheckFilesAs for everything s names that decides the
+// source credentials: its shared config and credentials files, and what
+// the profile it uses names, through its source_profile chain and the
+// environment (AWS_PROFILE, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_CA_BUNDLE):
+// the program each credential_process starts, each
+// web_identity_token_file and each ca_bundle. Whoever could change one of
+// those could take the role as surely as through the file that names it:
+// the program prints the credentials, the token file says whose they are,
+// and the CA bundle says whom the agent trusts to be STS.
+func CheckSettings(s Settings, id Identity) error {
+	err := CheckFilesAs(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...), id)
+	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) {
+		return err
+	}
+	paths, whats := namedFiles(s)
+	refusal, unchecked := untrusted(paths, whats, id)
+	switch {
+	case refusal != nil:
+		return refusal
+	case err != nil:
+		return err
+	}
+	return unchecked
+}
+
+// namedFiles returns the files the source settings s name besides the
+// shared files, each with what names it. A profile the files do not hold,
+// or files the SDK cannot parse, name nothing here: loading reports them.
+func namedFiles(s Settings) (paths, whats []string) {
+	add := func(p, what string) {
+		if p != "" {
+			paths, whats = append(paths, p), append(whats, what)
+		}
+	}
+	env, _ := awsconfig.NewEnvConfig()
+	add(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
+	add(env.CustomCABundle, "the CA bundle AWS_CA_BUNDLE names")
+	profile := s.Profile
+	if profile == "" {
+		profile = env.SharedConfigProfile
+	}
+	if profile == "" {
+		profile = "default"
+	}
+	sc, err := awsconfig.LoadSharedConfigProfile(context.Background(), profile, func(o *awsconfig.LoadSharedConfigOptions) {
+		o.ConfigFiles, o.CredentialsFiles = s.SharedConfigFiles, s.SharedCredentialsFiles
+	})
+	if err != nil {
+		return paths, whats
+	}
+	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
+		add(program(c.CredentialProcess), "the program credential_process starts in profile "+c.Profile)
+		add(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
+		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
+	}
+	return paths, whats
+}
+
+// maxProfiles bounds the source_profile chain walked; the SDK refuses a
+// chain that loops back on itself before it gets here.
+const maxProfiles = 64
+
+// program returns where the program a credential_process command starts
+// is: the command's first word (the SDK runs the command with sh -c),
+// looked up in PATH when it holds no slash, as the shell would. "" when
+// there is no such program: running the command then fails.
+func program(command string) string {
+	command = strings.TrimLeft(command, " \t")
+	if command == "" {
+		return ""
+	}
+	var word string
+	if q := command[0]; q == '"' || q == '\'' {
+		word, _, _ = strings.Cut(command[1:], string(q))
+	} else {
+		word = strings.Fields(command)[0]
+	}
+	p, err := exec.LookPath(word)
+	if err != nil {
+		return ""
+	}
+	if p, err = filepath.Abs(p); err != nil {
+		return ""
+	}
+	return p
 }
 
 // maxLinks bounds the symbolic links followed on one path, as the kernel's

@@ -44,7 +44,7 @@ var ErrExcludedSource = errors.New("the SDK found no source credentials except t
 // the agent's own clients are built from. SDK retries are off: the refresh
 // manager owns retrying, with its own backoff.
 func Load(ctx context.Context, s Settings) (aws.Config, error) {
-	if err := CheckFiles(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...)); err != nil {
+	if err := CheckSettings(s, Self()); err != nil {
 		return aws.Config{}, fmt.Errorf("%w: %w", refresh.ErrNoSourceCredentials, err)
 	}
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOptions(s)...)

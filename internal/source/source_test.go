@@ -47,7 +47,7 @@ func TestCheckFiles(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := write(t, "credentials", tc.body, tc.mode)
-			err := CheckFiles([]string{p})
+			err := CheckFilesAs([]string{p}, Self())
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -64,13 +64,13 @@ func TestCheckFiles(t *testing.T) {
 			}
 		})
 	}
-	if err := CheckFiles([]string{filepath.Join(t.TempDir(), "missing")}); err != nil {
+	if err := CheckFilesAs([]string{filepath.Join(t.TempDir(), "missing")}, Self()); err != nil {
 		t.Errorf("missing file: %v", err)
 	}
 	// A path the check cannot walk is an error of its own, not a finding
 	// about who may write.
 	p := filepath.Join(write(t, "file", "", 0o600), "config")
-	if err := CheckFiles([]string{p}); err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "checking who may change "+p) {
+	if err := CheckFilesAs([]string{p}, Self()); err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "checking who may change "+p) {
 		t.Errorf("a path through a file: %v", err)
 	}
 }
@@ -83,7 +83,7 @@ func TestGroupReadableByAnotherGroup(t *testing.T) {
 	if err := os.Chown(p, 0, 65534); err != nil {
 		t.Fatal(err)
 	}
-	if err := CheckFiles([]string{p}); err == nil || !strings.Contains(err.Error(), "readable by the members of group") {
+	if err := CheckFilesAs([]string{p}, Self()); err == nil || !strings.Contains(err.Error(), "readable by the members of group") {
 		t.Errorf("err = %v", err)
 	}
 }
@@ -207,7 +207,7 @@ func TestCheckFilesWriters(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := tc.path(t)
-			err := CheckFiles([]string{p})
+			err := CheckFilesAs([]string{p}, Self())
 			if tc.want == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -218,6 +218,83 @@ func TestCheckFilesWriters(t *testing.T) {
 				t.Fatalf("err = %v, want one naming %s and %q", err, p, tc.want)
 			}
 		})
+	}
+}
+
+// TestCheckSettingsNamedFiles: what the profile in use names besides the
+// shared files (the program each credential_process starts, through PATH
+// and source_profile too; web_identity_token_file, ca_bundle, and their
+// environment variables) is refused when others could change it, and a
+// file no profile in use names is not looked at.
+func TestCheckSettingsNamedFiles(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to give files to other users")
+	}
+	for _, k := range []string{"AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CA_BUNDLE"} {
+		t.Setenv(k, "")
+	}
+	// open returns a world-writable executable in a directory of root's.
+	open := func(t *testing.T, name string) string {
+		d := t.TempDir()
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(d, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\nexit 1\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	safe := write(t, "creds", "#!/bin/sh\nexit 1\n", 0o755)
+	spaced := open(t, "my creds")
+	inPath := open(t, "imds-test-creds")
+	for _, tc := range []struct {
+		name    string
+		config  string
+		profile string
+		env     map[string]string
+		want    string // "" = accepted; else the refused path and what names it
+	}{
+		{"a safe program", "[default]\ncredential_process = " + safe + " --x\n", "", nil, ""},
+		{"a missing program", "[default]\ncredential_process = /nonexistent/creds\n", "", nil, ""},
+		{"an open program", "[default]\ncredential_process = " + open(t, "creds") + " --profile x\n", "", nil, "credential_process starts in profile default"},
+		{"an open program, quoted", "[default]\ncredential_process = \"" + spaced + "\" --x\n", "", nil, spaced},
+		{"an open program found in PATH", "[default]\ncredential_process = imds-test-creds --x\n", "", map[string]string{"PATH": filepath.Dir(inPath)}, inPath},
+		{"an open program through source_profile", "[profile main]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = base\n[profile base]\ncredential_process = " + open(t, "creds") + "\n",
+			"main", nil, "credential_process starts in profile base"},
+		{"the profile AWS_PROFILE names", "[profile main]\ncredential_process = " + open(t, "creds") + "\n", "", map[string]string{"AWS_PROFILE": "main"}, "profile main"},
+		{"an open program in a profile not in use", "[default]\ncredential_process = " + safe + "\n[profile other]\ncredential_process = " + open(t, "creds") + "\n", "", nil, ""},
+		{"an open web identity token file", "[default]\nrole_arn = arn:aws:iam::123456789012:role/r\nweb_identity_token_file = " + open(t, "token") + "\n", "", nil, "web_identity_token_file of profile default"},
+		{"an open CA bundle", "[default]\nca_bundle = " + open(t, "ca.pem") + "\n", "", nil, "ca_bundle of profile default"},
+		{"an open CA bundle in AWS_CA_BUNDLE", "[default]\n", "", map[string]string{"AWS_CA_BUNDLE": open(t, "ca.pem")}, "AWS_CA_BUNDLE"},
+		{"an open token file in AWS_WEB_IDENTITY_TOKEN_FILE", "[default]\n", "", map[string]string{"AWS_WEB_IDENTITY_TOKEN_FILE": open(t, "token")}, "AWS_WEB_IDENTITY_TOKEN_FILE"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			cfg := write(t, "config", tc.config, 0o600)
+			err := CheckSettings(Settings{Profile: tc.profile, SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, Self())
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "can be changed by every user on this host") {
+				t.Fatalf("err = %v, want a refusal naming %q", err, tc.want)
+			}
+		})
+	}
+
+	// Load refuses as the check does: the program is never run.
+	cfg := write(t, "config", "[default]\ncredential_process = "+open(t, "creds")+"\n", 0o600)
+	_, err := Load(context.Background(), Settings{Region: "us-east-1", SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}})
+	if !errors.Is(err, refresh.ErrNoSourceCredentials) || !errors.Is(err, ErrUntrustedFile) {
+		t.Errorf("Load with an open credential_process program: %v", err)
 	}
 }
 

@@ -32,6 +32,13 @@ func TestCommandLine(t *testing.T) {
 	_ = os.Chmod(openSourceFile, 0o666)
 	openSource := filepath.Join(dir, "open-source.yaml")
 	_ = os.WriteFile(openSource, []byte("version: 1\ncredentials:\n  shared_config_files: ["+openSourceFile+"]\n"), 0o644)
+	openProgram := filepath.Join(dir, "creds")
+	_ = os.WriteFile(openProgram, []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	_ = os.Chmod(openProgram, 0o777)
+	processConfig := filepath.Join(dir, "aws-process-config")
+	_ = os.WriteFile(processConfig, []byte("[default]\ncredential_process = "+openProgram+" --x\n"), 0o600)
+	openProcess := filepath.Join(dir, "open-process.yaml")
+	_ = os.WriteFile(openProcess, []byte("version: 1\ncredentials:\n  shared_config_files: ["+processConfig+"]\n  shared_credentials_files: []\n"), 0o644)
 	// The cases below that a broken argument check would let run do no
 	// harm even then: run has a loopback-only configuration (not the
 	// default, which claims 169.254.169.254), and the service managers'
@@ -55,6 +62,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", unknownUser}, 1, `access rule deny "user:no-such-user-imds": no such user`},
 		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
+		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: the program credential_process starts in profile default: " + openProgram + " can be changed by every user on this host"},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "--config", loopback, "extra"}, 2, `unexpected argument "extra"`},
