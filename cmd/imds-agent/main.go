@@ -323,6 +323,9 @@ func runDaemon(path string, force bool, stderr io.Writer) error {
 	}
 	level := levelOf(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log.Format, level)
+	if removed := source.SealEnvironment(); removed != nil {
+		log.Warn("the environment names a container credentials endpoint, which the agent never uses; removed, so that no credential_process it starts uses it either", "variables", removed)
+	}
 	a, err := agent.New(agent.Options{
 		Config:     cfg,
 		ConfigPath: path,

@@ -65,6 +65,31 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 	return cfg, nil
 }
 
+// containerVariables name a container credentials endpoint and what
+// authorises a request to it.
+var containerVariables = []string{
+	"AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+	"AWS_CONTAINER_AUTHORIZATION_TOKEN", "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+}
+
+// SealEnvironment makes this process's environment, which the programs
+// the source chain starts (a credential_process) inherit, keep an SDK in
+// them from the two sources the agent never uses either: it sets
+// AWS_EC2_METADATA_DISABLED=true (the metadata service would be this
+// agent, or a real one on the network) and removes the container
+// endpoint's variables. The SDK gives such a program the agent's
+// environment as it is. It returns the variables it removed.
+func SealEnvironment() (removed []string) {
+	_ = os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	for _, k := range containerVariables {
+		if _, ok := os.LookupEnv(k); ok {
+			_ = os.Unsetenv(k)
+			removed = append(removed, k)
+		}
+	}
+	return removed
+}
+
 // containerEndpointSet reports whether the environment names a container
 // credentials endpoint. The SDK labels credentials from it as coming over
 // HTTP, and so it labels a profile's credential_source = Environment (the

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -35,4 +36,45 @@ func runConfig(t *testing.T, env []string, body func(dir string) string) *runnin
 		return status == http.StatusOK
 	})
 	return a
+}
+
+// TestCredentialProcessEnvironment: a credential_process the agent starts
+// inherits an environment in which an SDK cannot ask the instance metadata
+// service (the agent itself) or a container endpoint, whatever the
+// agent's own environment said; the agent warns of the container
+// variables it removed.
+func TestCredentialProcessEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	seen := filepath.Join(dir, "environment")
+	script := filepath.Join(dir, "creds")
+	body := "#!/bin/sh\nenv > " + seen + ".tmp && mv " + seen + ".tmp " + seen + "\n" +
+		`echo '{"Version": 1, "AccessKeyId": "AKIAEXAMPLE000000001", "SecretAccessKey": "secret"}'` + "\n"
+	if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	env := clientEnv(t, "http://127.0.0.1:9", false) // the agent's own would-be IMDS: nothing listens there
+	env = append(env, "AWS_ENDPOINT_URL=http://127.0.0.1:9", "AWS_CONTAINER_CREDENTIALS_FULL_URI=http://127.0.0.1:9/creds",
+		"AWS_CONTAINER_AUTHORIZATION_TOKEN=own")
+	a := runConfig(t, env, func(dir string) string {
+		cfg := filepath.Join(dir, "aws-config")
+		if err := os.WriteFile(cfg, []byte("[default]\ncredential_process = "+script+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("credentials:\n  role_arn: arn:aws:iam::123456789012:role/r\n  shared_config_files: [%s]\n  shared_credentials_files: []\n", cfg)
+	})
+	waitFor(t, 20*time.Second, "the credential_process to run", func() bool {
+		_, err := os.Stat(seen)
+		return err == nil
+	})
+	b, err := os.ReadFile(seen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := "\n" + string(b)
+	if !strings.Contains(vars, "\nAWS_EC2_METADATA_DISABLED=true\n") || strings.Contains(vars, "\nAWS_CONTAINER_") {
+		t.Errorf("the credential_process's environment:\n%s", b)
+	}
+	if log := a.stderr.String(); !strings.Contains(log, "AWS_CONTAINER_CREDENTIALS_FULL_URI") || !strings.Contains(log, "AWS_CONTAINER_AUTHORIZATION_TOKEN") {
+		t.Errorf("no warning naming the removed variables:\n%s", log)
+	}
 }
