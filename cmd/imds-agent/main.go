@@ -376,7 +376,7 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	defer dev.Emulator.Close()
+	defer dev.Close()
 	a, err := agent.New(agent.Options{
 		Config:   dev.Config,
 		Logger:   log,

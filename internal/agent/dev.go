@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -37,6 +36,14 @@ type Dev struct {
 	// the host user's keys. Nothing from the developer's environment
 	// (AWS_PROFILE, ~/.aws) is read.
 	Connect func(ctx context.Context) (refresh.Clients, error)
+
+	dir string // the admin socket's, the developer's own
+}
+
+// Close stops the emulator and removes the admin socket's directory.
+func (d *Dev) Close() {
+	d.Emulator.Close()
+	_ = os.RemoveAll(d.dir)
 }
 
 // StartDev starts the emulator on an ephemeral loopback port and returns
@@ -55,8 +62,17 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	emu.AddUser(user)
 	emu.PutRole(awsemu.Role{Account: DevAccount, Name: DevRole, MaxSession: 12 * time.Hour, Trusted: []string{user.ARN()}})
 	emu.PutInstanceProfile(awsemu.InstanceProfile{Account: DevAccount, Name: DevProfile, Role: DevRole})
+	// The admin socket goes in a directory of the developer's own, made
+	// afresh: in the shared temporary directory, a name others can guess
+	// could be taken first by someone else's socket, and status would
+	// then ask theirs.
+	dir, err := os.MkdirTemp("", "imds-agent-dev-")
+	if err != nil {
+		return nil, fmt.Errorf("the admin socket's directory: %w", err)
+	}
 	srv, err := awsemu.Start(emu)
 	if err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	cfg := config.Default()
@@ -65,7 +81,7 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	cfg.Credentials.InstanceProfile = awsemu.InstanceProfile{Account: DevAccount, Name: DevProfile}.ARN()
 	cfg.Credentials.SharedConfigFiles = []string{}
 	cfg.Credentials.SharedCredentialsFiles = []string{}
-	cfg.Admin.Socket = filepath.Join(os.TempDir(), "imds-agent-dev-"+strconv.Itoa(os.Getpid())+".sock")
+	cfg.Admin.Socket = filepath.Join(dir, "admin.sock")
 	sdk := aws.Config{
 		Region:           cfg.Instance.Region,
 		BaseEndpoint:     aws.String(srv.URL),
@@ -75,6 +91,7 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	return &Dev{
 		Emulator: srv,
 		Config:   cfg,
+		dir:      dir,
 		Connect: func(context.Context) (refresh.Clients, error) {
 			return refresh.Clients{STS: sts.NewFromConfig(sdk), IAM: iam.NewFromConfig(sdk)}, nil
 		},

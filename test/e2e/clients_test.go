@@ -3,7 +3,10 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -218,8 +221,17 @@ func TestDevStartsAndStops(t *testing.T) {
 	if !strings.Contains(d.stdout.String(), "export AWS_EC2_METADATA_SERVICE_ENDPOINT="+d.metadataURL+"/") {
 		t.Errorf("banner lacks the export line:\n%s", d.stdout.String())
 	}
+	// The admin socket is in a directory of the developer's own, which
+	// goes when dev does.
+	socketDir := filepath.Dir(d.statusCommand(t)[3])
+	if fi, err := os.Stat(socketDir); err != nil || fi.Mode() != os.ModeDir|0o700 || socketDir == os.TempDir() {
+		t.Errorf("the admin socket's directory %s: %v, %v; want one of its own, 0700", socketDir, fi, err)
+	}
 	d.stop(t)
 	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit code after SIGINT = %d, want 0", code)
+	}
+	if _, err := os.Stat(socketDir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the admin socket's directory after dev stopped: %v", err)
 	}
 }
