@@ -67,6 +67,14 @@ type Backend interface {
 // RefreshTimeout bounds a refresh requested over the socket.
 const RefreshTimeout = 60 * time.Second
 
+// A connection that has sent no request for idleTimeout is closed, and one
+// that takes longer than readTimeout to send a whole request is cut off:
+// clients that linger cannot hold connections, and so file descriptors,
+// without bound.
+var idleTimeout = 30 * time.Second
+
+const readTimeout = 10 * time.Second
+
 // Server serves the control socket.
 type Server struct {
 	path string
@@ -136,7 +144,9 @@ func Listen(path string, b Backend, log *slog.Logger) (*Server, error) {
 	s.http = &http.Server{
 		Handler:           peerCheck(mux, log),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       readTimeout,
 		WriteTimeout:      RefreshTimeout + 5*time.Second,
+		IdleTimeout:       idleTimeout,
 		ConnContext:       withPeer,
 	}
 	return s, nil

@@ -1,10 +1,12 @@
 package admin
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -139,5 +141,34 @@ func TestClientErrors(t *testing.T) {
 	denied := &url.Error{Op: "Get", URL: "http://imds-agent/status", Err: &net.OpError{Op: "dial", Net: "unix", Err: os.NewSyscallError("connect", syscall.EACCES)}}
 	if err := NewClient(path).dialError(denied); err.Error() != "admin socket "+path+": permission denied; run as root or as a member of the agent's group" {
 		t.Errorf("dialError(EACCES) = %v", err)
+	}
+}
+
+// TestIdleConnectionClosed: a kept-alive connection that sends nothing
+// more is closed once idle for idleTimeout.
+func TestIdleConnectionClosed(t *testing.T) {
+	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
+	idleTimeout = 200 * time.Millisecond
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	serve(t, path)
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /status HTTP/1.1\r\nHost: imds-agent\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("status: %v %v", res, err)
+	}
+	if _, err := io.Copy(io.Discard, res.Body); err != nil {
+		t.Fatal(err)
+	}
+	// Well before the read deadline, the server closes the idle connection.
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("reading an idle connection: %v, want EOF (closed by the server)", err)
 	}
 }
