@@ -282,19 +282,21 @@ func emptyDocument(n *yaml.Node) bool {
 }
 
 // applyDefaults fills every value the file left out; present reports
-// whether the file set a key, for values whose zero is meaningful.
+// whether the file set a key. A key written with an empty value keeps it,
+// for validation to refuse: an empty http_endpoint (a template's variable
+// left unset, say) must not come out as enabled.
 func (c *Config) applyDefaults(present func(path string) bool) {
 	if !present("listen.link") {
 		c.Listen.Link = DefaultLink
 	}
-	if c.Instance.Region == "" {
+	if !present("instance.region") {
 		if c.Instance.AvailabilityZone != "" && len(c.Instance.AvailabilityZone) > 1 {
 			c.Instance.Region = c.Instance.AvailabilityZone[:len(c.Instance.AvailabilityZone)-1]
 		} else {
 			c.Instance.Region = "us-east-1"
 		}
 	}
-	if c.Instance.AvailabilityZone == "" {
+	if !present("instance.availability_zone") {
 		c.Instance.AvailabilityZone = c.Instance.Region + "a"
 	}
 	// A duration written as 0s stays, for validation to refuse.
@@ -311,16 +313,16 @@ func (c *Config) applyDefaults(present func(path string) bool) {
 		c.Credentials.SharedCredentialsFiles = []string{DefaultSharedCredentialsFile}
 	}
 	m := &c.MetadataOptions
-	if m.HTTPEndpoint == "" {
+	if !present("metadata_options.http_endpoint") {
 		m.HTTPEndpoint = Enabled
 	}
-	if m.HTTPTokens == "" {
+	if !present("metadata_options.http_tokens") {
 		m.HTTPTokens = Required
 	}
 	if !present("metadata_options.http_put_response_hop_limit") {
 		m.HTTPPutResponseHopLimit = 1
 	}
-	if m.HTTPProtocolIPv6 == "" {
+	if !present("metadata_options.http_protocol_ipv6") {
 		m.HTTPProtocolIPv6 = Enabled
 	}
 	if c.Listen.Addresses == nil {
@@ -329,16 +331,16 @@ func (c *Config) applyDefaults(present func(path string) bool) {
 			c.Listen.Addresses = append(c.Listen.Addresses, IPv6Address)
 		}
 	}
-	if c.Admin.Socket == "" {
+	if !present("admin.socket") {
 		c.Admin.Socket = DefaultAdminSocket
 	}
-	if c.Log.Level == "" {
+	if !present("log.level") {
 		c.Log.Level = "info"
 	}
 	if !present("log.audit") {
 		c.Log.Audit = true
 	}
-	if c.Log.Format == "" {
+	if !present("log.format") {
 		c.Log.Format = "text"
 	}
 }

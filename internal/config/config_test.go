@@ -104,6 +104,14 @@ func TestParseErrors(t *testing.T) {
 		{"metrics off loopback", "version: 1\nmetrics:\n  listen: 10.0.0.1:9469\n", `metrics.listen: "10.0.0.1:9469" is not a loopback address`},
 		{"wildcard address", "version: 1\nlisten:\n  addresses: [\"0.0.0.0:80\"]\n", `listen.addresses[0]: "0.0.0.0:80" would serve the role's credentials to the whole network`},
 		{"wildcard ipv6", "version: 1\nlisten:\n  addresses: [\"[::]:80\"]\n", `would serve the role's credentials to the whole network`},
+		{"empty http_endpoint", "version: 1\nmetadata_options:\n  http_endpoint: \"\"\n", `c.yaml:3: metadata_options.http_endpoint: "" must be enabled or disabled`},
+		{"empty http_tokens", "version: 1\nmetadata_options:\n  http_tokens: \"\"\n", `metadata_options.http_tokens: "" must be required or optional`},
+		{"empty http_protocol_ipv6", "version: 1\nmetadata_options:\n  http_protocol_ipv6: \"\"\n", `metadata_options.http_protocol_ipv6: "" must be enabled or disabled`},
+		{"empty socket", "version: 1\nadmin:\n  socket: \"\"\n", `admin.socket: "" must be an absolute path`},
+		{"empty level", "version: 1\nlog:\n  level: \"\"\n", `log.level: "" is not a level`},
+		{"empty format", "version: 1\nlog:\n  format: \"\"\n", `log.format: "" is not a format`},
+		{"empty region", "version: 1\ninstance:\n  region: \"\"\n", `instance.region: "" is not a region name`},
+		{"empty availability zone", "version: 1\ninstance:\n  region: eu-west-1\n  availability_zone: \"\"\n", `instance.availability_zone: "" must be the region "eu-west-1" followed by one letter`},
 		{"several problems", "version: 1\nlog:\n  level: loud\n  format: xml\n", "c.yaml:3: log.level: \"loud\" is not a level; use debug, info, warn or error\nc.yaml:4: log.format: \"xml\" is not a format"},
 	}
 	for _, tc := range tests {
