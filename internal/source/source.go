@@ -57,7 +57,7 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 	if ps, ok := cfg.Credentials.(aws.CredentialProviderSource); ok {
 		srcs := ps.ProviderSources()
 		if slices.Contains(srcs, aws.CredentialSourceIMDS) || slices.Contains(srcs, aws.CredentialSourceHTTP) && containerEndpointSet() {
-			return aws.Config{}, fmt.Errorf("loading source credentials from %v and %v: %w: %w",
+			return aws.Config{}, fmt.Errorf("loading source credentials (shared credentials files %v, shared config files %v): %w: %w",
 				s.SharedCredentialsFiles, s.SharedConfigFiles, refresh.ErrNoSourceCredentials, ErrExcludedSource)
 		}
 	}

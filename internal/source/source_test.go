@@ -406,8 +406,8 @@ func TestCredentialSourceEnvironment(t *testing.T) {
 		t.Errorf("credential_source = Environment: %v", err)
 	}
 	t.Setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", "http://127.0.0.1:9/creds")
-	if _, err := Load(context.Background(), s); !errors.Is(err, ErrExcludedSource) {
-		t.Errorf("with a container endpoint named: %v, want a refusal", err)
+	if _, err := Load(context.Background(), s); !errors.Is(err, ErrExcludedSource) || !strings.Contains(err.Error(), "shared config files ["+cfgFile+"]") {
+		t.Errorf("with a container endpoint named: %v, want a refusal naming the shared config files", err)
 	}
 	if hits.Load() != 0 {
 		t.Errorf("loading called AWS %d times", hits.Load())
