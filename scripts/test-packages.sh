@@ -16,6 +16,9 @@ for tool in lintian:lintian rpm:rpm rpmlint:rpmlint rpm2cpio:rpm2cpio cpio:cpio 
 	systemd-analyze:systemd unshare:util-linux setpriv:util-linux dpkg-deb:dpkg; do
 	command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
+# The .deb depends on procps (/bin/kill, the unit's ExecReload): dpkg -i in
+# TestDebLifecycle refuses to configure it without.
+[[ -x /bin/kill ]] || missing+=(procps)
 if ((${#missing[@]})); then
 	if [[ $(id -u) -ne 0 ]]; then
 		echo "test-packages: missing ${missing[*]}; run as root to install them" >&2

@@ -64,7 +64,7 @@ func TestRPMHeader(t *testing.T) {
 	}
 	reqs := lines(rpmQuery(t, pkgs.rpm1, "--requires"))
 	sort.Strings(reqs)
-	if d := cmp.Diff([]string{"/bin/sh", "/usr/sbin/useradd"}, reqs); d != "" {
+	if d := cmp.Diff([]string{"/bin/sh", "/usr/bin/kill", "/usr/sbin/useradd"}, reqs); d != "" {
 		t.Errorf("requires (-want +got):\n%s", d)
 	}
 	if cl := rpmQuery(t, pkgs.rpm1, "--changelog"); !strings.Contains(cl, "- "+version1+"-1\n") {
