@@ -88,7 +88,7 @@ func TestRPMScripts(t *testing.T) {
 		"systemctl -q is-enabled imds-agent.service; then\n\t\tsystemctl --no-block start imds-agent.service",
 		"preuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper remove-system-units imds-agent.service imds-agent-link.service",
-		"imds-agent cleanup --config /etc/imds-agent/config.yaml",
+		"/usr/bin/imds-agent cleanup --config /etc/imds-agent/config.yaml",
 		"postuninstall scriptlet (using /bin/sh)",
 		"/usr/lib/systemd/systemd-update-helper mark-restart-system-units imds-agent.service",
 		"systemctl try-restart imds-agent.service",

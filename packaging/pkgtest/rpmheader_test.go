@@ -5,10 +5,15 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"strings"
 )
 
 // RPM header tags read by the tests (rpm's lib/rpmtag.h).
 const (
+	rpmTagPrein        = 1023
+	rpmTagPostin       = 1024
+	rpmTagPreun        = 1025
+	rpmTagPostun       = 1026
 	rpmTagRequireFlags = 1048
 	rpmTagRequireName  = 1049
 )
@@ -119,4 +124,10 @@ func (h *rpmHeader) requires() []string {
 		out = append(out, name)
 	}
 	return out
+}
+
+// script returns the scriptlet under tag (rpmTagPrein and the others), or ""
+// for none.
+func (h *rpmHeader) script(tag int) string {
+	return strings.Join(h.strings[tag], "")
 }

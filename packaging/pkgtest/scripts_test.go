@@ -3,6 +3,7 @@ package pkgtest
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -127,6 +128,60 @@ func mkdirAll(t *testing.T, dir string) {
 // checkConfig is how the scripts ask the new binary whether it takes the
 // configuration before restarting the agent on an upgrade.
 const checkConfig = "imds-agent check-config --config /etc/imds-agent/config.yaml"
+
+// bareBinary matches a command that runs imds-agent by name instead of as
+// /usr/bin/imds-agent.
+var bareBinary = regexp.MustCompile(`(^|[^/])imds-agent (cleanup|check-config|setup-link|run|install|uninstall|start|stop|status|refresh|version|dev)\b`)
+
+// TestScriptsRunThePackagedBinary: every maintainer script and scriptlet
+// runs the packaged binary by its path. By name, root's PATH (and sudo's
+// secure_path) finds /usr/local/bin first, where the README's install
+// without a package puts another imds-agent, which would then judge the
+// configuration or remove the link instead.
+func TestScriptsRunThePackagedBinary(t *testing.T) {
+	scripts := map[string]string{}
+	t.Run("deb", func(t *testing.T) {
+		need(t, "dpkg-deb")
+		dir := t.TempDir()
+		mustRun(t, time.Minute, "dpkg-deb", "-e", pkgs.deb1, dir)
+		for _, name := range []string{"postinst", "prerm", "postrm"} {
+			b, err := os.ReadFile(filepath.Join(dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			scripts["deb "+name] = string(b)
+		}
+	})
+	h, err := readRPMHeader(pkgs.rpm1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tag := range map[string]int{"%pre": rpmTagPrein, "%post": rpmTagPostin, "%preun": rpmTagPreun, "%postun": rpmTagPostun} {
+		if scripts["rpm "+name] = h.script(tag); scripts["rpm "+name] == "" {
+			t.Errorf("the .rpm has no %s", name)
+		}
+	}
+	runs := 0
+	for name, text := range scripts {
+		for _, l := range lines(text) {
+			l = strings.TrimSpace(l)
+			if strings.HasPrefix(l, "#") || strings.HasPrefix(l, "echo ") { // what it says is no command
+				continue
+			}
+			if bareBinary.MatchString(l) {
+				t.Errorf("%s runs imds-agent by name: %s", name, l)
+			}
+			if strings.Contains(l, "/usr/bin/imds-agent ") {
+				runs++
+			}
+		}
+	}
+	// The upgrade check (deb postinst, rpm %postun) and the link's removal
+	// (deb prerm, rpm %preun), at least.
+	if runs < 4 {
+		t.Errorf("the scripts run /usr/bin/imds-agent %d times, want at least 4", runs)
+	}
+}
 
 // TestDebMaintainerScriptsRun runs the .deb's scripts with stubs for every
 // program and checks what they ask for, argument by argument.
@@ -383,16 +438,20 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 
 // TestRPMScriptletsRun does the same for the .rpm's scriptlets, on a host
 // without Fedora's systemd-update-helper (Debian has none), so the scripts
-// take the branches of the older macro expansions.
+// take the branches of the older macro expansions. The scriptlets are read
+// from the package's header without rpm.
 func TestRPMScriptletsRun(t *testing.T) {
-	need(t, "rpm", "unshare")
+	need(t, "unshare")
 	needRoot(t)
 	if _, err := os.Stat("/usr/lib/systemd/systemd-update-helper"); err == nil {
 		t.Skip("this host has systemd-update-helper; its branches are checked by TestRPMScripts")
 	}
-	script := func(tag string) string {
-		return rpmQuery(t, pkgs.rpm1, "--qf", "%{"+tag+"}")
+	h, err := readRPMHeader(pkgs.rpm1)
+	if err != nil {
+		t.Fatal(err)
 	}
+	tags := map[string]int{"PREIN": rpmTagPrein, "POSTIN": rpmTagPostin, "PREUN": rpmTagPreun, "POSTUN": rpmTagPostun}
+	script := func(tag string) string { return h.script(tags[tag]) }
 	stubs := []string{"getent", "systemd-sysusers", "groupadd", "useradd", "systemctl", "networkctl", "nmcli", "imds-agent"}
 	// Each scriptlet runs as on a host where systemd runs and as in a
 	// chroot or container where it does not, whatever this host is: the
