@@ -122,6 +122,56 @@ func TestRPMScripts(t *testing.T) {
 	}
 }
 
+// TestRPMPresetPolicy checks what README.md says of the preset the .rpm
+// ships, with systemctl preset itself (on a scratch root: --root works on
+// the files there and asks no running systemd). systemd sorts the preset
+// files of every directory together by file name and the first line that
+// names the unit wins, so an administrator's "disable imds-agent.service"
+// wins only from a file whose name sorts before 90-imds-agent.preset, or
+// from /etc/systemd/system-preset/90-imds-agent.preset, which replaces the
+// shipped file.
+func TestRPMPresetPolicy(t *testing.T) {
+	need(t, "systemctl")
+	unit, err := os.ReadFile("../../systemd/imds-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	preset, err := os.ReadFile("../rpm/imds-agent.preset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		adminFile string // in /etc/systemd/system-preset, saying "disable imds-agent.service"; "" for none
+		want      string
+	}{
+		{"", "enabled"},
+		{"10-site.preset", "disabled"},
+		{"90-imds-agent.preset", "disabled"},
+		{"99-site.preset", "enabled"}, // sorts after the shipped file, which wins
+	} {
+		name := tc.adminFile
+		if name == "" {
+			name = "no admin preset"
+		}
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			for _, dir := range []string{"usr/lib/systemd/system", "usr/lib/systemd/system-preset", "etc/systemd/system-preset"} {
+				mkdirAll(t, filepath.Join(root, dir))
+			}
+			writeFile(t, filepath.Join(root, "usr/lib/systemd/system/imds-agent.service"), string(unit), 0o644)
+			writeFile(t, filepath.Join(root, "usr/lib/systemd/system-preset/90-imds-agent.preset"), string(preset), 0o644)
+			if tc.adminFile != "" {
+				writeFile(t, filepath.Join(root, "etc/systemd/system-preset", tc.adminFile), "disable imds-agent.service\n", 0o644)
+			}
+			mustRun(t, time.Minute, "systemctl", "--root="+root, "preset", "imds-agent.service")
+			got, _ := run(t, time.Minute, "systemctl", "--root="+root, "is-enabled", "imds-agent.service") // exit status 1 when disabled
+			if strings.TrimSpace(got) != tc.want {
+				t.Errorf("after systemctl preset: %q, want %q", strings.TrimSpace(got), tc.want)
+			}
+		})
+	}
+}
+
 // TestRPMInstallIntoScratchRoot installs, upgrades and erases the .rpm in a
 // scratch root with rpm --root and no scriptlets (they need the target's
 // tools), checking owners, modes and %config(noreplace).
