@@ -204,11 +204,17 @@ func CheckSettings(s Settings, id Identity) error {
 // namedFiles returns the files the source settings s name besides the
 // shared files, each with what names it. A profile the files do not hold,
 // or files the SDK cannot parse, name nothing here: loading reports them.
+// A relative path is the file the SDK would open, in the working
+// directory.
 func namedFiles(s Settings) (paths, whats []string) {
 	add := func(p, what string) {
-		if p != "" {
-			paths, whats = append(paths, p), append(whats, what)
+		if p == "" {
+			return
 		}
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		paths, whats = append(paths, p), append(whats, what)
 	}
 	env, _ := awsconfig.NewEnvConfig()
 	add(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
@@ -255,9 +261,6 @@ func program(command string) string {
 	}
 	p, err := exec.LookPath(word)
 	if err != nil {
-		return ""
-	}
-	if p, err = filepath.Abs(p); err != nil {
 		return ""
 	}
 	return p

@@ -290,6 +290,18 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 		})
 	}
 
+	// A relative path is judged where the SDK would open it: in the
+	// working directory.
+	t.Run("a relative, open token file", func(t *testing.T) {
+		token := open(t, "token")
+		t.Chdir(filepath.Dir(token))
+		cfg := write(t, "config", "[default]\nrole_arn = arn:aws:iam::123456789012:role/r\nweb_identity_token_file = token\n", 0o600)
+		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, Self())
+		if !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), token+" can be changed by every user") {
+			t.Errorf("err = %v, want a refusal naming %s", err, token)
+		}
+	})
+
 	// Load refuses as the check does: the program is never run.
 	cfg := write(t, "config", "[default]\ncredential_process = "+open(t, "creds")+"\n", 0o600)
 	_, err := Load(context.Background(), Settings{Region: "us-east-1", SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}})
