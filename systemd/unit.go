@@ -8,7 +8,11 @@
 // configuration file.
 package systemd
 
-import _ "embed" // the files below are embedded, not read at run time
+import (
+	_ "embed" // the files below are embedded, not read at run time
+	"path/filepath"
+	"strings"
+)
 
 // Unit is the service unit, imds-agent.service. Its commands name the binary
 // as BinaryPath.
@@ -71,3 +75,17 @@ const (
 	NetworkManagerName = "90-imds-agent.conf"
 	ModulesLoadName    = "imds-agent.conf"
 )
+
+// SandboxHidden returns the directory, among those the service unit's
+// sandbox hides from the agent, that path (absolute) is in: /home, /root
+// and /run/user (ProtectHome=yes), /tmp and /var/tmp (PrivateTmp=yes: the
+// service sees empty ones of its own). It returns "" for any other path.
+func SandboxHidden(path string) string {
+	path = filepath.Clean(path)
+	for _, dir := range []string{"/home", "/root", "/run/user", "/tmp", "/var/tmp"} {
+		if path == dir || strings.HasPrefix(path, dir+"/") {
+			return dir
+		}
+	}
+	return ""
+}

@@ -275,3 +275,22 @@ func TestUnitSecurityScore(t *testing.T) {
 		t.Errorf("exposure %.1f is above %.1f:\n%s", score, maxExposure, out)
 	}
 }
+
+// TestSandboxHidden: the directories SandboxHidden names are those the
+// unit's ProtectHome=yes and PrivateTmp=yes hide.
+func TestSandboxHidden(t *testing.T) {
+	for _, line := range []string{"ProtectHome=yes", "PrivateTmp=yes"} {
+		if !regexp.MustCompile(`(?m)^` + line + `$`).MatchString(Unit) {
+			t.Errorf("the unit has no %s line; SandboxHidden follows it", line)
+		}
+	}
+	for path, want := range map[string]string{
+		"/home/me/aws/config": "/home", "/root/user-data": "/root", "/run/user/1000/x": "/run/user",
+		"/tmp/x": "/tmp", "/var/tmp/x/y": "/var/tmp", "/tmp/../etc/x": "", "/home": "/home",
+		"/etc/imds-agent/aws/config": "", "/homework/x": "", "/var/tmpfiles": "", "/run/imds-agent/x": "",
+	} {
+		if got := SandboxHidden(path); got != want {
+			t.Errorf("SandboxHidden(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/imds-agent/imds-agent/internal/imds"
 	"github.com/imds-agent/imds-agent/internal/service"
 	"github.com/imds-agent/imds-agent/internal/source"
+	"github.com/imds-agent/imds-agent/systemd"
 )
 
 // Set at build time with -ldflags "-X main.version=… -X main.commit=…".
@@ -257,12 +258,36 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	case err != nil:
 		return fmt.Errorf("%s: the agent would start but serve no credentials: %w", path, err)
 	}
+	sandboxWarnings(cfg, stderr)
 	out, err := cfg.Marshal(fromHost(cfg, in))
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "# %s is valid; the effective configuration:\n%s", path, out)
 	return nil
+}
+
+// sandboxWarnings warns of the files cfg names that the service unit's
+// sandbox hides from the agent: they pass the check, run as root outside
+// the sandbox, and the service would not find them.
+func sandboxWarnings(cfg *config.Config, stderr io.Writer) {
+	c := cfg.Credentials
+	named := []struct{ key, path string }{{"instance.user_data_file", cfg.Instance.UserDataFile}}
+	for _, p := range c.SharedConfigFiles {
+		named = append(named, struct{ key, path string }{"credentials.shared_config_files", p})
+	}
+	for _, p := range c.SharedCredentialsFiles {
+		named = append(named, struct{ key, path string }{"credentials.shared_credentials_files", p})
+	}
+	for _, n := range named {
+		if n.path == "" {
+			continue
+		}
+		if dir := systemd.SandboxHidden(n.path); dir != "" {
+			fmt.Fprintf(stderr, "imds-agent check-config: warning: %s: %s is under %s, which the sandbox of %s hides (ProtectHome, PrivateTmp): the service will not find it there\n",
+				n.key, n.path, dir, systemd.UnitName)
+		}
+	}
 }
 
 // fromHost fills the instance values the file leaves to the host with what

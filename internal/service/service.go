@@ -192,10 +192,8 @@ func executable(path string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	for _, hidden := range []string{"/home/", "/root/", "/run/user/", "/tmp/", "/var/tmp/"} {
-		if strings.HasPrefix(path, hidden) {
-			return "", fmt.Errorf("%s is under %s, which the service's sandbox hides (ProtectHome, PrivateTmp); copy it to %s first", path, hidden, systemd.BinaryPath)
-		}
+	if hidden := systemd.SandboxHidden(path); hidden != "" {
+		return "", fmt.Errorf("%s is under %s/, which the service's sandbox hides (ProtectHome, PrivateTmp); copy it to %s first", path, hidden, systemd.BinaryPath)
 	}
 	if strings.ContainsAny(path, "\n\"'\\%$") {
 		return "", fmt.Errorf("%q: the binary's path must not hold quotes, backslashes, %%, $ or newlines", path)

@@ -26,6 +26,11 @@ func TestCommandLine(t *testing.T) {
 	_ = os.WriteFile(unknownUser, []byte("version: 1\naccess:\n  credentials:\n    deny: [\"user:no-such-user-imds\"]\n"), 0o644)
 	noUserData := filepath.Join(dir, "no-user-data.yaml")
 	_ = os.WriteFile(noUserData, []byte("version: 1\ninstance:\n  user_data_file: "+filepath.Join(dir, "missing-user-data")+"\n"), 0o644)
+	// Valid, but the service's sandbox would hide the user data in /tmp.
+	userData := filepath.Join(dir, "user-data")
+	_ = os.WriteFile(userData, []byte("#!/bin/sh\n"), 0o644)
+	hiddenUserData := filepath.Join(dir, "hidden-user-data.yaml")
+	_ = os.WriteFile(hiddenUserData, []byte("version: 1\ninstance:\n  user_data_file: "+userData+"\n"), 0o644)
 	// A start that would refuse its source credentials, and serve none.
 	openSourceFile := filepath.Join(dir, "aws-config")
 	_ = os.WriteFile(openSourceFile, []byte("[default]\nregion = eu-west-1\n"), 0o644)
@@ -63,6 +68,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
 		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: the program credential_process starts in profile default: " + openProgram + " can be changed by every user on this host"},
+		{[]string{"check-config", "--config", hiddenUserData}, 0, "warning: instance.user_data_file: " + userData + " is under /tmp, which the sandbox of imds-agent.service hides (ProtectHome, PrivateTmp)"},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "--config", loopback, "extra"}, 2, `unexpected argument "extra"`},
