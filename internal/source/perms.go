@@ -190,31 +190,55 @@ func CheckSettings(s Settings, id Identity) error {
 	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) {
 		return err
 	}
-	paths, whats := namedFiles(s)
-	refusal, unchecked := untrusted(paths, whats, id)
-	switch {
-	case refusal != nil:
-		return refusal
-	case err != nil:
-		return err
+	var paths, whats []string
+	var untold error
+	for _, f := range namedFiles(s) {
+		if f.err != nil {
+			if untold == nil {
+				untold = fmt.Errorf("source credentials: %s: %w", f.what, f.err)
+			}
+			continue
+		}
+		paths, whats = append(paths, f.path), append(whats, f.what)
 	}
-	return unchecked
+	refusal, unchecked := untrusted(paths, whats, id)
+	for _, e := range []error{refusal, untold, err, unchecked} {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// NamedFiles returns the paths of the files the source settings s name
+// besides the shared files, those CheckSettings judges.
+func NamedFiles(s Settings) []string {
+	var paths []string
+	for _, f := range namedFiles(s) {
+		if f.err == nil {
+			paths = append(paths, f.path)
+		}
+	}
+	return paths
+}
+
+// namedFile is a file the source settings name besides the shared files:
+// its path and what names it, or why the path cannot be told.
+type namedFile struct {
+	path, what string
+	err        error
 }
 
 // namedFiles returns the files the source settings s name besides the
-// shared files, each with what names it. A profile the files do not hold,
-// or files the SDK cannot parse, name nothing here: loading reports them.
-// A relative path is the file the SDK would open, in the working
-// directory.
-func namedFiles(s Settings) (paths, whats []string) {
+// shared files. A profile the files do not hold, or files the SDK cannot
+// parse, name nothing here: loading reports them. A relative path is the
+// file the SDK would open, in the working directory.
+func namedFiles(s Settings) []namedFile {
+	var files []namedFile
 	add := func(p, what string) {
-		if p == "" {
-			return
+		if p != "" {
+			files = append(files, namedFile{path: absolute(p), what: what})
 		}
-		if abs, err := filepath.Abs(p); err == nil {
-			p = abs
-		}
-		paths, whats = append(paths, p), append(whats, what)
 	}
 	env, _ := awsconfig.NewEnvConfig()
 	add(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
@@ -230,40 +254,167 @@ func namedFiles(s Settings) (paths, whats []string) {
 		o.ConfigFiles, o.CredentialsFiles = s.SharedConfigFiles, s.SharedCredentialsFiles
 	})
 	if err != nil {
-		return paths, whats
+		return files
 	}
 	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
-		add(program(c.CredentialProcess), "the program credential_process starts in profile "+c.Profile)
+		if c.CredentialProcess != "" {
+			what := "the program credential_process starts in profile " + c.Profile
+			if p, err := program(c.CredentialProcess); err != nil {
+				files = append(files, namedFile{what: what, err: err})
+			} else {
+				add(p, what)
+			}
+		}
 		add(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
 		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
 	}
-	return paths, whats
+	return files
+}
+
+// absolute makes a relative path absolute from the working directory
+// without cleaning it: checkWriters walks a ".." after a link as the
+// kernel does, from where the link led.
+func absolute(p string) string {
+	if filepath.IsAbs(p) {
+		return p
+	}
+	if wd, err := os.Getwd(); err == nil {
+		return wd + "/" + p
+	}
+	return p
 }
 
 // maxProfiles bounds the source_profile chain walked; the SDK refuses a
 // chain that loops back on itself before it gets here.
 const maxProfiles = 64
 
-// program returns where the program a credential_process command starts
-// is: the command's first word (the SDK runs the command with sh -c),
-// looked up in PATH when it holds no slash, as the shell would. "" when
-// there is no such program: running the command then fails.
-func program(command string) string {
-	command = strings.TrimLeft(command, " \t")
-	if command == "" {
-		return ""
+// errUnfollowable is program's answer to a command whose program it
+// cannot tell as sh would.
+var errUnfollowable = errors.New("the command starts with shell syntax the agent cannot follow to its program (an expansion, a glob, an operator or an unclosed quote); start it with the program's path")
+
+// program returns the path of the program a credential_process command
+// starts (the SDK runs the command with sh -c): its first word after any
+// variable assignments and an exec, looked up in PATH when it holds no
+// slash (and no assignment came before it), as the shell would. A path with a slash is returned whether or
+// not the file exists: who could create it matters as much. It fails
+// closed: a command it cannot follow, or a name PATH does not hold, is an
+// error. "" is a command with no program in it.
+func program(command string) (string, error) {
+	rest, assigned := command, false
+	for {
+		rest = strings.TrimLeft(rest, " \t")
+		if rest == "" {
+			return "", nil
+		}
+		w, n, ok := shellWord(rest)
+		if !ok {
+			return "", errUnfollowable
+		}
+		rest = rest[n:]
+		if w.assignment {
+			assigned = true
+			continue
+		}
+		if w.text == "exec" && !w.quoted {
+			continue
+		}
+		if strings.Contains(w.text, "/") {
+			return absolute(w.text), nil
+		}
+		if assigned {
+			return "", errUnfollowable // an assignment of PATH would decide where sh looks
+		}
+		p, err := exec.LookPath(w.text)
+		if err != nil {
+			return "", fmt.Errorf("no program %q in PATH; start the command with the program's path", w.text)
+		}
+		return absolute(p), nil
 	}
-	var word string
-	if q := command[0]; q == '"' || q == '\'' {
-		word, _, _ = strings.Cut(command[1:], string(q))
-	} else {
-		word = strings.Fields(command)[0]
+}
+
+// word is one word of a shell command, with its quotes removed.
+type word struct {
+	text       string
+	quoted     bool // some of it was quoted or escaped
+	assignment bool // NAME=value, a variable assignment before the command
+}
+
+// shellWord reads the first word of s (which starts with no blank) as
+// POSIX sh would, and how many bytes it took. ok is false at anything that
+// sh would expand or treat as an operator, and at an unclosed quote.
+func shellWord(s string) (w word, n int, ok bool) {
+	var b strings.Builder
+	plainName := true // the unquoted text so far could be a variable's name
+	for n < len(s) {
+		c := s[n]
+		switch {
+		case c == ' ' || c == '\t':
+			w.text = b.String()
+			return w, n, true
+		case c == '\\':
+			if n+1 >= len(s) || s[n+1] == '\n' {
+				return w, n, false
+			}
+			b.WriteByte(s[n+1])
+			w.quoted, plainName = true, false
+			n += 2
+		case c == '\'':
+			end := strings.IndexByte(s[n+1:], '\'')
+			if end < 0 {
+				return w, n, false
+			}
+			b.WriteString(s[n+1 : n+1+end])
+			w.quoted, plainName = true, false
+			n += end + 2
+		case c == '"':
+			n++
+			for {
+				if n >= len(s) {
+					return w, n, false
+				}
+				d := s[n]
+				if d == '"' {
+					n++
+					break
+				}
+				if d == '$' || d == '`' {
+					return w, n, false
+				}
+				if d == '\\' && n+1 < len(s) && strings.IndexByte("\\\"$`", s[n+1]) >= 0 {
+					d = s[n+1]
+					n++
+				} else if d == '\\' && n+1 < len(s) && s[n+1] == '\n' {
+					return w, n, false
+				}
+				b.WriteByte(d)
+				n++
+			}
+			w.quoted, plainName = true, false
+		case c == '=' && plainName && b.Len() > 0:
+			w.assignment = true
+			plainName = false
+			b.WriteByte(c)
+			n++
+		case strings.IndexByte("$`*?[;&|<>(){}#~!\n", c) >= 0:
+			// '#' and '~' only start a comment or an expansion at the
+			// start of a word, and '!' only as a word of its own; they
+			// are refused anywhere, which is only stricter.
+			if w.assignment && strings.IndexByte("*?[#~!{}", c) >= 0 {
+				b.WriteByte(c) // the value of an assignment is not globbed
+				n++
+				continue
+			}
+			return w, n, false
+		default:
+			if plainName && !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' && b.Len() > 0) {
+				plainName = false
+			}
+			b.WriteByte(c)
+			n++
+		}
 	}
-	p, err := exec.LookPath(word)
-	if err != nil {
-		return ""
-	}
-	return p
+	w.text = b.String()
+	return w, n, true
 }
 
 // maxLinks bounds the symbolic links followed on one path, as the kernel's

@@ -3,6 +3,7 @@ package source
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -249,6 +250,10 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 		return p
 	}
 	safe := write(t, "creds", "#!/bin/sh\nexit 1\n", 0o755)
+	openDir := t.TempDir()
+	if err := os.Chmod(openDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
 	spaced := open(t, "my creds")
 	inPath := open(t, "imds-test-creds")
 	for _, tc := range []struct {
@@ -262,6 +267,10 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 		{"a missing program", "[default]\ncredential_process = /nonexistent/creds\n", "", nil, ""},
 		{"an open program", "[default]\ncredential_process = " + open(t, "creds") + " --profile x\n", "", nil, "credential_process starts in profile default"},
 		{"an open program, quoted", "[default]\ncredential_process = \"" + spaced + "\" --x\n", "", nil, spaced},
+		{"an open program, escaped", "[default]\ncredential_process = " + strings.ReplaceAll(spaced, " ", "\\ ") + " --x\n", "", nil, spaced},
+		{"an open program after assignments and exec", "[default]\ncredential_process = A=1 B='x y' exec " + open(t, "creds") + "\n", "", nil, "credential_process starts in profile default"},
+		{"a missing program in a missing directory of root's", "[default]\ncredential_process = " + filepath.Join(filepath.Dir(open(t, "x")), "sub", "creds") + "\n", "", nil, ""},
+		{"a missing program where anyone could put it", "[default]\ncredential_process = " + filepath.Join(openDir, "creds") + "\n", "", nil, filepath.Join(openDir, "creds")},
 		{"an open program found in PATH", "[default]\ncredential_process = imds-test-creds --x\n", "", map[string]string{"PATH": filepath.Dir(inPath)}, inPath},
 		{"an open program through source_profile", "[profile main]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = base\n[profile base]\ncredential_process = " + open(t, "creds") + "\n",
 			"main", nil, "credential_process starts in profile base"},
@@ -302,11 +311,89 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 		}
 	})
 
-	// Load refuses as the check does: the program is never run.
-	cfg := write(t, "config", "[default]\ncredential_process = "+open(t, "creds")+"\n", 0o600)
-	_, err := Load(context.Background(), Settings{Region: "us-east-1", SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}})
+	// A program the check cannot tell, as sh would find it, is refused:
+	// the check fails closed.
+	for _, command := range []string{"$HOME/creds", "~/creds", "/opt/*/creds", `"/opt/$X/creds"`, "PATH=/tmp creds", "'/opt/creds", "no-such-program-imds-test"} {
+		cfg := write(t, "config", "[default]\ncredential_process = "+command+"\n", 0o600)
+		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, Self())
+		if err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "the program credential_process starts in profile default: ") ||
+			!strings.Contains(err.Error(), "start the command with the program's path") && !strings.Contains(err.Error(), "start it with the program's path") {
+			t.Errorf("credential_process = %s: %v, want a refusal saying to name the program by its path", command, err)
+		}
+	}
+
+	// Load refuses as the check does, and the program is never run.
+	ran := filepath.Join(t.TempDir(), "ran")
+	script := open(t, "creds")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ntouch "+ran+"\nexit 1\n"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := write(t, "config", "[default]\ncredential_process = "+script+"\n", 0o600)
+	cfgs, err := Load(context.Background(), Settings{Region: "us-east-1", SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}})
 	if !errors.Is(err, refresh.ErrNoSourceCredentials) || !errors.Is(err, ErrUntrustedFile) {
 		t.Errorf("Load with an open credential_process program: %v", err)
+	} else if cfgs.Credentials != nil {
+		t.Errorf("Load refused but returned credentials")
+	}
+	if _, err := os.Stat(ran); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the open program ran: %v", err)
+	}
+}
+
+// TestProgram: the program a credential_process command starts, as sh
+// would find it, or a refusal where the check cannot follow sh.
+func TestProgram(t *testing.T) {
+	bin := t.TempDir()
+	if err := os.WriteFile(filepath.Join(bin, "creds-tool"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin)
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for command, want := range map[string]string{
+		"/usr/bin/env x":            "/usr/bin/env",
+		"  /a/b --x":                "/a/b",
+		"'/dir/my creds' --x":       "/dir/my creds",
+		`"/dir/my creds"`:           "/dir/my creds",
+		`/dir/my\ creds`:            "/dir/my creds",
+		`'/dir'/creds`:              "/dir/creds",
+		`"/dir/a\"b"`:               `/dir/a"b`,
+		"FOO=1 /open/creds":         "/open/creds",
+		"exec /open/creds":          "/open/creds",
+		"FOO='a b' exec /x ; y":     "/x",
+		"creds-tool --profile x":    filepath.Join(bin, "creds-tool"),
+		"exec creds-tool":           filepath.Join(bin, "creds-tool"),
+		"bin/creds":                 wd + "/bin/creds",
+		"sub/../creds":              wd + "/sub/../creds",
+		"":                          "",
+		"   ":                       "",
+		"FOO=1":                     "",
+		"/a/b;c":                    "!",
+		"FOO=1 creds-tool":          "!",
+		"$HOME/creds":               "!",
+		"~/creds":                   "!",
+		"/a/*/creds":                "!",
+		"/a/b?":                     "!",
+		`"/a/$X"`:                   "!",
+		"`which creds`":             "!",
+		"'/unclosed":                "!",
+		`"/unclosed`:                "!",
+		`/a\`:                       "!",
+		"(creds-tool)":              "!",
+		"no-such-program-imds-test": "!",
+	} {
+		got, err := program(command)
+		if want == "!" {
+			if err == nil {
+				t.Errorf("program(%q) = %q, want a refusal", command, got)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("program(%q) = %q, %v; want %q", command, got, err, want)
+		}
 	}
 }
 
