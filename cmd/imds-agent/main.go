@@ -279,6 +279,9 @@ func sandboxWarnings(cfg *config.Config, stderr io.Writer) {
 	for _, p := range c.SharedCredentialsFiles {
 		named = append(named, struct{ key, path string }{"credentials.shared_credentials_files", p})
 	}
+	for _, p := range source.NamedFiles(agent.SourceSettings(cfg)) {
+		named = append(named, struct{ key, path string }{"a file the source credentials' profile names", p})
+	}
 	for _, n := range named {
 		if n.path == "" {
 			continue
@@ -349,7 +352,7 @@ func runDaemon(path string, force bool, stderr io.Writer) error {
 	level := levelOf(cfg.Log.Level)
 	log := newLogger(stderr, cfg.Log.Format, level)
 	if removed := source.SealEnvironment(); removed != nil {
-		log.Warn("the environment names a container credentials endpoint, which the agent never uses; removed, so that no credential_process it starts uses it either", "variables", removed)
+		log.Warn("the environment holds variables of a container credentials endpoint, which the agent never uses; removed, so that no credential_process it starts uses one either", "variables", removed)
 	}
 	a, err := agent.New(agent.Options{
 		Config:     cfg,

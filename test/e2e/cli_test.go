@@ -26,11 +26,18 @@ func TestCommandLine(t *testing.T) {
 	_ = os.WriteFile(unknownUser, []byte("version: 1\naccess:\n  credentials:\n    deny: [\"user:no-such-user-imds\"]\n"), 0o644)
 	noUserData := filepath.Join(dir, "no-user-data.yaml")
 	_ = os.WriteFile(noUserData, []byte("version: 1\ninstance:\n  user_data_file: "+filepath.Join(dir, "missing-user-data")+"\n"), 0o644)
-	// Valid, but the service's sandbox would hide the user data in /tmp.
+	// Valid, but the service's sandbox would hide the user data in /tmp,
 	userData := filepath.Join(dir, "user-data")
 	_ = os.WriteFile(userData, []byte("#!/bin/sh\n"), 0o644)
 	hiddenUserData := filepath.Join(dir, "hidden-user-data.yaml")
 	_ = os.WriteFile(hiddenUserData, []byte("version: 1\ninstance:\n  user_data_file: "+userData+"\n"), 0o644)
+	// and the program a profile's credential_process runs from /tmp.
+	safeProgram := filepath.Join(dir, "safe-creds")
+	_ = os.WriteFile(safeProgram, []byte("#!/bin/sh\nexit 1\n"), 0o755)
+	safeProcessConfig := filepath.Join(dir, "aws-safe-process-config")
+	_ = os.WriteFile(safeProcessConfig, []byte("[default]\ncredential_process = "+safeProgram+"\n"), 0o600)
+	hiddenProgram := filepath.Join(dir, "hidden-program.yaml")
+	_ = os.WriteFile(hiddenProgram, []byte("version: 1\ncredentials:\n  shared_config_files: ["+safeProcessConfig+"]\n  shared_credentials_files: []\n"), 0o644)
 	// A start that would refuse its source credentials, and serve none.
 	openSourceFile := filepath.Join(dir, "aws-config")
 	_ = os.WriteFile(openSourceFile, []byte("[default]\nregion = eu-west-1\n"), 0o644)
@@ -69,6 +76,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
 		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: the program credential_process starts in profile default: " + openProgram + " can be changed by every user on this host"},
 		{[]string{"check-config", "--config", hiddenUserData}, 0, "warning: instance.user_data_file: " + userData + " is under /tmp, which the sandbox of imds-agent.service hides (ProtectHome, PrivateTmp)"},
+		{[]string{"check-config", "--config", hiddenProgram}, 0, "warning: a file the source credentials' profile names: " + safeProgram + " is under /tmp"},
 		{[]string{"version"}, 0, "imds-agent "},
 		{[]string{"bogus"}, 2, `unknown command "bogus"`},
 		{[]string{"run", "--config", loopback, "extra"}, 2, `unexpected argument "extra"`},
