@@ -152,15 +152,14 @@ func TestScriptsRunThePackagedBinary(t *testing.T) {
 			scripts["deb "+name] = string(b)
 		}
 	})
-	h, err := readRPMHeader(pkgs.rpm1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for name, tag := range map[string]int{"%pre": rpmTagPrein, "%post": rpmTagPostin, "%preun": rpmTagPreun, "%postun": rpmTagPostun} {
-		if scripts["rpm "+name] = h.script(tag); scripts["rpm "+name] == "" {
-			t.Errorf("the .rpm has no %s", name)
+	t.Run("rpm", func(t *testing.T) {
+		need(t, "rpm")
+		for name, tag := range map[string]string{"%pre": "PREIN", "%post": "POSTIN", "%preun": "PREUN", "%postun": "POSTUN"} {
+			if scripts["rpm "+name] = rpmQuery(t, pkgs.rpm1, "--qf", "%{"+tag+"}"); scripts["rpm "+name] == "" {
+				t.Errorf("the .rpm has no %s", name)
+			}
 		}
-	}
+	})
 	runs := 0
 	for name, text := range scripts {
 		for _, l := range lines(text) {
@@ -438,20 +437,16 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 
 // TestRPMScriptletsRun does the same for the .rpm's scriptlets, on a host
 // without Fedora's systemd-update-helper (Debian has none), so the scripts
-// take the branches of the older macro expansions. The scriptlets are read
-// from the package's header without rpm.
+// take the branches of the older macro expansions.
 func TestRPMScriptletsRun(t *testing.T) {
-	need(t, "unshare")
+	need(t, "rpm", "unshare")
 	needRoot(t)
 	if _, err := os.Stat("/usr/lib/systemd/systemd-update-helper"); err == nil {
 		t.Skip("this host has systemd-update-helper; its branches are checked by TestRPMScripts")
 	}
-	h, err := readRPMHeader(pkgs.rpm1)
-	if err != nil {
-		t.Fatal(err)
+	script := func(tag string) string {
+		return rpmQuery(t, pkgs.rpm1, "--qf", "%{"+tag+"}")
 	}
-	tags := map[string]int{"PREIN": rpmTagPrein, "POSTIN": rpmTagPostin, "PREUN": rpmTagPreun, "POSTUN": rpmTagPostun}
-	script := func(tag string) string { return h.script(tags[tag]) }
 	stubs := []string{"getent", "systemd-sysusers", "groupadd", "useradd", "systemctl", "networkctl", "nmcli", "imds-agent"}
 	// Each scriptlet runs as on a host where systemd runs and as in a
 	// chroot or container where it does not, whatever this host is: the
