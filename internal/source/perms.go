@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -256,17 +255,31 @@ func namedFiles(s Settings) []namedFile {
 	if err != nil {
 		return files
 	}
+	shell := false // a credential_process runs
 	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
 		if c.CredentialProcess != "" {
 			what := "the program credential_process starts in profile " + c.Profile
-			if p, err := program(c.CredentialProcess); err != nil {
+			places, err := program(c.CredentialProcess)
+			if err != nil {
 				files = append(files, namedFile{what: what, err: err})
-			} else {
+			}
+			for _, p := range places {
 				add(p, what)
 			}
+			shell = true
 		}
 		add(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
 		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
+	}
+	if shell {
+		// The SDK starts the command as exec.Command("sh", "-c", …).
+		places, err := inPath("sh")
+		if err != nil {
+			files = append(files, namedFile{what: "the sh that runs credential_process", err: err})
+		}
+		for _, p := range places {
+			add(p, "the sh that runs credential_process")
+		}
 	}
 	return files
 }
@@ -292,23 +305,23 @@ const maxProfiles = 64
 // cannot tell as sh would.
 var errUnfollowable = errors.New("the command starts with shell syntax the agent cannot follow to its program (an expansion, a glob, an operator or an unclosed quote); start it with the program's path")
 
-// program returns the path of the program a credential_process command
-// starts (the SDK runs the command with sh -c): its first word after any
-// variable assignments and an exec, looked up in PATH when it holds no
-// slash (and no assignment came before it), as the shell would. A path with a slash is returned whether or
-// not the file exists: who could create it matters as much. It fails
-// closed: a command it cannot follow, or a name PATH does not hold, is an
-// error. "" is a command with no program in it.
-func program(command string) (string, error) {
+// program returns the paths that decide which program a credential_process
+// command starts (the SDK runs the command with sh -c): its first word
+// after any variable assignments and an exec, as a path when it holds a
+// slash (whether or not the file exists: who could create it matters as
+// much), else every place sh looks for it in PATH, up to the one that holds
+// it. It fails closed: a command it cannot follow, or a name PATH does not
+// hold, is an error. None is a command with no program in it.
+func program(command string) ([]string, error) {
 	rest, assigned := command, false
 	for {
 		rest = strings.TrimLeft(rest, " \t")
 		if rest == "" {
-			return "", nil
+			return nil, nil
 		}
 		w, n, ok := shellWord(rest)
 		if !ok {
-			return "", errUnfollowable
+			return nil, errUnfollowable
 		}
 		rest = rest[n:]
 		if w.assignment {
@@ -319,17 +332,33 @@ func program(command string) (string, error) {
 			continue
 		}
 		if strings.Contains(w.text, "/") {
-			return absolute(w.text), nil
+			return []string{absolute(w.text)}, nil
 		}
 		if assigned {
-			return "", errUnfollowable // an assignment of PATH would decide where sh looks
+			return nil, errUnfollowable // an assignment of PATH would decide where sh looks
 		}
-		p, err := exec.LookPath(w.text)
-		if err != nil {
-			return "", fmt.Errorf("no program %q in PATH; start the command with the program's path", w.text)
-		}
-		return absolute(p), nil
+		return inPath(w.text)
 	}
+}
+
+// inPath returns where a shell or exec.Command looks for name, in PATH's
+// order, up to the first executable file of that name: one put in any of
+// the earlier places would be run instead. A relative directory in PATH
+// before that (sh searches the working directory for an empty one) is an
+// error, as is a name PATH does not hold.
+func inPath(name string) ([]string, error) {
+	var places []string
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		if !filepath.IsAbs(dir) {
+			return nil, fmt.Errorf("PATH holds the relative directory %q, where a %s could be put; start the command with the program's path", dir, name)
+		}
+		p := strings.TrimSuffix(dir, "/") + "/" + name
+		places = append(places, p)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return places, nil
+		}
+	}
+	return nil, fmt.Errorf("no program %q in PATH; start the command with the program's path", name)
 }
 
 // word is one word of a shell command, with its quotes removed.

@@ -272,6 +272,8 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 		{"a missing program in a missing directory of root's", "[default]\ncredential_process = " + filepath.Join(filepath.Dir(open(t, "x")), "sub", "creds") + "\n", "", nil, ""},
 		{"a missing program where anyone could put it", "[default]\ncredential_process = " + filepath.Join(openDir, "creds") + "\n", "", nil, filepath.Join(openDir, "creds")},
 		{"an open program found in PATH", "[default]\ncredential_process = imds-test-creds --x\n", "", map[string]string{"PATH": filepath.Dir(inPath)}, inPath},
+		{"a program where anyone could put one earlier in PATH", "[default]\ncredential_process = creds\n", "", map[string]string{"PATH": openDir + ":" + filepath.Dir(safe)}, filepath.Join(openDir, "creds")},
+		{"an sh where anyone could put one earlier in PATH", "[default]\ncredential_process = " + safe + "\n", "", map[string]string{"PATH": openDir + ":/usr/bin:/bin"}, "the sh that runs credential_process"},
 		{"an open program through source_profile", "[profile main]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = base\n[profile base]\ncredential_process = " + open(t, "creds") + "\n",
 			"main", nil, "credential_process starts in profile base"},
 		{"the profile AWS_PROFILE names", "[profile main]\ncredential_process = " + open(t, "creds") + "\n", "", map[string]string{"AWS_PROFILE": "main"}, "profile main"},
@@ -391,9 +393,20 @@ func TestProgram(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || got != want {
+		if err != nil || strings.Join(got, ",") != want {
 			t.Errorf("program(%q) = %q, %v; want %q", command, got, err, want)
 		}
+	}
+
+	// A name is judged wherever sh looks for it first: a program put in
+	// an earlier directory of PATH would run instead.
+	t.Setenv("PATH", "/nonexistent-imds-test:"+bin+":/usr/bin")
+	if got, err := program("creds-tool"); err != nil || strings.Join(got, ",") != "/nonexistent-imds-test/creds-tool,"+bin+"/creds-tool" {
+		t.Errorf("program(creds-tool) = %q, %v; want both places sh looks", got, err)
+	}
+	t.Setenv("PATH", "bin:"+bin)
+	if got, err := program("creds-tool"); err == nil {
+		t.Errorf("program(creds-tool) with a relative directory first in PATH = %q, want a refusal", got)
 	}
 }
 
