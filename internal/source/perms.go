@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/user"
@@ -258,12 +259,12 @@ func namedFiles(s Settings) []namedFile {
 	shell := false // a credential_process runs
 	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
 		if c.CredentialProcess != "" {
-			what := "the program credential_process starts in profile " + c.Profile
-			places, err := program(c.CredentialProcess)
+			what := "what credential_process runs in profile " + c.Profile
+			paths, err := commandFiles(c.CredentialProcess)
 			if err != nil {
 				files = append(files, namedFile{what: what, err: err})
 			}
-			for _, p := range places {
+			for _, p := range paths {
 				add(p, what)
 			}
 			shell = true
@@ -272,13 +273,15 @@ func namedFiles(s Settings) []namedFile {
 		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
 	}
 	if shell {
-		// The SDK starts the command as exec.Command("sh", "-c", …).
-		places, err := inPath("sh")
+		// The SDK starts the command as exec.Command("sh", "-c", …); sh,
+		// and the programs it and they start by name, come from PATH.
+		dirs, err := pathDirs()
 		if err != nil {
-			files = append(files, namedFile{what: "the sh that runs credential_process", err: err})
+			files = append(files, namedFile{what: "PATH, where credential_process's programs are found", err: err})
 		}
-		for _, p := range places {
-			add(p, "the sh that runs credential_process")
+		for _, d := range dirs {
+			add(d, "a directory of PATH, where credential_process's programs are found")
+			add(d+"/sh", "the sh that runs credential_process")
 		}
 	}
 	return files
@@ -301,64 +304,155 @@ func absolute(p string) string {
 // chain that loops back on itself before it gets here.
 const maxProfiles = 64
 
-// errUnfollowable is program's answer to a command whose program it
-// cannot tell as sh would.
-var errUnfollowable = errors.New("the command starts with shell syntax the agent cannot follow to its program (an expansion, a glob, an operator or an unclosed quote); start it with the program's path")
+// errUnfollowable is the answer to a command the check cannot follow as
+// sh would.
+var errUnfollowable = errors.New("the command uses shell syntax the agent cannot follow (an expansion, a glob, an operator, a redirection or an unclosed quote); make it a program's path and its arguments")
 
-// program returns the paths that decide which program a credential_process
-// command starts (the SDK runs the command with sh -c): its first word
-// after any variable assignments and an exec, as a path when it holds a
-// slash (whether or not the file exists: who could create it matters as
-// much), else every place sh looks for it in PATH, up to the one that holds
-// it. It fails closed: a command it cannot follow, or a name PATH does not
-// hold, is an error. None is a command with no program in it.
-func program(command string) ([]string, error) {
-	rest, assigned := command, false
-	for {
-		rest = strings.TrimLeft(rest, " \t")
-		if rest == "" {
-			return nil, nil
-		}
+// shellKeywords are sh's reserved words and the builtins of dash and bash:
+// a command starting with one runs no program of that name from PATH, and
+// some of them (command, eval, time, .) run another the check cannot see.
+var shellKeywords = strings.Fields(`! case coproc do done elif else esac fi for function if in select then
+	time until while [[ ]] . : [ alias bg bind break builtin caller cd chdir command compgen complete
+	compopt continue declare dirs disown echo enable eval exec exit export false fc fg getopts hash help
+	history jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return set
+	shift shopt source suspend test times trap true type typeset ulimit umask unalias unset wait`)
+
+// maxInterpreters bounds the #! lines followed, as the kernel's own limit
+// on nested interpreters does.
+const maxInterpreters = 4
+
+// commandFiles returns the files that decide what a credential_process
+// command runs (the SDK runs it with sh -c): the program (a path, or the
+// file of its name in every directory of PATH, any of which sh could run),
+// the interpreter its #! line names (and, for #!/usr/bin/env NAME, NAME's
+// files in PATH), and every argument that is an absolute path, or ends in
+// one after an '=' (a script, a certificate, a key). It fails closed:
+// anything sh would expand, redirect or chain, a variable set before the
+// program, and a command starting with a shell builtin or reserved word
+// are errors. A script's own doings are beyond it.
+func commandFiles(command string) ([]string, error) {
+	var words []word
+	for rest := strings.TrimLeft(command, " \t"); rest != ""; rest = strings.TrimLeft(rest, " \t") {
 		w, n, ok := shellWord(rest)
 		if !ok {
 			return nil, errUnfollowable
 		}
-		rest = rest[n:]
-		if w.assignment {
-			assigned = true
-			continue
-		}
-		if w.text == "exec" && !w.quoted {
-			continue
-		}
-		if strings.Contains(w.text, "/") {
-			return []string{absolute(w.text)}, nil
-		}
-		if assigned {
-			return nil, errUnfollowable // an assignment of PATH would decide where sh looks
-		}
-		return inPath(w.text)
+		words, rest = append(words, w), rest[n:]
 	}
+	if len(words) > 0 && words[0].text == "exec" && !words[0].quoted {
+		words = words[1:] // the next word is the program, whatever it looks like
+		if len(words) > 0 && strings.HasPrefix(words[0].text, "-") {
+			return nil, errUnfollowable
+		}
+	} else if len(words) > 0 && words[0].assignment {
+		return nil, fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", words[0].text[:strings.IndexByte(words[0].text, '=')])
+	}
+	if len(words) == 0 {
+		return nil, nil
+	}
+	prog := words[0].text
+	if prog == "" || !strings.Contains(prog, "/") && slices.Contains(shellKeywords, prog) {
+		return nil, fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
+	}
+	files, run, err := programFiles(prog)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; run != "" && i < maxInterpreters; i++ {
+		var more []string
+		if more, run, err = interpreterFiles(run); err != nil {
+			return nil, err
+		}
+		files = append(files, more...)
+	}
+	for _, w := range words[1:] {
+		if strings.HasPrefix(w.text, "/") {
+			files = append(files, w.text)
+		} else if _, after, ok := strings.Cut(w.text, "="); ok && strings.HasPrefix(after, "/") {
+			files = append(files, after)
+		}
+	}
+	return files, nil
 }
 
-// inPath returns where a shell or exec.Command looks for name, in PATH's
-// order, up to the first executable file of that name: one put in any of
-// the earlier places would be run instead. A relative directory in PATH
-// before that (sh searches the working directory for an empty one) is an
-// error, as is a name PATH does not hold.
-func inPath(name string) ([]string, error) {
-	var places []string
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		if !filepath.IsAbs(dir) {
-			return nil, fmt.Errorf("PATH holds the relative directory %q, where a %s could be put; start the command with the program's path", dir, name)
-		}
-		p := strings.TrimSuffix(dir, "/") + "/" + name
-		places = append(places, p)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			return places, nil
+// programFiles returns the files that decide which program name is, as sh
+// finds it: the path itself when it holds a slash (whether or not the file
+// exists: who could create it matters as much), else that name in every
+// directory of PATH. run is the file that would run, "" when there is none
+// to read.
+func programFiles(name string) (files []string, run string, err error) {
+	if strings.Contains(name, "/") {
+		return []string{absolute(name)}, absolute(name), nil
+	}
+	dirs, err := pathDirs()
+	if err != nil {
+		return nil, "", err
+	}
+	for _, d := range dirs {
+		p := d + "/" + name
+		files = append(files, p)
+		if fi, err := os.Stat(p); run == "" && err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			run = p
 		}
 	}
-	return nil, fmt.Errorf("no program %q in PATH; start the command with the program's path", name)
+	if run == "" {
+		return nil, "", fmt.Errorf("no program %q in PATH; start the command with the program's path", name)
+	}
+	return files, run, nil
+}
+
+// interpreterFiles reads the #! line of the file at path, if it has one,
+// and returns the files that decide the interpreter it names, and that
+// interpreter as the next file to read.
+func interpreterFiles(path string) (files []string, next string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, "", nil // nothing to read: a missing file is judged as such
+	}
+	defer f.Close()
+	head := make([]byte, 256)
+	n, _ := io.ReadFull(f, head)
+	line, _, _ := strings.Cut(string(head[:n]), "\n")
+	line, ok := strings.CutPrefix(line, "#!")
+	if !ok {
+		return nil, "", nil
+	}
+	fields := strings.Fields(line)
+	if len(fields) == 0 {
+		return nil, "", nil
+	}
+	interp := fields[0]
+	if !strings.Contains(interp, "/") {
+		interp = "./" + interp // the kernel takes it from the working directory
+	}
+	files, next, err = programFiles(interp)
+	if err != nil || filepath.Base(fields[0]) != "env" || len(fields) < 2 {
+		return files, next, err
+	}
+	// #!/usr/bin/env NAME: NAME comes from PATH.
+	if strings.HasPrefix(fields[1], "-") {
+		return nil, "", fmt.Errorf("%s starts with #!%s, with options the agent cannot follow; name the interpreter by its path", path, line)
+	}
+	more, next, err := programFiles(fields[1])
+	return append(files, more...), next, err
+}
+
+// pathDirs returns the directories of PATH, where sh and exec.Command look
+// for a program named without a path. An empty or relative one (sh
+// searches the working directory for it) and one holding '%' (dash reads
+// options there) are refused.
+func pathDirs() ([]string, error) {
+	var dirs []string
+	for _, d := range filepath.SplitList(os.Getenv("PATH")) {
+		if !filepath.IsAbs(d) || strings.Contains(d, "%") {
+			return nil, fmt.Errorf("PATH holds %q, which is no absolute directory; a program could be put there", d)
+		}
+		if d != "/" {
+			d = strings.TrimSuffix(d, "/")
+		}
+		dirs = append(dirs, d)
+	}
+	return dirs, nil
 }
 
 // word is one word of a shell command, with its quotes removed.

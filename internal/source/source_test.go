@@ -254,6 +254,7 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 	if err := os.Chmod(openDir, 0o777); err != nil {
 		t.Fatal(err)
 	}
+	shebang := write(t, "shebang-creds", "#!"+open(t, "interp")+"\n", 0o755)
 	spaced := open(t, "my creds")
 	inPath := open(t, "imds-test-creds")
 	for _, tc := range []struct {
@@ -265,17 +266,20 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 	}{
 		{"a safe program", "[default]\ncredential_process = " + safe + " --x\n", "", nil, ""},
 		{"a missing program", "[default]\ncredential_process = /nonexistent/creds\n", "", nil, ""},
-		{"an open program", "[default]\ncredential_process = " + open(t, "creds") + " --profile x\n", "", nil, "credential_process starts in profile default"},
+		{"an open program", "[default]\ncredential_process = " + open(t, "creds") + " --profile x\n", "", nil, "what credential_process runs in profile default"},
 		{"an open program, quoted", "[default]\ncredential_process = \"" + spaced + "\" --x\n", "", nil, spaced},
 		{"an open program, escaped", "[default]\ncredential_process = " + strings.ReplaceAll(spaced, " ", "\\ ") + " --x\n", "", nil, spaced},
-		{"an open program after assignments and exec", "[default]\ncredential_process = A=1 B='x y' exec " + open(t, "creds") + "\n", "", nil, "credential_process starts in profile default"},
+		{"an open program after exec", "[default]\ncredential_process = exec " + open(t, "creds") + " --x\n", "", nil, "what credential_process runs in profile default"},
 		{"a missing program in a missing directory of root's", "[default]\ncredential_process = " + filepath.Join(filepath.Dir(open(t, "x")), "sub", "creds") + "\n", "", nil, ""},
 		{"a missing program where anyone could put it", "[default]\ncredential_process = " + filepath.Join(openDir, "creds") + "\n", "", nil, filepath.Join(openDir, "creds")},
 		{"an open program found in PATH", "[default]\ncredential_process = imds-test-creds --x\n", "", map[string]string{"PATH": filepath.Dir(inPath)}, inPath},
 		{"a program where anyone could put one earlier in PATH", "[default]\ncredential_process = creds\n", "", map[string]string{"PATH": openDir + ":" + filepath.Dir(safe)}, filepath.Join(openDir, "creds")},
-		{"an sh where anyone could put one earlier in PATH", "[default]\ncredential_process = " + safe + "\n", "", map[string]string{"PATH": openDir + ":/usr/bin:/bin"}, "the sh that runs credential_process"},
+		{"an sh where anyone could put one earlier in PATH", "[default]\ncredential_process = " + safe + "\n", "", map[string]string{"PATH": openDir + ":/usr/bin:/bin"}, "a directory of PATH, where credential_process's programs are found: " + openDir},
+		{"a directory anyone may write later in PATH", "[default]\ncredential_process = " + safe + "\n", "", map[string]string{"PATH": "/usr/bin:/bin:" + openDir}, "a directory of PATH"},
+		{"an open script an interpreter runs", "[default]\ncredential_process = /bin/sh " + open(t, "creds.sh") + "\n", "", nil, "creds.sh can be changed by every user"},
+		{"an open interpreter a script names", "[default]\ncredential_process = " + shebang + "\n", "", nil, "interp can be changed by every user"},
 		{"an open program through source_profile", "[profile main]\nrole_arn = arn:aws:iam::123456789012:role/r\nsource_profile = base\n[profile base]\ncredential_process = " + open(t, "creds") + "\n",
-			"main", nil, "credential_process starts in profile base"},
+			"main", nil, "what credential_process runs in profile base"},
 		{"the profile AWS_PROFILE names", "[profile main]\ncredential_process = " + open(t, "creds") + "\n", "", map[string]string{"AWS_PROFILE": "main"}, "profile main"},
 		{"an open program in a profile not in use", "[default]\ncredential_process = " + safe + "\n[profile other]\ncredential_process = " + open(t, "creds") + "\n", "", nil, ""},
 		{"an open web identity token file", "[default]\nrole_arn = arn:aws:iam::123456789012:role/r\nweb_identity_token_file = " + open(t, "token") + "\n", "", nil, "web_identity_token_file of profile default"},
@@ -315,11 +319,10 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 
 	// A program the check cannot tell, as sh would find it, is refused:
 	// the check fails closed.
-	for _, command := range []string{"$HOME/creds", "~/creds", "/opt/*/creds", `"/opt/$X/creds"`, "PATH=/tmp creds", "'/opt/creds", "no-such-program-imds-test"} {
+	for _, command := range []string{"$HOME/creds", "~/creds", "/opt/*/creds", `"/opt/$X/creds"`, "PATH=/tmp creds", "A=1 " + safe, "time " + safe, safe + " && /bin/true", "'/opt/creds", "no-such-program-imds-test"} {
 		cfg := write(t, "config", "[default]\ncredential_process = "+command+"\n", 0o600)
 		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, Self())
-		if err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "the program credential_process starts in profile default: ") ||
-			!strings.Contains(err.Error(), "start the command with the program's path") && !strings.Contains(err.Error(), "start it with the program's path") {
+		if err == nil || errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), "what credential_process runs in profile default: ") {
 			t.Errorf("credential_process = %s: %v, want a refusal saying to name the program by its path", command, err)
 		}
 	}
@@ -342,71 +345,105 @@ func TestCheckSettingsNamedFiles(t *testing.T) {
 	}
 }
 
-// TestProgram: the program a credential_process command starts, as sh
-// would find it, or a refusal where the check cannot follow sh.
-func TestProgram(t *testing.T) {
+// TestCommandFiles: the files that decide what a credential_process
+// command runs, as sh would run it, or a refusal where the check cannot
+// follow sh.
+func TestCommandFiles(t *testing.T) {
 	bin := t.TempDir()
-	if err := os.WriteFile(filepath.Join(bin, "creds-tool"), []byte("#!/bin/sh\n"), 0o755); err != nil {
-		t.Fatal(err)
+	script := func(name, text string) string {
+		p := filepath.Join(bin, name)
+		if err := os.WriteFile(p, []byte(text), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
+	tool := script("creds-tool", "#!/bin/sh\n")
+	helper := script("helper-imds-test", "no #! line\n")
+	viaEnv := script("via-env", "#!/usr/bin/env helper-imds-test -x\n")
+	viaPath := script("via-path", "#!"+bin+"/nested\n")
+	nested := script("nested", "#!/opt/imds-test/interp\n")
+	envOption := script("env-option", "#!/usr/bin/env -S helper-imds-test\n")
 	t.Setenv("PATH", bin)
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for command, want := range map[string]string{
-		"/usr/bin/env x":            "/usr/bin/env",
-		"  /a/b --x":                "/a/b",
-		"'/dir/my creds' --x":       "/dir/my creds",
-		`"/dir/my creds"`:           "/dir/my creds",
-		`/dir/my\ creds`:            "/dir/my creds",
-		`'/dir'/creds`:              "/dir/creds",
-		`"/dir/a\"b"`:               `/dir/a"b`,
-		"FOO=1 /open/creds":         "/open/creds",
-		"exec /open/creds":          "/open/creds",
-		"FOO='a b' exec /x ; y":     "/x",
-		"creds-tool --profile x":    filepath.Join(bin, "creds-tool"),
-		"exec creds-tool":           filepath.Join(bin, "creds-tool"),
-		"bin/creds":                 wd + "/bin/creds",
-		"sub/../creds":              wd + "/sub/../creds",
-		"":                          "",
-		"   ":                       "",
-		"FOO=1":                     "",
-		"/a/b;c":                    "!",
-		"FOO=1 creds-tool":          "!",
-		"$HOME/creds":               "!",
-		"~/creds":                   "!",
-		"/a/*/creds":                "!",
-		"/a/b?":                     "!",
-		`"/a/$X"`:                   "!",
-		"`which creds`":             "!",
-		"'/unclosed":                "!",
-		`"/unclosed`:                "!",
-		`/a\`:                       "!",
-		"(creds-tool)":              "!",
-		"no-such-program-imds-test": "!",
+		"/usr/bin/env x":           "/usr/bin/env",
+		"  /a/b --x":               "/a/b",
+		"'/dir/my creds' --x":      "/dir/my creds",
+		`"/dir/my creds"`:          "/dir/my creds",
+		`/dir/my\ creds`:           "/dir/my creds",
+		`'/dir'/creds`:             "/dir/creds",
+		`"/dir/a\"b"`:              `/dir/a"b`,
+		"exec /open/creds":         "/open/creds",
+		"/usr/bin/env /open/creds": "/usr/bin/env,/open/creds",
+		"/usr/bin/python3 /opt/x.py --cert=/etc/c.pem --role arn:aws:iam::1:role/r": "/usr/bin/python3,/opt/x.py,/etc/c.pem",
+		"creds-tool --profile x":      tool + ",/bin/sh",
+		"exec creds-tool":             tool + ",/bin/sh",
+		viaEnv:                        viaEnv + ",/usr/bin/env," + helper,
+		viaPath:                       viaPath + "," + nested + ",/opt/imds-test/interp",
+		"bin/creds":                   wd + "/bin/creds",
+		"sub/../creds":                wd + "/sub/../creds",
+		"":                            "",
+		"   ":                         "",
+		envOption:                     "!",
+		"FOO=1 /open/creds":           "!",
+		"LD_PRELOAD=/x /usr/bin/true": "!",
+		"FOO=1":                       "!",
+		"exec A=1 /x":                 "!",
+		"exec exec /x":                "!",
+		"exec -a name /x":             "!",
+		"time /x":                     "!",
+		"command /x":                  "!",
+		". /x":                        "!",
+		"/a/b ; /c":                   "!",
+		"/a/b;c":                      "!",
+		"/a/b > /tmp/out":             "!",
+		"/a/b 2>&1":                   "!",
+		"$HOME/creds":                 "!",
+		"~/creds":                     "!",
+		"/a/*/creds":                  "!",
+		"/a/b?":                       "!",
+		`"/a/$X"`:                     "!",
+		"`which creds`":               "!",
+		"'/unclosed":                  "!",
+		`"/unclosed`:                  "!",
+		`/a\`:                         "!",
+		"(creds-tool)":                "!",
+		`"" /x`:                       "!",
+		"no-such-program-imds-test":   "!",
 	} {
-		got, err := program(command)
+		got, err := commandFiles(command)
 		if want == "!" {
 			if err == nil {
-				t.Errorf("program(%q) = %q, want a refusal", command, got)
+				t.Errorf("commandFiles(%q) = %q, want a refusal", command, got)
 			}
 			continue
 		}
 		if err != nil || strings.Join(got, ",") != want {
-			t.Errorf("program(%q) = %q, %v; want %q", command, got, err, want)
+			t.Errorf("commandFiles(%q) = %q, %v; want %q", command, got, err, want)
 		}
 	}
 
-	// A name is judged wherever sh looks for it first: a program put in
-	// an earlier directory of PATH would run instead.
-	t.Setenv("PATH", "/nonexistent-imds-test:"+bin+":/usr/bin")
-	if got, err := program("creds-tool"); err != nil || strings.Join(got, ",") != "/nonexistent-imds-test/creds-tool,"+bin+"/creds-tool" {
-		t.Errorf("program(creds-tool) = %q, %v; want both places sh looks", got, err)
+	if _, err := commandFiles("LD_PRELOAD=/x /usr/bin/true"); err == nil || !strings.Contains(err.Error(), "sets LD_PRELOAD before its program") {
+		t.Errorf("a variable set before the program: %v, want a refusal naming it", err)
 	}
-	t.Setenv("PATH", "bin:"+bin)
-	if got, err := program("creds-tool"); err == nil {
-		t.Errorf("program(creds-tool) with a relative directory first in PATH = %q, want a refusal", got)
+
+	// A name is judged in every directory of PATH: sh runs whichever of
+	// them it can, in order.
+	for _, path := range []string{"/nonexistent-imds-test:" + bin, bin + ":/nonexistent-imds-test"} {
+		t.Setenv("PATH", path)
+		want := strings.ReplaceAll(path, ":", "/creds-tool,") + "/creds-tool,/bin/sh"
+		if got, err := commandFiles("creds-tool"); err != nil || strings.Join(got, ",") != want {
+			t.Errorf("PATH=%s: commandFiles(creds-tool) = %q, %v; want %q", path, got, err, want)
+		}
+	}
+	for _, path := range []string{"bin:" + bin, bin + "::/usr/bin", bin + ":/opt/%func"} {
+		t.Setenv("PATH", path)
+		if got, err := commandFiles("creds-tool"); err == nil {
+			t.Errorf("PATH=%s: commandFiles(creds-tool) = %q, want a refusal", path, got)
+		}
 	}
 }
 

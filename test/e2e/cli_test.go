@@ -74,7 +74,7 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", unknownUser}, 1, `access rule deny "user:no-such-user-imds": no such user`},
 		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
-		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: the program credential_process starts in profile default: " + openProgram + " can be changed by every user on this host"},
+		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: what credential_process runs in profile default: " + openProgram + " can be changed by every user on this host"},
 		{[]string{"check-config", "--config", hiddenUserData}, 0, "warning: instance.user_data_file: " + userData + " is under /tmp, which the sandbox of imds-agent.service hides (ProtectHome, PrivateTmp)"},
 		{[]string{"check-config", "--config", hiddenProgram}, 0, "warning: a file the source credentials' profile names: " + safeProgram + " is under /tmp"},
 		{[]string{"version"}, 0, "imds-agent "},
