@@ -317,19 +317,32 @@ var shellKeywords = strings.Fields(`! case coproc do done elif else esac fi for 
 	history jobs kill let local logout mapfile popd printf pushd pwd read readarray readonly return set
 	shift shopt source suspend test times trap true type typeset ulimit umask unalias unset wait`)
 
-// maxInterpreters bounds the #! lines followed, as the kernel's own limit
-// on nested interpreters does.
-const maxInterpreters = 4
+// maxInterpreters bounds the #! lines followed: the kernel runs a chain
+// of five scripts before the program, and refuses a sixth.
+const maxInterpreters = 5
+
+// runners run another program, or code, that their arguments name, which
+// the check cannot follow: wrappers, and shells unless given a script's
+// path. interpreters are judged like shells: a script's path first, no
+// options (python3 -c, perl -e and the like run code given inline).
+var (
+	runners = strings.Fields(`env nice nohup timeout stdbuf setsid xargs sudo doas su runuser chroot ionice
+		taskset chrt flock time watch unshare nsenter setpriv systemd-run busybox strace ltrace`)
+	shells       = strings.Fields(`sh bash dash zsh ksh mksh ash fish csh tcsh`)
+	interpreters = strings.Fields(`python perl ruby node nodejs php lua awk gawk mawk tclsh`)
+)
 
 // commandFiles returns the files that decide what a credential_process
 // command runs (the SDK runs it with sh -c): the program (a path, or the
 // file of its name in every directory of PATH, any of which sh could run),
-// the interpreter its #! line names (and, for #!/usr/bin/env NAME, NAME's
-// files in PATH), and every argument that is an absolute path, or ends in
-// one after an '=' (a script, a certificate, a key). It fails closed:
-// anything sh would expand, redirect or chain, a variable set before the
-// program, and a command starting with a shell builtin or reserved word
-// are errors. A script's own doings are beyond it.
+// the interpreters their #! lines name (for #!/usr/bin/env NAME, NAME's
+// files in PATH), and every argument that is a path, absolute or existing,
+// or holds one after an '=' (a script, a certificate, a key). It fails
+// closed: anything sh would expand, redirect or chain, a variable set
+// before the program, a shell builtin or reserved word first, a wrapper
+// that runs another program (env, timeout, nice…), and a shell or
+// interpreter given anything but a script's path are errors. What a
+// script does beyond that is its own.
 func commandFiles(command string) ([]string, error) {
 	var words []word
 	for rest := strings.TrimLeft(command, " \t"); rest != ""; rest = strings.TrimLeft(rest, " \t") {
@@ -341,73 +354,123 @@ func commandFiles(command string) ([]string, error) {
 	}
 	if len(words) > 0 && words[0].text == "exec" && !words[0].quoted {
 		words = words[1:] // the next word is the program, whatever it looks like
-		if len(words) > 0 && strings.HasPrefix(words[0].text, "-") {
-			return nil, errUnfollowable
-		}
-	} else if len(words) > 0 && words[0].assignment {
-		return nil, fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", words[0].text[:strings.IndexByte(words[0].text, '=')])
 	}
 	if len(words) == 0 {
 		return nil, nil
 	}
 	prog := words[0].text
-	if prog == "" || !strings.Contains(prog, "/") && slices.Contains(shellKeywords, prog) {
+	switch base := filepath.Base(prog); {
+	case strings.Contains(prog, "="):
+		name, _, _ := strings.Cut(prog, "=")
+		return nil, fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", strings.TrimSuffix(name, "+"))
+	case prog == "" || strings.HasPrefix(prog, "-") || !strings.Contains(prog, "/") && slices.Contains(shellKeywords, prog):
 		return nil, fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
+	case slices.Contains(runners, base):
+		return nil, fmt.Errorf("the command starts with %s, which runs another program its arguments name; put the command in a script and start that by its path", base)
+	case slices.Contains(shells, base) || slices.ContainsFunc(interpreters, func(i string) bool { return strings.HasPrefix(base, i) }):
+		if len(words) < 2 || strings.HasPrefix(words[1].text, "-") || !strings.Contains(words[1].text, "/") {
+			return nil, fmt.Errorf("the command starts with %s without a script's path right after it; name the script by its path, with no options before it", base)
+		}
 	}
-	files, run, err := programFiles(prog)
+	files, runs, err := programFiles(prog)
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; run != "" && i < maxInterpreters; i++ {
-		var more []string
-		if more, run, err = interpreterFiles(run); err != nil {
-			return nil, err
-		}
-		files = append(files, more...)
+	more, err := interpreterChain(runs, 1)
+	if err != nil {
+		return nil, err
 	}
+	files = append(files, more...)
 	for _, w := range words[1:] {
-		if strings.HasPrefix(w.text, "/") {
-			files = append(files, w.text)
-		} else if _, after, ok := strings.Cut(w.text, "="); ok && strings.HasPrefix(after, "/") {
-			files = append(files, after)
-		}
+		files = append(files, argumentFiles(w.text)...)
 	}
 	return files, nil
+}
+
+// argumentFiles returns the paths in an argument: the word itself when it
+// holds a slash, and each ':'-separated part after an '=' (--cert=/x,
+// LD_PRELOAD=/a:/b) that does. An absolute path is judged whether or not
+// the file exists; a relative one only where it exists, from the working
+// directory (the service's is /, and its /tmp is its own): a word such as
+// arn:aws:iam::123456789012:role/r is no file.
+func argumentFiles(arg string) []string {
+	parts := []string{arg}
+	if _, after, ok := strings.Cut(arg, "="); ok {
+		parts = append(parts, strings.Split(after, ":")...)
+	}
+	var files []string
+	for _, p := range parts {
+		switch {
+		case strings.HasPrefix(p, "/"):
+			files = append(files, p)
+		case strings.Contains(p, "/"):
+			if _, err := os.Lstat(p); err == nil {
+				files = append(files, absolute(p))
+			}
+		}
+	}
+	return files
 }
 
 // programFiles returns the files that decide which program name is, as sh
 // finds it: the path itself when it holds a slash (whether or not the file
 // exists: who could create it matters as much), else that name in every
-// directory of PATH. run is the file that would run, "" when there is none
-// to read.
-func programFiles(name string) (files []string, run string, err error) {
+// directory of PATH. runs are the files sh could run: the path, or every
+// executable file of that name in PATH (sh moves on past one it cannot
+// run).
+func programFiles(name string) (files, runs []string, err error) {
 	if strings.Contains(name, "/") {
-		return []string{absolute(name)}, absolute(name), nil
+		return []string{absolute(name)}, []string{absolute(name)}, nil
 	}
 	dirs, err := pathDirs()
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	for _, d := range dirs {
 		p := d + "/" + name
 		files = append(files, p)
-		if fi, err := os.Stat(p); run == "" && err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
-			run = p
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			runs = append(runs, p)
 		}
 	}
-	if run == "" {
-		return nil, "", fmt.Errorf("no program %q in PATH; start the command with the program's path", name)
+	if len(runs) == 0 {
+		return nil, nil, fmt.Errorf("no program %q in PATH; start the command with the program's path", name)
 	}
-	return files, run, nil
+	return files, runs, nil
+}
+
+// interpreterChain returns the files that decide the interpreters the #!
+// lines of runs name, and theirs in turn, at depth (the first level is 1).
+func interpreterChain(runs []string, depth int) ([]string, error) {
+	var files []string
+	for _, r := range runs {
+		more, next, err := interpreterFiles(r)
+		if err != nil {
+			return nil, err
+		}
+		if len(next) > 0 && depth > maxInterpreters {
+			return nil, fmt.Errorf("%s: more than %d interpreters in a row, which the kernel does not run", r, maxInterpreters)
+		}
+		deeper, err := interpreterChain(next, depth+1)
+		if err != nil {
+			return nil, err
+		}
+		files = append(append(files, more...), deeper...)
+	}
+	return files, nil
 }
 
 // interpreterFiles reads the #! line of the file at path, if it has one,
-// and returns the files that decide the interpreter it names, and that
-// interpreter as the next file to read.
-func interpreterFiles(path string) (files []string, next string, err error) {
+// and returns the files that decide the interpreter it names, and the
+// files that could be that interpreter, to read in turn. A file that is
+// there but cannot be read is an error: the kernel would read its #! line.
+func interpreterFiles(path string) (files, next []string, err error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		return nil, nil, nil // judged as a missing file
+	}
 	if err != nil {
-		return nil, "", nil // nothing to read: a missing file is judged as such
+		return nil, nil, fmt.Errorf("cannot read %s to see what it runs: %w", path, err)
 	}
 	defer f.Close()
 	head := make([]byte, 256)
@@ -415,11 +478,11 @@ func interpreterFiles(path string) (files []string, next string, err error) {
 	line, _, _ := strings.Cut(string(head[:n]), "\n")
 	line, ok := strings.CutPrefix(line, "#!")
 	if !ok {
-		return nil, "", nil
+		return nil, nil, nil
 	}
-	fields := strings.Fields(line)
+	fields := strings.FieldsFunc(line, func(r rune) bool { return r == ' ' || r == '\t' }) // as the kernel splits it
 	if len(fields) == 0 {
-		return nil, "", nil
+		return nil, nil, nil
 	}
 	interp := fields[0]
 	if !strings.Contains(interp, "/") {
@@ -430,8 +493,8 @@ func interpreterFiles(path string) (files []string, next string, err error) {
 		return files, next, err
 	}
 	// #!/usr/bin/env NAME: NAME comes from PATH.
-	if strings.HasPrefix(fields[1], "-") {
-		return nil, "", fmt.Errorf("%s starts with #!%s, with options the agent cannot follow; name the interpreter by its path", path, line)
+	if strings.HasPrefix(fields[1], "-") || strings.Contains(fields[1], "=") {
+		return nil, nil, fmt.Errorf("%s starts with #!%s, which the agent cannot follow; name the interpreter by its path", path, line)
 	}
 	more, next, err := programFiles(fields[1])
 	return append(files, more...), next, err
@@ -457,9 +520,8 @@ func pathDirs() ([]string, error) {
 
 // word is one word of a shell command, with its quotes removed.
 type word struct {
-	text       string
-	quoted     bool // some of it was quoted or escaped
-	assignment bool // NAME=value, a variable assignment before the command
+	text   string
+	quoted bool // some of it was quoted or escaped
 }
 
 // shellWord reads the first word of s (which starts with no blank) as
@@ -467,7 +529,6 @@ type word struct {
 // sh would expand or treat as an operator, and at an unclosed quote.
 func shellWord(s string) (w word, n int, ok bool) {
 	var b strings.Builder
-	plainName := true // the unquoted text so far could be a variable's name
 	for n < len(s) {
 		c := s[n]
 		switch {
@@ -479,7 +540,7 @@ func shellWord(s string) (w word, n int, ok bool) {
 				return w, n, false
 			}
 			b.WriteByte(s[n+1])
-			w.quoted, plainName = true, false
+			w.quoted = true
 			n += 2
 		case c == '\'':
 			end := strings.IndexByte(s[n+1:], '\'')
@@ -487,7 +548,7 @@ func shellWord(s string) (w word, n int, ok bool) {
 				return w, n, false
 			}
 			b.WriteString(s[n+1 : n+1+end])
-			w.quoted, plainName = true, false
+			w.quoted = true
 			n += end + 2
 		case c == '"':
 			n++
@@ -512,26 +573,13 @@ func shellWord(s string) (w word, n int, ok bool) {
 				b.WriteByte(d)
 				n++
 			}
-			w.quoted, plainName = true, false
-		case c == '=' && plainName && b.Len() > 0:
-			w.assignment = true
-			plainName = false
-			b.WriteByte(c)
-			n++
+			w.quoted = true
 		case strings.IndexByte("$`*?[;&|<>(){}#~!\n", c) >= 0:
 			// '#' and '~' only start a comment or an expansion at the
 			// start of a word, and '!' only as a word of its own; they
 			// are refused anywhere, which is only stricter.
-			if w.assignment && strings.IndexByte("*?[#~!{}", c) >= 0 {
-				b.WriteByte(c) // the value of an assignment is not globbed
-				n++
-				continue
-			}
 			return w, n, false
 		default:
-			if plainName && !(c == '_' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' && b.Len() > 0) {
-				plainName = false
-			}
 			b.WriteByte(c)
 			n++
 		}

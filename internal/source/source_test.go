@@ -3,11 +3,13 @@ package source
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -363,21 +365,45 @@ func TestCommandFiles(t *testing.T) {
 	viaPath := script("via-path", "#!"+bin+"/nested\n")
 	nested := script("nested", "#!/opt/imds-test/interp\n")
 	envOption := script("env-option", "#!/usr/bin/env -S helper-imds-test\n")
+	// A chain of six scripts, one more than the kernel runs; the last
+	// five are within its limit.
+	chain := make([]string, 6)
+	for i := range chain {
+		chain[i] = filepath.Join(bin, fmt.Sprintf("chain%d", i))
+	}
+	for i := range chain {
+		next := "/opt/imds-test/x"
+		if i+1 < len(chain) {
+			next = chain[i+1]
+		}
+		script(filepath.Base(chain[i]), "#!"+next+"\n")
+	}
 	t.Setenv("PATH", bin)
 	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for command, want := range map[string]string{
-		"/usr/bin/env x":           "/usr/bin/env",
-		"  /a/b --x":               "/a/b",
-		"'/dir/my creds' --x":      "/dir/my creds",
-		`"/dir/my creds"`:          "/dir/my creds",
-		`/dir/my\ creds`:           "/dir/my creds",
-		`'/dir'/creds`:             "/dir/creds",
-		`"/dir/a\"b"`:              `/dir/a"b`,
-		"exec /open/creds":         "/open/creds",
-		"/usr/bin/env /open/creds": "/usr/bin/env,/open/creds",
+		"  /a/b --x":            "/a/b",
+		"'/dir/my creds' --x":   "/dir/my creds",
+		`"/dir/my creds"`:       "/dir/my creds",
+		`/dir/my\ creds`:        "/dir/my creds",
+		`'/dir'/creds`:          "/dir/creds",
+		`"/dir/a\"b"`:           `/dir/a"b`,
+		"exec /open/creds":      "/open/creds",
+		"/bin/sh /opt/s.sh --x": "/bin/sh,/opt/s.sh",
+		"/usr/bin/true LD_PRELOAD=/a:/b --role arn:aws:iam::1:role/r": "/usr/bin/true,/a,/b",
+		"/usr/bin/env x":               "!",
+		"/usr/bin/env /open/creds":     "!",
+		"timeout 10 creds-tool":        "!",
+		"/bin/sh -c /x":                "!",
+		"/bin/sh s.sh":                 "!",
+		"python3 -c x":                 "!",
+		"/usr/bin/python3 -u /x.py":    "!",
+		"LD_PRELOAD+=/x /usr/bin/true": "!",
+		"exec A=1 creds-tool":          "!",
+		chain[0]:                       "!",
+		chain[1]:                       strings.Join(chain[1:], ",") + ",/opt/imds-test/x",
 		"/usr/bin/python3 /opt/x.py --cert=/etc/c.pem --role arn:aws:iam::1:role/r": "/usr/bin/python3,/opt/x.py,/etc/c.pem",
 		"creds-tool --profile x":      tool + ",/bin/sh",
 		"exec creds-tool":             tool + ",/bin/sh",
@@ -438,6 +464,16 @@ func TestCommandFiles(t *testing.T) {
 		if got, err := commandFiles("creds-tool"); err != nil || strings.Join(got, ",") != want {
 			t.Errorf("PATH=%s: commandFiles(creds-tool) = %q, %v; want %q", path, got, err, want)
 		}
+	}
+	// Every file of the name in PATH, and the #! line of each: sh moves on
+	// past one it cannot run.
+	second := t.TempDir()
+	if err := os.WriteFile(filepath.Join(second, "creds-tool"), []byte("#!/opt/imds-test/second\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+second)
+	if got, err := commandFiles("creds-tool"); err != nil || !slices.Contains(got, "/opt/imds-test/second") {
+		t.Errorf("commandFiles(creds-tool) with two in PATH = %q, %v; want the second one's interpreter too", got, err)
 	}
 	for _, path := range []string{"bin:" + bin, bin + "::/usr/bin", bin + ":/opt/%func"} {
 		t.Setenv("PATH", path)
