@@ -306,7 +306,7 @@ const maxProfiles = 64
 
 // errUnfollowable is the answer to a command the check cannot follow as
 // sh would.
-var errUnfollowable = errors.New("the command uses shell syntax the agent cannot follow (an expansion, a glob, an operator, a redirection or an unclosed quote); make it a program's path and its arguments")
+var errUnfollowable = errors.New("the command uses shell syntax the agent cannot follow (an expansion, a glob, an operator, a redirection or an unclosed quote); make it a program's path and its arguments, with literal text in single quotes")
 
 // shellKeywords are sh's reserved words and the builtins of dash and bash:
 // a command starting with one runs no program of that name from PATH, and
