@@ -364,6 +364,10 @@ func TestCommandFiles(t *testing.T) {
 	viaEnv := script("via-env", "#!/usr/bin/env helper-imds-test -x\n")
 	viaPath := script("via-path", "#!"+bin+"/nested\n")
 	nested := script("nested", "#!/opt/imds-test/interp\n")
+	awsCLI := script("aws", "#!/usr/bin/python3\n")
+	// The README's example, an ELF program with its certificate and key.
+	const readmeExample = "/usr/bin/aws_signing_helper credential-process --certificate /etc/imds-agent/aws/host.pem --private-key /etc/imds-agent/aws/host.key " +
+		"--trust-anchor-arn arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/TA --profile-arn arn:aws:rolesanywhere:eu-west-1:123456789012:profile/P --role-arn arn:aws:iam::123456789012:role/host-bootstrap"
 	envOption := script("env-option", "#!/usr/bin/env -S helper-imds-test\n")
 	// A chain of six scripts, one more than the kernel runs; the last
 	// five are within its limit.
@@ -384,13 +388,15 @@ func TestCommandFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	for command, want := range map[string]string{
-		"  /a/b --x":            "/a/b",
-		"'/dir/my creds' --x":   "/dir/my creds",
-		`"/dir/my creds"`:       "/dir/my creds",
-		`/dir/my\ creds`:        "/dir/my creds",
-		`'/dir'/creds`:          "/dir/creds",
-		`"/dir/a\"b"`:           `/dir/a"b`,
-		"exec /open/creds":      "/open/creds",
+		"  /a/b --x":          "/a/b",
+		"'/dir/my creds' --x": "/dir/my creds",
+		`"/dir/my creds"`:     "/dir/my creds",
+		`/dir/my\ creds`:      "/dir/my creds",
+		`'/dir'/creds`:        "/dir/creds",
+		`"/dir/a\"b"`:         `/dir/a"b`,
+		"exec /open/creds":    "/open/creds",
+		readmeExample:         "/usr/bin/aws_signing_helper,/etc/imds-agent/aws/host.pem,/etc/imds-agent/aws/host.key",
+		"aws configure export-credentials --profile x --format process": awsCLI + ",/usr/bin/python3",
 		"/bin/sh /opt/s.sh --x": "/bin/sh,/opt/s.sh",
 		"/usr/bin/true LD_PRELOAD=/a:/b --role arn:aws:iam::1:role/r": "/usr/bin/true,/a,/b",
 		"/usr/bin/env x":               "!",
