@@ -322,9 +322,9 @@ var shellKeywords = strings.Fields(`! case coproc do done elif else esac fi for 
 const maxInterpreters = 5
 
 // runners run another program, or code, that their arguments name, which
-// the check cannot follow: wrappers, and shells unless given a script's
-// path. interpreters are judged like shells: a script's path first, no
-// options (python3 -c, perl -e and the like run code given inline).
+// the check cannot follow. shells and interpreters are taken only with a
+// script's path first and no options before it (sh -c, python3 -c and
+// perl -e run code given inline).
 var (
 	runners = strings.Fields(`env nice nohup timeout stdbuf setsid xargs sudo doas su runuser chroot ionice
 		taskset chrt flock time watch unshare nsenter setpriv systemd-run busybox strace ltrace`)
