@@ -271,25 +271,22 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 // sandbox hides from the agent: they pass the check, run as root outside
 // the sandbox, and the service would not find them.
 func sandboxWarnings(cfg *config.Config, stderr io.Writer) {
+	warn := func(key, path string) {
+		if dir := systemd.SandboxHidden(path); dir != "" {
+			fmt.Fprintf(stderr, "imds-agent check-config: warning: %s: %s is under %s, which the sandbox of %s hides (ProtectHome, PrivateTmp): the service will not find it there\n",
+				key, path, dir, systemd.UnitName)
+		}
+	}
 	c := cfg.Credentials
-	named := []struct{ key, path string }{{"instance.user_data_file", cfg.Instance.UserDataFile}}
+	warn("instance.user_data_file", cfg.Instance.UserDataFile)
 	for _, p := range c.SharedConfigFiles {
-		named = append(named, struct{ key, path string }{"credentials.shared_config_files", p})
+		warn("credentials.shared_config_files", p)
 	}
 	for _, p := range c.SharedCredentialsFiles {
-		named = append(named, struct{ key, path string }{"credentials.shared_credentials_files", p})
+		warn("credentials.shared_credentials_files", p)
 	}
 	for _, p := range source.NamedFiles(agent.SourceSettings(cfg)) {
-		named = append(named, struct{ key, path string }{"a file the source credentials' profile names", p})
-	}
-	for _, n := range named {
-		if n.path == "" {
-			continue
-		}
-		if dir := systemd.SandboxHidden(n.path); dir != "" {
-			fmt.Fprintf(stderr, "imds-agent check-config: warning: %s: %s is under %s, which the sandbox of %s hides (ProtectHome, PrivateTmp): the service will not find it there\n",
-				n.key, n.path, dir, systemd.UnitName)
-		}
+		warn("a file the source credentials' profile names", p)
 	}
 }
 

@@ -106,7 +106,11 @@ func CheckFilesAs(paths []string, id Identity) error {
 			fixGroup = ServiceGroup
 		}
 	}
-	refusal, unchecked := untrusted(paths, nil, id)
+	files := make([]namedFile, len(paths))
+	for i, p := range paths {
+		files[i].path = p
+	}
+	refusal, unchecked := untrusted(files, id)
 	if refusal != nil {
 		return refusal
 	}
@@ -155,22 +159,27 @@ func CheckFilesAs(paths []string, id Identity) error {
 }
 
 // untrusted runs checkWriters, for the agent running as id, on each of
-// paths, which whats describe (nil: the paths are the files named in the
-// settings). It returns the first refusal, and the first error that kept
-// a file from being checked.
-func untrusted(paths, whats []string, id Identity) (refusal, unchecked error) {
+// files. It returns the first refusal, and the first error that kept a
+// file from being checked, or that its path could not be told.
+func untrusted(files []namedFile, id Identity) (refusal, unchecked error) {
 	uids := []uint32{0, id.UID}
-	for i, p := range paths {
+	for _, f := range files {
 		what := ""
-		if whats != nil {
-			what = whats[i] + ": "
+		if f.what != "" {
+			what = f.what + ": "
+		}
+		if f.err != nil {
+			if unchecked == nil {
+				unchecked = fmt.Errorf("source credentials: %s%w", what, f.err)
+			}
+			continue
 		}
 		var w *writers
-		switch err := checkWriters(p, uids, id.Groups); {
+		switch err := checkWriters(f.path, uids, id.Groups); {
 		case errors.As(err, &w):
 			return fmt.Errorf("source credentials: %s%w: %w", what, err, ErrUntrustedFile), unchecked
 		case err != nil && unchecked == nil:
-			unchecked = fmt.Errorf("source credentials: checking who may change %s%s: %w", what, p, err)
+			unchecked = fmt.Errorf("source credentials: checking who may change %s%s: %w", what, f.path, err)
 		}
 	}
 	return nil, unchecked
@@ -190,19 +199,8 @@ func CheckSettings(s Settings, id Identity) error {
 	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) {
 		return err
 	}
-	var paths, whats []string
-	var untold error
-	for _, f := range namedFiles(s) {
-		if f.err != nil {
-			if untold == nil {
-				untold = fmt.Errorf("source credentials: %s: %w", f.what, f.err)
-			}
-			continue
-		}
-		paths, whats = append(paths, f.path), append(whats, f.what)
-	}
-	refusal, unchecked := untrusted(paths, whats, id)
-	for _, e := range []error{refusal, untold, err, unchecked} {
+	refusal, unchecked := untrusted(namedFiles(s), id)
+	for _, e := range []error{refusal, err, unchecked} {
 		if e != nil {
 			return e
 		}
