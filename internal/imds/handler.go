@@ -309,8 +309,14 @@ func (h *Handler) serveIAM(w http.ResponseWriter, req *Request, role string) {
 		h.serveInfo(w, req, snap)
 		return
 	case snap.State == snapshot.Pending:
-		if (req.Route == RouteRoleList || req.Route == RouteRoleListExtended) && snap.Role.Name != "" {
+		switch {
+		case snap.Role.Name == "":
+			// The role is not resolved yet: no name can be told unknown.
+		case req.Route == RouteRoleList || req.Route == RouteRoleListExtended:
 			h.write(w, req, textPlain, snap.RoleListing)
+			return
+		case role != snap.Role.Name:
+			h.refuse(w, req, http.StatusNotFound, ReasonUnknownRole)
 			return
 		}
 		h.refuse(w, req, http.StatusServiceUnavailable, ReasonNoCredentials)

@@ -423,6 +423,11 @@ func TestCredentialStates(t *testing.T) {
 			t.Errorf("pending: %s = %d, want 503", p, res.StatusCode)
 		}
 	}
+	for _, p := range []string{"/latest/meta-data/iam/security-credentials/other", "/latest/meta-data/iam/security-credentials-extended/other"} {
+		if res, _ := f.do("GET", p, nil); res.StatusCode != 404 {
+			t.Errorf("pending: %s = %d, want 404 (not the role the listing names)", p, res.StatusCode)
+		}
+	}
 	failing := snapshot.NewPending(testRole).WithFailure("AssumeRoleUnauthorizedAccess", "The agent cannot assume the role.", testNow)
 	f.creds.p.Store(failing)
 	if res, body := f.do("GET", "/latest/meta-data/iam/info", nil); res.StatusCode != 503 || strings.Contains(body, "Success") ||
