@@ -143,3 +143,17 @@ func TestDefaultRoute(t *testing.T) {
 		t.Fatalf("default route by %d (%v), want %d (%s, the lower metric)", got, err, links[1].Attrs().Index, links[1].Attrs().Name)
 	}
 }
+
+// TestEmptyHostname: a host whose kernel hostname is unset answers
+// "localhost" for hostname and local-hostname, not an empty body.
+func TestEmptyHostname(t *testing.T) {
+	h := fakeHost(0)
+	h.Hostname = func() (string, error) { return "", nil }
+	in, err := h.Instance(config.Instance{ID: "i-0123456789abcdef0"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Hostname != "localhost" || in.LocalHostname != "localhost" {
+		t.Errorf("hostname %q, local-hostname %q; want localhost for both", in.Hostname, in.LocalHostname)
+	}
+}

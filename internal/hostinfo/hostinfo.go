@@ -91,7 +91,9 @@ func (h Host) Instance(c config.Instance, skipLink string) (imds.Instance, error
 	}
 	if in.Hostname == "" || in.LocalHostname == "" {
 		name, err := h.Hostname()
-		if err != nil {
+		if err != nil || name == "" {
+			// A host whose kernel hostname is unset still answers
+			// something: an empty body would pass for a value.
 			name = "localhost"
 		}
 		if in.Hostname == "" {
