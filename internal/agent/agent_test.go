@@ -264,6 +264,25 @@ func TestStatusLineShowsCodesOnly(t *testing.T) {
 	}
 }
 
+// TestStatusLineTimes: STATUS= is sent when the state changes and shown
+// until the next change, so it gives the expiry as a time, not as a
+// countdown that goes stale, and says when that time has passed.
+func TestStatusLineTimes(t *testing.T) {
+	exp := time.Date(2026, 11, 29, 14, 0, 0, 0, time.UTC)
+	st := refresh.Status{State: snapshot.Ready, Role: snapshot.Role{Name: "app"}, Expiration: exp}
+	for _, tc := range []struct {
+		now  time.Time
+		want string
+	}{
+		{exp.Add(-time.Hour), "serving role app; credentials expire 2026-11-29T14:00:00Z"},
+		{exp, "serving role app; credentials EXPIRED 2026-11-29T14:00:00Z"},
+	} {
+		if got := statusLine(st, tc.now); got != tc.want {
+			t.Errorf("at %s: STATUS=%s, want %s", tc.now.Format(time.RFC3339), got, tc.want)
+		}
+	}
+}
+
 // notifySocket listens on a NOTIFY_SOCKET in dir for the agent's sd_notify
 // messages; next waits for one that starts with want.
 func notifySocket(t *testing.T, dir string) (messages <-chan string, next func(want string)) {

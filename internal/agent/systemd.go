@@ -60,8 +60,13 @@ func statusLine(st refresh.Status, now time.Time) string {
 		}
 		return "waiting for credentials of " + st.Target
 	}
-	line := fmt.Sprintf("serving role %s; credentials expire %s (in %s)", st.Role.Name,
-		st.Expiration.UTC().Format(time.RFC3339), st.Expiration.Sub(now).Round(time.Second))
+	// Times are absolute: the line is sent when the state changes, and
+	// systemctl shows it until the next change.
+	verb := "expire"
+	if !now.Before(st.Expiration) {
+		verb = "EXPIRED"
+	}
+	line := fmt.Sprintf("serving role %s; credentials %s %s", st.Role.Name, verb, st.Expiration.UTC().Format(time.RFC3339))
 	if st.ConsecutiveFailures > 0 {
 		line += fmt.Sprintf("; refresh failing (%d): %s", st.ConsecutiveFailures, st.LastError)
 	}
