@@ -102,6 +102,7 @@ func TestParseErrors(t *testing.T) {
 		{"relative socket", "version: 1\nadmin:\n  socket: admin.sock\n", `admin.socket: "admin.sock" must be an absolute path`},
 		{"bad metrics", "version: 1\nmetrics:\n  listen: 9469\n", `metrics.listen`},
 		{"metrics off loopback", "version: 1\nmetrics:\n  listen: 10.0.0.1:9469\n", `metrics.listen: "10.0.0.1:9469" is not a loopback address`},
+		{"metrics on a listen address", "version: 1\nlisten:\n  link: \"\"\n  addresses: [\"127.0.0.1:9469\"]\nmetrics:\n  listen: 127.0.0.1:9469\n", `metrics.listen: "127.0.0.1:9469" is also in listen.addresses`},
 		{"wildcard address", "version: 1\nlisten:\n  addresses: [\"0.0.0.0:80\"]\n", `listen.addresses[0]: "0.0.0.0:80" would serve the role's credentials to the whole network`},
 		{"wildcard ipv6", "version: 1\nlisten:\n  addresses: [\"[::]:80\"]\n", `would serve the role's credentials to the whole network`},
 		{"empty http_endpoint", "version: 1\nmetadata_options:\n  http_endpoint: \"\"\n", `c.yaml:3: metadata_options.http_endpoint: "" must be enabled or disabled`},
@@ -220,21 +221,21 @@ metadata_options:
   http_put_response_hop_limit: 2.0
 listen:
   link: ""
-  addresses: [&a "127.0.0.1:8080", "127.0.0.2:8080"]
+  addresses: ["127.0.0.1:8080", "127.0.0.2:8080"]
 credentials:
   source_profile: &f /etc/imds-agent/aws/other
   shared_config_files: [*f]
 log:
   audit: "yes"
 metrics:
-  listen: *a
+  listen: 127.0.0.3:9469
 `
 	c, err := Parse("c.yaml", []byte(in))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Version != 1 || c.Instance.Hostname != "eu-west-1" || c.MetadataOptions.HTTPPutResponseHopLimit != 2 ||
-		!c.Log.Audit || c.Metrics.Listen != "127.0.0.1:8080" || len(c.Credentials.SharedConfigFiles) != 1 || c.Credentials.SharedConfigFiles[0] != "/etc/imds-agent/aws/other" {
+		!c.Log.Audit || c.Metrics.Listen != "127.0.0.3:9469" || len(c.Credentials.SharedConfigFiles) != 1 || c.Credentials.SharedConfigFiles[0] != "/etc/imds-agent/aws/other" {
 		t.Errorf("parsed %+v", c)
 	}
 	for _, v := range []string{"no", "off", "N"} {

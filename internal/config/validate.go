@@ -99,6 +99,8 @@ func (c *Config) validate(lines lineIndex) Problems {
 			p.add("metrics.listen", "%v", err)
 		case !ap.Addr().IsLoopback():
 			p.add("metrics.listen", "%q is not a loopback address; the metrics endpoint has no authentication and tells when this host's credentials fail or expire, so it is served on loopback only (scrape through a local proxy or agent)", c.Metrics.Listen)
+		case ap.Port() != 0 && slices.Contains(c.ListenAddrPorts(), ap):
+			p.add("metrics.listen", "%q is also in listen.addresses; the metrics endpoint needs an address of its own, such as %q", c.Metrics.Listen, "127.0.0.1:9469")
 		}
 	}
 	return p
