@@ -127,6 +127,13 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 		tokens = "endpoint disabled"
 	}
 	row("tokens", "%s", tokens)
+	row("configuration", "loaded %s", ago(st.ConfigLoaded))
+	if st.ReloadError != "" {
+		row("reload refused", "%s, the running configuration stays: %s", ago(st.ReloadFailedAt), st.ReloadError)
+	}
+	if len(st.RestartPending) > 0 {
+		row("restart pending", "%s changed in the file; they apply on restart", strings.Join(st.RestartPending, ", "))
+	}
 	row("clients", "%d open connections; %d idle or incomplete ones shed under load", st.Clients, st.ClientsShed)
 	if st.Metrics != "" {
 		row("metrics", "http://%s/metrics", st.Metrics)

@@ -56,6 +56,15 @@ type Status struct {
 	EndpointEnabled     bool      `json:"endpoint_enabled"`
 	Metrics             string    `json:"metrics,omitempty"`
 	AuditDropped        uint64    `json:"audit_dropped"`
+	// ConfigLoaded is when the running configuration was read: at start,
+	// or by the last reload that took. ReloadError and ReloadFailedAt
+	// describe a reload refused since (the running configuration stayed).
+	ConfigLoaded   time.Time `json:"config_loaded"`
+	ReloadError    string    `json:"reload_error,omitempty"`
+	ReloadFailedAt time.Time `json:"reload_failed_at,omitzero"`
+	// RestartPending names the settings the file changes that take
+	// effect only on restart.
+	RestartPending []string `json:"restart_pending,omitempty"`
 }
 
 // Backend is what the socket exposes.

@@ -97,6 +97,16 @@ type Agent struct {
 	listeners   []net.Listener
 	metricsAddr string
 	listening   chan struct{}
+	reload      reloadRecord
+}
+
+// reloadRecord says what became of the configuration file: when the
+// running configuration was loaded (at start, or by the last reload that
+// took), and the error of a reload refused since, with its time.
+type reloadRecord struct {
+	loaded   time.Time
+	err      error
+	failedAt time.Time
 }
 
 // New builds an agent from its configuration; nothing runs until Run.
@@ -152,6 +162,7 @@ func New(o Options) (*Agent, error) {
 		Version:     o.Version,
 	})
 	a.gate.metrics = a.metrics
+	a.noteReload(nil, a.started)
 	if o.Config.Log.Audit {
 		a.audit = audit.New(o.AuditOutput, o.Config.Log.Format, a.metrics.AuditDropped)
 		a.gate.audit = a.audit
@@ -374,6 +385,8 @@ func (a *Agent) Status() admin.Status {
 	st := a.manager.Status()
 	a.mu.Lock()
 	metricsAddr := a.metricsAddr
+	reload := a.reload
+	pending := restartOnly(a.boot, a.cfg)
 	a.mu.Unlock()
 	in := a.handler.Metadata().Instance()
 	opts := a.handler.Metadata().Options()
@@ -405,6 +418,12 @@ func (a *Agent) Status() admin.Status {
 		TokensRequired:      opts.TokensRequired,
 		EndpointEnabled:     opts.Enabled,
 		Metrics:             metricsAddr,
+		ConfigLoaded:        reload.loaded,
+		ReloadFailedAt:      reload.failedAt,
+		RestartPending:      pending,
+	}
+	if reload.err != nil {
+		out.ReloadError = reload.err.Error()
 	}
 	for _, ad := range a.Addrs() {
 		out.Listen = append(out.Listen, ad.String())
@@ -445,12 +464,27 @@ func (a *Agent) Reload() error {
 	if err == nil {
 		err = a.apply(cfg)
 	}
+	a.noteReload(err, a.o.Clock.Now())
 	if err != nil {
 		a.log.Error("reload failed; the running configuration stays", "error", err)
 		return err
 	}
 	a.log.Info("configuration reloaded", "path", a.o.ConfigPath)
 	return nil
+}
+
+// noteReload records what a reload (or the start, with nil) at t did, for
+// status, STATUS= and the metrics: systemctl reload only sends a signal,
+// and cannot tell that the file was refused.
+func (a *Agent) noteReload(err error, t time.Time) {
+	a.mu.Lock()
+	if err != nil {
+		a.reload.err, a.reload.failedAt = err, t
+	} else {
+		a.reload = reloadRecord{loaded: t}
+	}
+	a.mu.Unlock()
+	a.metrics.ConfigReload(err == nil, t)
 }
 
 func (a *Agent) apply(cfg *config.Config) error {

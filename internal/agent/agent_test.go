@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -257,7 +259,7 @@ func TestStatusLineShowsCodesOnly(t *testing.T) {
 		{State: snapshot.Ready, Role: snapshot.Role{Name: "app"}, Expiration: time.Now().Add(time.Hour), ConsecutiveFailures: 2},
 	} {
 		st.LastError, st.LastErrorCode = text, "AssumeRoleUnauthorizedAccess"
-		line := statusLine(st, time.Now())
+		line := statusLine(st, time.Time{}, time.Now())
 		if strings.ContainsAny(line, "\r\n") || strings.Contains(line, "host-42") || !strings.Contains(line, "AssumeRoleUnauthorizedAccess (imds-agent status says more)") {
 			t.Errorf("STATUS= line %q", line)
 		}
@@ -277,7 +279,7 @@ func TestStatusLineTimes(t *testing.T) {
 		{exp.Add(-time.Hour), "serving role app; credentials expire 2026-11-29T14:00:00Z"},
 		{exp, "serving role app; credentials EXPIRED 2026-11-29T14:00:00Z"},
 	} {
-		if got := statusLine(st, tc.now); got != tc.want {
+		if got := statusLine(st, time.Time{}, tc.now); got != tc.want {
 			t.Errorf("at %s: STATUS=%s, want %s", tc.now.Format(time.RFC3339), got, tc.want)
 		}
 	}
@@ -433,6 +435,81 @@ func TestReloadIgnoredWhileStopping(t *testing.T) {
 	}
 	conn.Close()
 	<-done
+}
+
+// TestReloadRecorded: systemctl reload only sends SIGHUP, so a refused
+// file must show elsewhere: in status, in STATUS= and in the metrics, until
+// a reload takes; status also names the settings that wait for a restart.
+func TestReloadRecorded(t *testing.T) {
+	dir := t.TempDir()
+	messages, next := notifySocket(t, dir)
+	a, _, _, _ := startAgentWith(t, &strings.Builder{})
+	next("READY=1")
+	path := dir + "/config.yaml"
+	a.o.ConfigPath = path
+	reloadGauge := func() string {
+		rec := httptest.NewRecorder()
+		a.metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		for l := range strings.Lines(rec.Body.String()) {
+			if v, ok := strings.CutPrefix(l, "imds_agent_config_last_reload_successful "); ok {
+				return strings.TrimSpace(v)
+			}
+		}
+		return "absent"
+	}
+	readyStatus := func() string {
+		t.Helper()
+		for {
+			select {
+			case m := <-messages:
+				if strings.HasPrefix(m, "READY=1") {
+					return m
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("no READY=1 after the reload")
+			}
+		}
+	}
+	started := a.Status().ConfigLoaded
+	if started.IsZero() || reloadGauge() != "1" {
+		t.Fatalf("at start: loaded %v, gauge %s", started, reloadGauge())
+	}
+
+	if err := os.WriteFile(path, []byte("version: 1\nbogus: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond) // a reload that takes has a later time
+	if err := a.Reload(); err == nil {
+		t.Fatal("a file with an unknown key was reloaded")
+	}
+	st := a.Status()
+	if !strings.Contains(st.ReloadError, "bogus") || st.ReloadFailedAt.IsZero() || !st.ConfigLoaded.Equal(started) {
+		t.Errorf("after a refused reload: error %q at %v, loaded %v (want the start's %v)", st.ReloadError, st.ReloadFailedAt, st.ConfigLoaded, started)
+	}
+	if m := readyStatus(); !strings.Contains(m, "configuration reload refused") || strings.Contains(m, "bogus") {
+		t.Errorf("after a refused reload: %q", m)
+	}
+	if g := reloadGauge(); g != "0" {
+		t.Errorf("after a refused reload: gauge %s, want 0", g)
+	}
+
+	good := fmt.Sprintf("version: 1\nlisten:\n  link: \"\"\n  addresses: [\"127.0.0.1:0\"]\nadmin:\n  socket: %s\nlog:\n  format: json\n", a.boot.Admin.Socket)
+	if err := os.WriteFile(path, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	st = a.Status()
+	if st.ReloadError != "" || !st.ReloadFailedAt.IsZero() || !st.ConfigLoaded.After(started) || !slices.Equal(st.RestartPending, []string{"log.format"}) {
+		t.Errorf("after a reload that took: error %q at %v, loaded %v, restart pending %q", st.ReloadError, st.ReloadFailedAt, st.ConfigLoaded, st.RestartPending)
+	}
+	if m := readyStatus(); strings.Contains(m, "refused") {
+		t.Errorf("after a reload that took: %q", m)
+	}
+	if g := reloadGauge(); g != "1" {
+		t.Errorf("after a reload that took: gauge %s, want 1", g)
+	}
 }
 
 // TestReloadChecksSource: new source settings (here only the region) are

@@ -45,8 +45,18 @@ func monotonicUsec() int64 {
 // host may read it, so a failure appears as its code (as iam/info gives
 // it), never as its text: STS's names the source user and account, a
 // credential helper's may say more. The text is for `imds-agent status`
-// (root and the agent's group) and the journal.
-func statusLine(st refresh.Status, now time.Time) string {
+// (root and the agent's group) and the journal. reloadRefused is when a
+// reload of the configuration file was last refused, zero if the last one
+// took.
+func statusLine(st refresh.Status, reloadRefused, now time.Time) string {
+	line := credentialsLine(st, now)
+	if !reloadRefused.IsZero() {
+		line += "; configuration reload refused " + reloadRefused.UTC().Format(time.RFC3339) + ", the running one stays (imds-agent status says more)"
+	}
+	return line
+}
+
+func credentialsLine(st refresh.Status, now time.Time) string {
 	st.LastError = ""
 	if st.LastErrorCode != "" {
 		st.LastError = st.LastErrorCode + " (imds-agent status says more)"
@@ -71,6 +81,14 @@ func statusLine(st refresh.Status, now time.Time) string {
 		line += fmt.Sprintf("; refresh failing (%d): %s", st.ConsecutiveFailures, st.LastError)
 	}
 	return line
+}
+
+// statusLine is the STATUS= line for st and the last reload, now.
+func (a *Agent) statusLine(st refresh.Status) string {
+	a.mu.Lock()
+	refused := a.reload.failedAt
+	a.mu.Unlock()
+	return statusLine(st, refused, a.o.Clock.Now())
 }
 
 // superviseSystemd sends READY=1 once listening and holding credentials
@@ -99,7 +117,7 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case st := <-a.statusChanged:
-			a.notify("STATUS=" + statusLine(st, a.o.Clock.Now()))
+			a.notify("STATUS=" + a.statusLine(st))
 		case <-tick:
 			if err := a.healthy(ctx); err != nil {
 				a.log.Error("health check failed; not pinging the watchdog", "error", err)
@@ -167,7 +185,7 @@ func (a *Agent) notifyReady() bool {
 	if a.stopping.Load() {
 		return false
 	}
-	a.notify("READY=1\nSTATUS=" + statusLine(a.manager.Status(), a.o.Clock.Now()))
+	a.notify("READY=1\nSTATUS=" + a.statusLine(a.manager.Status()))
 	a.readySent.Store(true)
 	return true
 }

@@ -44,6 +44,8 @@ type Metrics struct {
 	lookupFailed   *prometheus.CounterVec
 	refreshLatency prometheus.Histogram
 	auditDropped   prometheus.Counter
+	reloadOK       prometheus.Gauge
+	reloadTime     prometheus.Gauge
 }
 
 // Sources are read at scrape time.
@@ -142,8 +144,18 @@ func New(src Sources) *Metrics {
 		ConstLabels: prometheus.Labels{"version": src.Version},
 	})
 	info.Set(1)
+	// Named as Prometheus names its own, so that one alert rule can
+	// cover both.
+	m.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imds_agent_config_last_reload_successful",
+		Help: "1 if the last reload of the configuration file took (or none was asked since the start), 0 if it was refused and the running configuration stayed.",
+	})
+	m.reloadTime = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "imds_agent_config_last_reload_success_timestamp_seconds",
+		Help: "When the running configuration was loaded (Unix time): at start, or by the last reload that took.",
+	})
 	reg.MustRegister(requests, refusals, m.tokens, m.refreshOK, m.refreshFailed, m.lookupFailed, m.refreshLatency,
-		m.auditDropped, expiry, ready, conns, info)
+		m.auditDropped, expiry, ready, conns, info, m.reloadOK, m.reloadTime)
 	return m
 }
 
@@ -172,6 +184,17 @@ func (m *Metrics) Refresh(err error, class string, took time.Duration) {
 
 // LookupFailed counts a failed look-up of the instance profile's role.
 func (m *Metrics) LookupFailed(class string) { m.lookupFailed.WithLabelValues(class).Inc() }
+
+// ConfigReload records the outcome of a reload of the configuration file
+// at t (or of the start's load).
+func (m *Metrics) ConfigReload(ok bool, t time.Time) {
+	if !ok {
+		m.reloadOK.Set(0)
+		return
+	}
+	m.reloadOK.Set(1)
+	m.reloadTime.Set(float64(t.UnixNano()) / 1e9)
+}
 
 // AuditDropped counts audit records the writer could not keep up with.
 func (m *Metrics) AuditDropped() { m.auditDropped.Inc() }

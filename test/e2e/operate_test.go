@@ -117,7 +117,8 @@ func TestSystemdNotify(t *testing.T) {
 
 // TestStatusAfterRefusedEdit: `status` and `refresh` reach the running
 // agent through the socket its config names even while the file holds an
-// edit a reload would refuse, and say that the file does not load.
+// edit a reload refused, and say that the file does not load; status says
+// the reload was refused.
 func TestStatusAfterRefusedEdit(t *testing.T) {
 	a := runConfig(t, baseEnv(t), func(string) string { return "" })
 	text, err := os.ReadFile(a.config)
@@ -127,6 +128,10 @@ func TestStatusAfterRefusedEdit(t *testing.T) {
 	if err := os.WriteFile(a.config, append(text, "bogus_key: 1\n"...), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "the failed reload to be logged", func() bool {
+		return strings.Contains(a.stderr.String(), "reload failed; the running configuration stays")
+	})
 	for _, cmd := range []string{"status", "refresh"} {
 		c := exec.Command(binary, cmd, "--config", a.config)
 		c.Env = baseEnv(t)
@@ -140,6 +145,9 @@ func TestStatusAfterRefusedEdit(t *testing.T) {
 		}
 		if want := map[string]string{"status": "no role attached", "refresh": "refreshed: no-role"}[cmd]; !strings.Contains(out.String(), want) {
 			t.Errorf("%s: stdout lacks %q:\n%s", cmd, want, out.String())
+		}
+		if cmd == "status" && !regexp.MustCompile(`reload refused +\S+ \(\S+ ago\), the running configuration stays: .*unknown key "bogus_key"`).MatchString(out.String()) {
+			t.Errorf("status does not say the reload was refused:\n%s", out.String())
 		}
 	}
 }
