@@ -16,6 +16,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/imds-agent/imds-agent/internal/agent"
 	"github.com/imds-agent/imds-agent/internal/config"
@@ -252,7 +253,22 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	// A start goes on without source credentials it refuses, and serves
 	// none: for whoever checks a file (an upgrade deciding whether to
 	// restart the agent, say), that is no valid configuration.
-	switch err := source.CheckSettings(agent.SourceSettings(cfg), source.Service()); {
+	settings := agent.SourceSettings(cfg)
+	err = source.CheckSettings(settings, source.Service())
+	if err == nil && (cfg.Credentials.InstanceProfile != "" || cfg.Credentials.RoleARN != "") {
+		// What a start loads next (an agent without a role loads nothing):
+		// a source_profile the files do not have, say.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		_, err = source.LoadProfile(ctx, settings)
+		cancel()
+		if errors.Is(err, source.ErrExcludedSource) {
+			// Nothing in the files or in this environment; the
+			// service's (an EnvironmentFile) may have some.
+			fmt.Fprintf(stderr, "imds-agent check-config: warning: no source credentials in the shared files or in this environment: the agent will serve none unless its own environment has some\n")
+			err = nil
+		}
+	}
+	switch {
 	case errors.Is(err, fs.ErrPermission):
 		fmt.Fprintf(stderr, "imds-agent check-config: warning: the source credential files (and what they name) were not checked (%v); root can check them\n", err)
 	case err != nil:

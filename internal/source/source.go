@@ -47,6 +47,15 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 	if err := CheckSettings(s, Self()); err != nil {
 		return aws.Config{}, fmt.Errorf("%w: %w", refresh.ErrNoSourceCredentials, err)
 	}
+	return LoadProfile(ctx, s)
+}
+
+// LoadProfile is Load without its check of the files' owners and modes
+// (which CheckSettings makes for a given user): the SDK's load of the
+// shared files and the profile, its source_profile chain included. It
+// reads local files only; no credentials are fetched, no program is run
+// and nothing leaves the host.
+func LoadProfile(ctx context.Context, s Settings) (aws.Config, error) {
 	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOptions(s)...)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("loading source credentials: %w: %w", refresh.ErrNoSourceCredentials, err)

@@ -51,6 +51,12 @@ func TestCommandLine(t *testing.T) {
 	_ = os.WriteFile(processConfig, []byte("[default]\ncredential_process = "+openProgram+" --x\n"), 0o600)
 	openProcess := filepath.Join(dir, "open-process.yaml")
 	_ = os.WriteFile(openProcess, []byte("version: 1\ncredentials:\n  shared_config_files: ["+processConfig+"]\n  shared_credentials_files: []\n"), 0o644)
+	// A source_profile the files do not have: a start with a role loads
+	// it, and serves no credentials; without a role it loads nothing.
+	noProfile := filepath.Join(dir, "no-profile.yaml")
+	_ = os.WriteFile(noProfile, []byte("version: 1\ncredentials:\n  instance_profile: web\n  source_profile: nosuch\n  shared_config_files: ["+safeProcessConfig+"]\n  shared_credentials_files: []\n"), 0o644)
+	noProfileNoRole := filepath.Join(dir, "no-profile-no-role.yaml")
+	_ = os.WriteFile(noProfileNoRole, []byte("version: 1\ncredentials:\n  source_profile: nosuch\n  shared_config_files: ["+safeProcessConfig+"]\n  shared_credentials_files: []\n"), 0o644)
 	// The cases below that a broken argument check would let run do no
 	// harm even then: run has a loopback-only configuration (not the
 	// default, which claims 169.254.169.254), and the service managers'
@@ -75,6 +81,8 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"check-config", "--config", noUserData}, 1, "instance.user_data_file: open "},
 		{[]string{"check-config", "--config", openSource}, 1, "the agent would start but serve no credentials: source credentials: " + openSourceFile + " can be changed by every user on this host"},
 		{[]string{"check-config", "--config", openProcess}, 1, "serve no credentials: source credentials: what credential_process runs in profile default: " + openProgram + " can be changed by every user on this host"},
+		{[]string{"check-config", "--config", noProfile}, 1, "the agent would start but serve no credentials: loading source credentials: no source credentials: failed to get shared config profile, nosuch"},
+		{[]string{"check-config", "--config", noProfileNoRole}, 0, "is valid"},
 		{[]string{"check-config", "--config", hiddenUserData}, 0, "warning: instance.user_data_file: " + userData + " is under /tmp, which the sandbox of imds-agent.service hides (ProtectHome, PrivateTmp)"},
 		{[]string{"check-config", "--config", hiddenProgram}, 0, "warning: a file the source credentials' profile names: " + safeProgram + " is under /tmp"},
 		{[]string{"version"}, 0, "imds-agent "},
