@@ -134,6 +134,7 @@ func TestUnitContract(t *testing.T) {
 		"After=" + LinkUnitName,
 		"ExecStartPre=+" + BinaryPath + " setup-link --config " + config.DefaultPath,
 		"ExecStart=" + BinaryPath + " run --config " + config.DefaultPath,
+		"ExecReload=" + BinaryPath + " check-config --config " + config.DefaultPath,
 		"ExecReload=/bin/kill -HUP $MAINPID",
 		"Restart=on-failure",
 		"StartLimitIntervalSec=5min",
@@ -154,6 +155,11 @@ func TestUnitContract(t *testing.T) {
 		if !lines[want] {
 			t.Errorf("the unit lacks %q", want)
 		}
+	}
+	// systemd runs ExecReload= lines in turn and stops at a failure: the
+	// check comes before the signal.
+	if check, kill := strings.Index(Unit, "ExecReload="+BinaryPath+" check-config"), strings.Index(Unit, "ExecReload=/bin/kill"); check < 0 || kill < check {
+		t.Error("the unit does not check the file before it signals the agent to reload")
 	}
 	// Each of these would break the agent (platform-notes.md).
 	for _, bad := range []string{"PrivateNetwork=yes", "PrivateUsers=yes", "IPAddressDeny=any", "ExecStopPost"} {
