@@ -461,7 +461,11 @@ func (m *Manager) resolve(ctx context.Context) error {
 	default:
 		if role != m.role {
 			m.role = role
-			if m.creds != nil {
+			// The same role under another profile (or a profile made
+			// again): what is served is relabelled, unless it is still
+			// the credentials of the role before a change, which keep
+			// their own role's name until they expire.
+			if m.creds != nil && m.credsRole == role.ARN {
 				m.publish(snapshot.New(m.role, *m.creds, m.credsAt))
 			}
 		}

@@ -625,6 +625,14 @@ func TestChangedRoleNotServedExpired(t *testing.T) {
 		{"reload", profile.Target{RoleARN: roleA}, func(s *sim) {
 			s.reload(s.settings(simOptions{target: profile.Target{RoleARN: roleB}, duration: time.Hour}))
 		}},
+		// The same new role under another profile: the old role's
+		// credentials are not relabelled with it.
+		{"swapped in IAM, then a reload to another profile with that role", profile.Target{InstanceProfile: "web"}, func(s *sim) {
+			s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "other"})
+			s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web2", Role: "other"})
+			s.run(6*time.Minute, nil)
+			s.reload(s.settings(simOptions{target: profile.Target{InstanceProfile: "web2"}, duration: time.Hour, recheck: 5 * time.Minute}))
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newSim(t, simOptions{target: tc.target, duration: time.Hour})
@@ -641,6 +649,9 @@ func TestChangedRoleNotServedExpired(t *testing.T) {
 				// Before a step: what was served while the manager slept.
 				if snap.Role.ARN == roleA && snap.State == snapshot.Ready {
 					late = max(late, s.clock.Now().Sub(before.Expiration))
+				}
+				if snap.Role.ARN != roleA && snap.State == snapshot.Ready && snap.KeySuffix == before.KeySuffix {
+					t.Fatalf("%s: the old role's key …%s is served as role %s's", phase, snap.KeySuffix, snap.Role.ARN)
 				}
 				if st := s.m.Status(); phase == "after step" && snap.State == snapshot.Ready && st.Role.ARN != snap.Role.ARN {
 					t.Fatalf("status names role %s, serving %s", st.Role.ARN, snap.Role.ARN)
