@@ -190,6 +190,14 @@ func (e *Emulator) PutInstanceProfile(p InstanceProfile) {
 	e.profiles[p.Name] = p
 }
 
+// DeleteInstanceProfile removes an instance profile: IAM then answers
+// NoSuchEntity for it.
+func (e *Emulator) DeleteInstanceProfile(name string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.profiles, name)
+}
+
 // Inject sets the fault injector; nil serves everything normally.
 func (e *Emulator) Inject(f Injector) {
 	e.mu.Lock()

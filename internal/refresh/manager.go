@@ -400,6 +400,14 @@ func (m *Manager) resolve(ctx context.Context) error {
 	if err != nil && ctx.Err() != nil {
 		return err // stopping: not a failure
 	}
+	if err != nil && m.rechecking && errors.Is(err, profile.ErrProfileNotFound) {
+		// The profile resolved before and is gone now (a teardown
+		// removes its role, then deletes it, often within one recheck):
+		// like a profile whose role was removed, it has none to serve,
+		// and the role it had is not renewed.
+		m.log.Warn("the instance profile is gone", "target", m.s.Target.String(), "error", err)
+		role, attached, err = snapshot.Role{}, false, nil
+	}
 	if err != nil {
 		err = &lookupError{err}
 		m.profileFails++

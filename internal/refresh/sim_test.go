@@ -668,6 +668,36 @@ func TestChangedRoleNotServedExpired(t *testing.T) {
 	}
 }
 
+// TestProfileDeleted: an instance profile that resolved is deleted (a
+// teardown removes its role, then deletes it, within one recheck): the
+// iam paths answer 404, as for a profile without a role, and the role it
+// had is not renewed; a profile made again is served again.
+func TestProfileDeleted(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour})
+	s.run(time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
+		t.Fatalf("state %v role %s", snap.State, snap.Role.ARN)
+	}
+	s.emu.DeleteInstanceProfile("web")
+	s.run(6*time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.NoRole {
+		t.Fatalf("6m after the profile was deleted: state %v role %s, want no role", snap.State, snap.Role.ARN)
+	}
+	calls := s.stsCalls()
+	s.run(6*time.Hour, nil)
+	if n := s.stsCalls() - calls; n != 0 {
+		t.Errorf("the deleted profile's role was assumed %d times", n)
+	}
+	if !strings.Contains(s.logs.String(), "the instance profile is gone") {
+		t.Errorf("the deletion is not logged:\n%s", s.logs)
+	}
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
+	s.run(6*time.Minute, nil)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
+		t.Errorf("after the profile was made again: state %v role %s", snap.State, snap.Role.ARN)
+	}
+}
+
 // TestReloadToUnresolvableTarget: a reload names an instance profile that
 // does not exist (a typo). The old role is not renewed: its credentials are
 // served while they are valid, with the failure in iam/info, then nothing
