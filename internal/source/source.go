@@ -15,8 +15,10 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 	"github.com/aws/aws-sdk-go-v2/credentials/endpointcreds"
@@ -35,6 +37,14 @@ type Settings struct {
 	SharedConfigFiles      []string
 	SharedCredentialsFiles []string
 }
+
+// httpTimeout bounds every request of the clients built from the source
+// settings, the source chain's own included (an assumed source_profile
+// role, web identity, SSO). The SDK's credential cache runs a source's
+// request on a context that ignores the caller's cancellation, so without
+// a bound of its own a request to an endpoint that never answers would
+// stay open, with its goroutines, after each attempt that gave up on it.
+var httpTimeout = 30 * time.Second
 
 // ErrExcludedSource is returned when the only credentials the SDK finds
 // would come from the instance metadata service or a container endpoint.
@@ -114,6 +124,7 @@ func containerEndpointSet() bool {
 // refusals.
 func loadOptions(s Settings) []func(*awsconfig.LoadOptions) error {
 	opts := []func(*awsconfig.LoadOptions) error{
+		awsconfig.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(httpTimeout)),
 		awsconfig.WithRegion(s.Region),
 		awsconfig.WithSharedConfigFiles(s.SharedConfigFiles),
 		awsconfig.WithSharedCredentialsFiles(s.SharedCredentialsFiles),

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"net/http/httptest"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
@@ -674,5 +676,63 @@ func TestExcludedSourcesNeverContacted(t *testing.T) {
 	}
 	if n := hits.Load(); n != 0 {
 		t.Errorf("the excluded endpoints were contacted %d times", n)
+	}
+}
+
+// TestSourceRequestsBounded: a source that calls AWS itself (here a
+// source_profile whose role is assumed) against an endpoint that never
+// answers: each attempt that gives up leaves no request open past the
+// source clients' own timeout. The SDK's credential cache ignores the
+// attempt's cancellation, so without that timeout every retry would add
+// an open connection and its goroutines for as long as the endpoint hangs.
+func TestSourceRequestsBounded(t *testing.T) {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"} {
+		t.Setenv(k, "")
+	}
+	defer func(d time.Duration) { httpTimeout = d }(httpTimeout)
+	httpTimeout = 300 * time.Millisecond
+	var open, hits atomic.Int64
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		open.Add(1)
+		defer open.Add(-1)
+		// Read the body, so that a client's close cancels r's context;
+		// never answer.
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer srv.Close()
+	defer close(release)
+	// The STS client of the source chain is built before the SDK applies
+	// AWS_ENDPOINT_URL, and takes only the STS-specific variable.
+	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+	t.Setenv("AWS_ENDPOINT_URL_STS", srv.URL)
+	cfgFile := write(t, "config", "[profile base]\naws_access_key_id = AKIAEXAMPLE000000003\naws_secret_access_key = base-secret\n"+
+		"[profile app]\nrole_arn = arn:aws:iam::123456789012:role/source\nsource_profile = base\n", 0o600)
+	s := Settings{Region: "us-east-1", Profile: "app", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}}
+	for range 3 {
+		cfg, err := Load(context.Background(), s) // each attempt loads afresh, as a reconnect does
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		if _, err := cfg.Credentials.Retrieve(ctx); err == nil {
+			t.Fatal("the hanging endpoint gave credentials")
+		}
+		cancel()
+	}
+	if hits.Load() != 3 {
+		t.Fatalf("the source chain's endpoint got %d requests, want 3", hits.Load())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for open.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := open.Load(); n > 0 {
+		t.Errorf("%d requests of the source chain still open 5s after their attempts gave up", n)
 	}
 }
