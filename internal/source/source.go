@@ -66,10 +66,14 @@ func Load(ctx context.Context, s Settings) (aws.Config, error) {
 // reads local files only; no credentials are fetched, no program is run
 // and nothing leaves the host.
 func LoadProfile(ctx context.Context, s Settings) (aws.Config, error) {
-	cfg, err := awsconfig.LoadDefaultConfig(ctx, loadOptions(s)...)
+	chain := &chainEndpoint{}
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, append(loadOptions(s),
+		awsconfig.WithAssumeRoleCredentialOptions(chain.assumeRole),
+		awsconfig.WithWebIdentityRoleCredentialOptions(chain.webIdentity))...)
 	if err != nil {
 		return aws.Config{}, fmt.Errorf("loading source credentials: %w: %w", refresh.ErrNoSourceCredentials, err)
 	}
+	chain.url = cfg.BaseEndpoint
 	if cfg.Credentials == nil {
 		return aws.Config{}, fmt.Errorf("loading source credentials: %w", refresh.ErrNoSourceCredentials)
 	}
