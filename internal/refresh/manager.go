@@ -779,11 +779,21 @@ func (m *Manager) applyReload(s Settings) {
 		m.roleStale = m.attached
 		return
 	}
-	if m.creds != nil && (s.Window != old.Window || s.Duration != old.Duration) {
-		// Reschedule from the current credentials under the new window.
+	switch {
+	case m.creds == nil:
+	case s.SessionName != old.SessionName || s.ExternalID != old.ExternalID:
+		// New credentials now: CloudTrail names the session after the
+		// instance id, and a wrong external id shows at once.
+		m.refreshDue = m.opts.Clock.Monotonic()
+	case s.Window != old.Window || s.Duration != old.Duration:
+		// Reschedule from the current credentials under the new window,
+		// with the jitter of a scheduled refresh: hosts that got their
+		// credentials together (a fleet's boot or refresh) and take the
+		// same new file would otherwise call STS in the same second.
 		m.refreshDue = m.opts.Clock.Monotonic()
 		if w := m.window(m.lifetime); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
-			m.refreshDue += m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
+			until := m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
+			m.refreshDue += time.Duration(float64(until) * (1 - jitterFraction*m.opts.Rand()))
 		}
 	}
 }

@@ -767,6 +767,41 @@ func TestReloadRetriesAtOnce(t *testing.T) {
 	}
 }
 
+// TestReloadReschedules: a reload that changes the session or the window
+// reschedules the current credentials' refresh with a scheduled refresh's
+// jitter (no fleet-wide second for hosts that got their credentials
+// together); one that changes the session name or the external id gets new
+// credentials at once, under the new name.
+func TestReloadReschedules(t *testing.T) {
+	s := newSim(t, simOptions{duration: time.Hour})
+	s.run(time.Minute, nil)
+	o := simOptions{target: profile.Target{RoleARN: roleA}, duration: 2 * time.Hour, recheck: 5 * time.Minute}
+	exp := s.m.Snapshot().Expiration
+	s.reload(s.settings(o))
+	due := s.clock.Now().Add(s.m.refreshDue - s.clock.Monotonic())
+	if unjittered := exp.Add(-30 * time.Minute); !due.Before(unjittered.Add(-time.Second)) || due.Before(s.clock.Now()) {
+		t.Errorf("after a reload of session_duration: refresh due %v, want jittered before %v", due, unjittered)
+	}
+
+	calls := s.stsCalls()
+	set := s.settings(o)
+	set.SessionName = "i-0fedcba9876543210"
+	s.reload(set)
+	s.run(time.Second, nil)
+	if n := s.stsCalls() - calls; n != 1 {
+		t.Fatalf("a reload of the session name made %d AssumeRole calls, want 1", n)
+	}
+	served := ""
+	for _, ses := range s.emu.Sessions() {
+		if snapshot.Suffix(ses.AccessKeyID) == s.m.Snapshot().KeySuffix {
+			served = ses.AssumedRoleARN
+		}
+	}
+	if !strings.HasSuffix(served, "/i-0fedcba9876543210") {
+		t.Errorf("session served after the reload: %q", served)
+	}
+}
+
 // TestReloadToNoRole: a reload that detaches the role leaves nothing of it
 // in the status, and is a final answer for a start still waiting for its
 // first credentials.
