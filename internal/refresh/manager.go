@@ -301,7 +301,7 @@ func (m *Manager) Run(ctx context.Context) error {
 func (m *Manager) step(ctx context.Context) time.Duration {
 	mono := m.opts.Clock.Monotonic()
 	if m.retarget || m.roleStale || m.s.Target.NeedsIAM() || !m.resolved {
-		if m.retarget || !m.resolved || mono >= m.profileDue {
+		if m.retarget || mono >= m.profileDue {
 			m.retarget = false
 			m.resolve(ctx)
 			mono = m.opts.Clock.Monotonic()

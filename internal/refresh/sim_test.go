@@ -802,6 +802,30 @@ func TestReloadReschedules(t *testing.T) {
 	}
 }
 
+// TestForcedLookupOnce: a refresh asked for while the first look-up of
+// the instance profile keeps failing makes one look-up, and the loop's
+// next step, which follows at once, does not make another before the
+// backoff says so.
+func TestForcedLookupOnce(t *testing.T) {
+	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour})
+	s.emu.Inject(func(action string) *awsemu.Fault {
+		if action == "GetInstanceProfile" {
+			return &awsemu.Fault{Status: 403, Code: "AccessDenied", Message: "not authorized to perform iam:GetInstanceProfile"}
+		}
+		return nil
+	})
+	s.run(time.Minute, nil)
+	lookups := s.emu.Calls("GetInstanceProfile")
+	if err := s.m.forced(context.Background()); err == nil {
+		t.Fatal("a forced refresh succeeded while the look-up fails")
+	}
+	s.wake = s.clock.Monotonic() // Run steps right after a forced refresh
+	s.run(time.Second, nil)
+	if n := s.emu.Calls("GetInstanceProfile") - lookups; n != 1 {
+		t.Errorf("one forced refresh made %d look-ups, want 1", n)
+	}
+}
+
 // TestReloadToNoRole: a reload that detaches the role leaves nothing of it
 // in the status, and is a final answer for a start still waiting for its
 // first credentials.
