@@ -27,12 +27,21 @@ func (e *chainEndpoint) apply(o *sts.Options) {
 	}
 }
 
+// The SDK applies these option functions more than once, the first time
+// (for web identity) to options without a client, whose client it builds
+// only if the functions leave it nil: a client is wrapped only once it
+// exists, and only once.
+
 func (e *chainEndpoint) assumeRole(o *stscreds.AssumeRoleOptions) {
-	o.Client = assumeRoleClient{o.Client, e}
+	if _, done := o.Client.(assumeRoleClient); o.Client != nil && !done {
+		o.Client = assumeRoleClient{o.Client, e}
+	}
 }
 
 func (e *chainEndpoint) webIdentity(o *stscreds.WebIdentityRoleOptions) {
-	o.Client = webIdentityClient{o.Client, e}
+	if _, done := o.Client.(webIdentityClient); o.Client != nil && !done {
+		o.Client = webIdentityClient{o.Client, e}
+	}
 }
 
 type assumeRoleClient struct {

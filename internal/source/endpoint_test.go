@@ -14,7 +14,7 @@ const chainChild = "IMDS_AGENT_TEST_CHAIN_ENDPOINT"
 
 // TestChainEndpoint: with only AWS_ENDPOINT_URL naming STS's endpoint, the
 // source chain's own STS call (a source_profile's role, assumed before
-// the agent's) goes there too. The SDK builds that client before it reads
+// the agent's, or a web identity token's exchange) goes there too. The SDK builds that client before it reads
 // the variable, and it would go to AWS's public endpoint: so the check
 // runs in a network namespace with nothing but loopback, where such a
 // call cannot leave the host.
@@ -41,18 +41,28 @@ func chainEndpointCheck(t *testing.T) {
 		t.Setenv(k, "")
 		os.Unsetenv(k)
 	}
-	srv, hits := countingServer(t)
-	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
-	cfgFile := write(t, "config", "[profile base]\naws_access_key_id = AKIAEXAMPLE000000004\naws_secret_access_key = base-secret\n"+
-		"[profile app]\nrole_arn = arn:aws:iam::123456789012:role/source\nsource_profile = base\n", 0o600)
-	cfg, err := Load(context.Background(), Settings{Region: "us-east-1", Profile: "app", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_, err = cfg.Credentials.Retrieve(ctx) // the counting server's empty answer is no credentials
-	if hits.Load() == 0 {
-		t.Errorf("the source_profile's role was not assumed at AWS_ENDPOINT_URL: %v", err)
+	for _, tc := range []struct {
+		name, profile string
+	}{
+		{"source_profile", "[profile base]\naws_access_key_id = AKIAEXAMPLE000000004\naws_secret_access_key = base-secret\n" +
+			"[profile app]\nrole_arn = arn:aws:iam::123456789012:role/source\nsource_profile = base\n"},
+		{"web identity", "[profile app]\nrole_arn = arn:aws:iam::123456789012:role/source\nweb_identity_token_file = " +
+			write(t, "token", "eyJhbGciOiJub25lIn0.e30.", 0o600) + "\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, hits := countingServer(t)
+			t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+			cfgFile := write(t, "config", tc.profile, 0o600)
+			cfg, err := Load(context.Background(), Settings{Region: "us-east-1", Profile: "app", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err = cfg.Credentials.Retrieve(ctx) // the counting server's empty answer is no credentials
+			if hits.Load() == 0 {
+				t.Errorf("the source chain's STS call did not go to AWS_ENDPOINT_URL: %v", err)
+			}
+		})
 	}
 }
