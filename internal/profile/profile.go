@@ -51,6 +51,13 @@ func (t Target) String() string {
 // account of the source credentials.
 var ErrProfileNotFound = errors.New("instance profile not found")
 
+// ErrNoSuchProfile is IAM's own answer that it has no instance profile by
+// that name (NoSuchEntity): deleted, or never made in the source
+// credentials' account. It is an ErrProfileNotFound; the others (a profile
+// of another path, letter case or account) are IAM's answers about a
+// profile that does exist.
+var ErrNoSuchProfile = fmt.Errorf("%w (IAM: NoSuchEntity)", ErrProfileNotFound)
+
 // Resolve returns the role attached to t. attached is false when the
 // target is empty or the instance profile holds no role: EC2's "no role
 // attached". An error leaves the caller's previous answer standing.
@@ -71,7 +78,7 @@ func Resolve(ctx context.Context, client IAMAPI, t Target) (role snapshot.Role, 
 	if err != nil {
 		var ae smithy.APIError
 		if errors.As(err, &ae) && ae.ErrorCode() == "NoSuchEntity" {
-			return snapshot.Role{}, false, fmt.Errorf("iam:GetInstanceProfile %s: %w", name, ErrProfileNotFound)
+			return snapshot.Role{}, false, fmt.Errorf("iam:GetInstanceProfile %s: %w", name, ErrNoSuchProfile)
 		}
 		return snapshot.Role{}, false, fmt.Errorf("iam:GetInstanceProfile %s: %w", name, err)
 	}

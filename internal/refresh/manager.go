@@ -165,6 +165,7 @@ type Manager struct {
 	profileFails   int
 	lookupFailed   uint64 // look-ups failed in all
 	rechecking     bool   // the target has resolved: a look-up of it is a recheck
+	goneAnswers    int    // rechecks in a row answered "no such instance profile"
 	lastErr        error
 	lastClass      Class
 	lastErrAt      time.Time
@@ -400,14 +401,6 @@ func (m *Manager) resolve(ctx context.Context) error {
 	if err != nil && ctx.Err() != nil {
 		return err // stopping: not a failure
 	}
-	if err != nil && m.rechecking && errors.Is(err, profile.ErrProfileNotFound) {
-		// The profile resolved before and is gone now (a teardown
-		// removes its role, then deletes it, often within one recheck):
-		// like a profile whose role was removed, it has none to serve,
-		// and the role it had is not renewed.
-		m.log.Warn("the instance profile is gone", "target", m.s.Target.String(), "error", err)
-		role, attached, err = snapshot.Role{}, false, nil
-	}
 	if err != nil {
 		err = &lookupError{err}
 		m.profileFails++
@@ -428,6 +421,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 		m.noteFailure(err, class)
 		m.log.Error("resolving the instance profile failed", "target", m.s.Target.String(), "error", err,
 			"class", class.String(), "failures", m.profileFails, "retry_in", delay.Round(time.Millisecond))
+		m.noteGone(err)
 		switch code, msg := failureCode(class, err); {
 		case !m.resolved:
 			m.publish(snapshot.NewPending(m.role).WithFailure(code, msg, m.opts.Clock.Now()))
@@ -440,6 +434,7 @@ func (m *Manager) resolve(ctx context.Context) error {
 	}
 	m.roleStale = false
 	m.rechecking = true
+	m.goneAnswers = 0
 	if m.profileFails > 0 {
 		m.log.Info("instance profile resolved again", "target", m.s.Target.String(), "after_failures", m.profileFails)
 	}
@@ -479,6 +474,29 @@ func (m *Manager) resolve(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// noteGone counts the rechecks in a row that IAM answered it has no such
+// instance profile. At two, the profile that resolved before is taken as
+// deleted (a teardown removes the role, then deletes the profile, often
+// within one recheck): like a profile whose role was removed, it has none
+// to serve, and the role it had is no longer renewed. One answer is not
+// enough: the same answer comes from source credentials of another
+// account (keys rotated to the wrong ones, say), and what is served stays
+// while that is put right. The failure stays in status and iam/info.
+func (m *Manager) noteGone(err error) {
+	if !m.rechecking || !errors.Is(err, profile.ErrNoSuchProfile) {
+		m.goneAnswers = 0
+		return
+	}
+	if m.goneAnswers++; m.goneAnswers < 2 || !m.attached {
+		return
+	}
+	m.log.Warn("the instance profile is gone (IAM answered twice that it has none by that name): serving no role, as for a profile without one, until it is back",
+		"target", m.s.Target.String(), "role", m.role.ARN)
+	m.attached, m.role, m.creds, m.credsRole, m.roleStale = false, snapshot.Role{}, nil, "", false
+	m.failures = 0 // no AssumeRole is attempted without a role
+	m.publish(snapshot.None())
 }
 
 func (m *Manager) lookup(ctx context.Context) (snapshot.Role, bool, error) {

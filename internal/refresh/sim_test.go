@@ -669,29 +669,59 @@ func TestChangedRoleNotServedExpired(t *testing.T) {
 }
 
 // TestProfileDeleted: an instance profile that resolved is deleted (a
-// teardown removes its role, then deletes it, within one recheck): the
-// iam paths answer 404, as for a profile without a role, and the role it
-// had is not renewed; a profile made again is served again.
+// teardown removes its role, then deletes it, within one recheck). One
+// NoSuchEntity answer keeps what is served (source credentials of another
+// account give the same answer, while they are put right); two rechecks in
+// a row make the iam paths answer 404, as for a profile without a role, and
+// its role is not renewed; a refresh asked for says why; a profile made
+// again is served again.
 func TestProfileDeleted(t *testing.T) {
 	s := newSim(t, simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour})
 	s.run(time.Minute, nil)
 	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
 		t.Fatalf("state %v role %s", snap.State, snap.Role.ARN)
 	}
+	// failedRechecks lets time pass until n more look-ups have failed.
+	failedRechecks := func(n uint64) {
+		t.Helper()
+		want := s.m.Status().LookupFailures + n
+		for i := 0; s.m.Status().LookupFailures < want; i++ {
+			if i == 100 {
+				t.Fatalf("%d look-ups failed in 16m, want %d", s.m.Status().LookupFailures, want)
+			}
+			s.run(10*time.Second, nil)
+		}
+	}
 	s.emu.DeleteInstanceProfile("web")
+	failedRechecks(1)
+	if st := s.m.Status(); st.State != snapshot.Ready || !strings.Contains(st.LastError, "NoSuchEntity") {
+		t.Fatalf("after one NoSuchEntity: state %v, last error %q; want the credentials kept and the failure shown", st.State, st.LastError)
+	}
+	// A recheck that finds the profile starts the count again.
+	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
 	s.run(6*time.Minute, nil)
+	s.emu.DeleteInstanceProfile("web")
+	failedRechecks(1)
+	if snap := s.m.Snapshot(); snap.State != snapshot.Ready {
+		t.Fatalf("one NoSuchEntity after a recheck that found the profile: state %v, want the credentials kept", snap.State)
+	}
+	failedRechecks(1)
 	if snap := s.m.Snapshot(); snap.State != snapshot.NoRole {
-		t.Fatalf("6m after the profile was deleted: state %v role %s, want no role", snap.State, snap.Role.ARN)
+		t.Fatalf("after two rechecks found the profile deleted: state %v role %s, want no role", snap.State, snap.Role.ARN)
 	}
 	calls := s.stsCalls()
 	s.run(6*time.Hour, nil)
 	if n := s.stsCalls() - calls; n != 0 {
 		t.Errorf("the deleted profile's role was assumed %d times", n)
 	}
-	if !strings.Contains(s.logs.String(), "the instance profile is gone") {
-		t.Errorf("the deletion is not logged:\n%s", s.logs)
+	if n := s.logs.count("the instance profile is gone"); n != 1 {
+		t.Errorf("the deletion is logged %d times, want once", n)
+	}
+	if err := s.m.forced(context.Background()); err == nil || !strings.Contains(err.Error(), "NoSuchEntity") {
+		t.Errorf("a refresh asked for after the deletion: %v, want the look-up's failure", err)
 	}
 	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
+	s.wake = s.clock.Monotonic()
 	s.run(6*time.Minute, nil)
 	if snap := s.m.Snapshot(); snap.State != snapshot.Ready || snap.Role.ARN != roleA {
 		t.Errorf("after the profile was made again: state %v role %s", snap.State, snap.Role.ARN)
