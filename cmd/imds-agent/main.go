@@ -255,9 +255,12 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	// restart the agent, say), that is no valid configuration.
 	settings := agent.SourceSettings(cfg)
 	err = source.CheckSettings(settings, source.Service())
-	if err == nil && (cfg.Credentials.InstanceProfile != "" || cfg.Credentials.RoleARN != "") {
+	if err == nil && cfg.Credentials.SourceProfile != "" && (cfg.Credentials.InstanceProfile != "" || cfg.Credentials.RoleARN != "") {
 		// What a start loads next (an agent without a role loads nothing):
-		// a source_profile the files do not have, say.
+		// a source_profile the files do not have, say. Only a profile the
+		// file names: without one, the SDK takes AWS_PROFILE from the
+		// environment, and this one (an administrator's shell) is not the
+		// service's.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		_, err = source.LoadProfile(ctx, settings)
 		cancel()

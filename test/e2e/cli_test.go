@@ -108,6 +108,16 @@ func TestCommandLine(t *testing.T) {
 			t.Errorf("imds-agent %s: exit %d, output:\n%s\nwant exit %d and %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
 		}
 	}
+	// Without a source_profile in the file, the SDK's profile is the
+	// environment's, and an administrator's AWS_PROFILE is not the
+	// service's: check-config does not judge the load by it.
+	roleDefaultProfile := filepath.Join(dir, "role-default-profile.yaml")
+	_ = os.WriteFile(roleDefaultProfile, []byte("version: 1\ncredentials:\n  instance_profile: web\n  shared_config_files: ["+safeProcessConfig+"]\n  shared_credentials_files: []\n"), 0o644)
+	byShell := exec.Command(binary, "check-config", "--config", roleDefaultProfile)
+	byShell.Env = append(baseEnv(t), "AWS_PROFILE=admins-own")
+	if out, err := byShell.CombinedOutput(); err != nil {
+		t.Errorf("check-config with the caller's AWS_PROFILE naming a profile the files lack: %v\n%s", err, out)
+	}
 
 	// check-config shows what the agent derives from the host, marked as
 	// such, and what it prints is a config it accepts.
