@@ -800,18 +800,19 @@ func (m *Manager) applyReload(s Settings) {
 	switch {
 	case m.creds == nil:
 	case s.SessionName != old.SessionName || s.ExternalID != old.ExternalID:
-		// New credentials now: CloudTrail names the session after the
-		// instance id, and a wrong external id shows at once.
-		m.refreshDue = m.opts.Clock.Monotonic()
+		// New credentials within reloadSpread: CloudTrail names the
+		// session after the instance id, and a wrong external id shows
+		// at once. Spread, since a fleet takes a new file together.
+		m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(reloadSpread)*m.opts.Rand())
 	case s.Window != old.Window || s.Duration != old.Duration:
 		// Reschedule from the current credentials under the new window,
 		// with the jitter of a scheduled refresh: hosts that got their
 		// credentials together (a fleet's boot or refresh) and take the
 		// same new file would otherwise call STS in the same second.
-		m.refreshDue = m.opts.Clock.Monotonic()
+		m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(reloadSpread)*m.opts.Rand())
 		if w := m.window(m.lifetime); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
 			until := m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
-			m.refreshDue += time.Duration(float64(until) * (1 - jitterFraction*m.opts.Rand()))
+			m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(until)*(1-jitterFraction*m.opts.Rand()))
 		}
 	}
 }
@@ -859,6 +860,10 @@ func (m *Manager) publishStatus() {
 }
 
 // jittered returns d varied by up to ±10%.
+// reloadSpread spreads the AssumeRole a reload asks for at once over a
+// fleet that takes the new file together.
+const reloadSpread = time.Minute
+
 func jittered(d time.Duration, r float64) time.Duration {
 	return time.Duration(float64(d) * (1 - jitterFraction + 2*jitterFraction*r))
 }

@@ -801,7 +801,7 @@ func TestReloadRetriesAtOnce(t *testing.T) {
 // reschedules the current credentials' refresh with a scheduled refresh's
 // jitter (no fleet-wide second for hosts that got their credentials
 // together); one that changes the session name or the external id gets new
-// credentials at once, under the new name.
+// credentials within a minute (spread over a fleet), under the new name.
 func TestReloadReschedules(t *testing.T) {
 	s := newSim(t, simOptions{duration: time.Hour})
 	s.run(time.Minute, nil)
@@ -817,7 +817,10 @@ func TestReloadReschedules(t *testing.T) {
 	set := s.settings(o)
 	set.SessionName = "i-0fedcba9876543210"
 	s.reload(set)
-	s.run(time.Second, nil)
+	if wait := s.m.refreshDue - s.clock.Monotonic(); wait <= 0 || wait > time.Minute {
+		t.Errorf("a reload of the session name: refresh in %v, want spread over a minute", wait)
+	}
+	s.run(time.Minute, nil)
 	if n := s.stsCalls() - calls; n != 1 {
 		t.Fatalf("a reload of the session name made %d AssumeRole calls, want 1", n)
 	}
