@@ -127,7 +127,9 @@ func printStatus(w io.Writer, st admin.Status, now time.Time) {
 		tokens = "endpoint disabled"
 	}
 	row("tokens", "%s", tokens)
-	row("configuration", "loaded %s", ago(st.ConfigLoaded))
+	if !st.ConfigLoaded.IsZero() { // an agent from before this field says nothing
+		row("configuration", "loaded %s", ago(st.ConfigLoaded))
+	}
 	if st.ReloadError != "" {
 		row("reload refused", "%s, the running configuration stays: %s", ago(st.ReloadFailedAt), st.ReloadError)
 	}
