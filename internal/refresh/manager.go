@@ -797,19 +797,22 @@ func (m *Manager) applyReload(s Settings) {
 		m.roleStale = m.attached
 		return
 	}
+	spread := m.opts.Clock.Monotonic() + time.Duration(float64(reloadSpread)*m.opts.Rand())
 	switch {
-	case m.creds == nil:
+	case m.creds == nil || m.failures > 0:
+		// Nothing to reschedule, or a retry due at once (above).
 	case s.SessionName != old.SessionName || s.ExternalID != old.ExternalID:
-		// New credentials within reloadSpread: CloudTrail names the
-		// session after the instance id, and a wrong external id shows
-		// at once. Spread, since a fleet takes a new file together.
-		m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(reloadSpread)*m.opts.Rand())
+		// New credentials within reloadSpread, or sooner if due sooner:
+		// CloudTrail names the session after the instance id, and a
+		// wrong external id shows at once. Spread, since a fleet takes a
+		// new file together.
+		m.refreshDue = min(m.refreshDue, spread)
 	case s.Window != old.Window || s.Duration != old.Duration:
 		// Reschedule from the current credentials under the new window,
 		// with the jitter of a scheduled refresh: hosts that got their
 		// credentials together (a fleet's boot or refresh) and take the
 		// same new file would otherwise call STS in the same second.
-		m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(reloadSpread)*m.opts.Rand())
+		m.refreshDue = spread
 		if w := m.window(m.lifetime); m.opts.Clock.Now().Before(m.creds.Expiration.Add(-w)) {
 			until := m.creds.Expiration.Add(-w).Sub(m.opts.Clock.Now())
 			m.refreshDue = m.opts.Clock.Monotonic() + time.Duration(float64(until)*(1-jitterFraction*m.opts.Rand()))
@@ -859,11 +862,11 @@ func (m *Manager) publishStatus() {
 	}
 }
 
-// jittered returns d varied by up to ±10%.
 // reloadSpread spreads the AssumeRole a reload asks for at once over a
 // fleet that takes the new file together.
 const reloadSpread = time.Minute
 
+// jittered returns d varied by up to ±10%.
 func jittered(d time.Duration, r float64) time.Duration {
 	return time.Duration(float64(d) * (1 - jitterFraction + 2*jitterFraction*r))
 }

@@ -833,6 +833,29 @@ func TestReloadReschedules(t *testing.T) {
 	if !strings.HasSuffix(served, "/i-0fedcba9876543210") {
 		t.Errorf("session served after the reload: %q", served)
 	}
+
+	// A refresh due sooner than the spread stays due then.
+	s.m.refreshDue = s.clock.Monotonic() + 2*time.Second
+	set.ExternalID = "fleet-2"
+	s.reload(set)
+	if wait := s.m.refreshDue - s.clock.Monotonic(); wait > 2*time.Second {
+		t.Errorf("a refresh due in 2s was put off to %v by a reload", wait)
+	}
+	s.run(time.Minute, nil)
+	// After a failed AssumeRole, a reload retries at once, whatever it
+	// changes.
+	s.emu.PutRole(awsemu.Role{Account: simAccount, Name: "app", MaxSession: 12 * time.Hour, Trusted: []string{"arn:aws:iam::123456789012:user/someone-else"}})
+	s.m.refreshDue = s.clock.Monotonic()
+	s.wake = s.clock.Monotonic()
+	s.run(time.Second, nil)
+	if s.m.Status().ConsecutiveFailures == 0 {
+		t.Fatal("the untrusted role did not fail")
+	}
+	set.ExternalID = "fleet-3"
+	s.reload(set)
+	if wait := s.m.refreshDue - s.clock.Monotonic(); wait > 0 {
+		t.Errorf("after a failure, a reload's retry is due in %v, want at once", wait)
+	}
 }
 
 // TestForcedLookupOnce: a refresh asked for while the first look-up of
