@@ -163,9 +163,10 @@ type Manager struct {
 	profileDue     time.Duration
 	failures       int
 	profileFails   int
-	lookupFailed   uint64 // look-ups failed in all
-	rechecking     bool   // the target has resolved: a look-up of it is a recheck
-	goneAnswers    int    // rechecks in a row answered "no such instance profile"
+	lookupFailed   uint64        // look-ups failed in all
+	rechecking     bool          // the target has resolved: a look-up of it is a recheck
+	goneAnswers    int           // look-ups in a row answered "no such instance profile"
+	goneSince      time.Duration // when the first of them was (monotonic)
 	lastErr        error
 	lastClass      Class
 	lastErrAt      time.Time
@@ -476,20 +477,27 @@ func (m *Manager) resolve(ctx context.Context) error {
 	return nil
 }
 
-// noteGone counts the rechecks in a row that IAM answered it has no such
-// instance profile. At two, the profile that resolved before is taken as
-// deleted (a teardown removes the role, then deletes the profile, often
-// within one recheck): like a profile whose role was removed, it has none
-// to serve, and the role it had is no longer renewed. One answer is not
-// enough: the same answer comes from source credentials of another
-// account (keys rotated to the wrong ones, say), and what is served stays
-// while that is put right. The failure stays in status and iam/info.
+// noteGone counts the look-ups in a row that IAM answered it has no such
+// instance profile. Once a recheck's worth of time has passed since the
+// first (so that a refresh or reload asked for meanwhile does not count
+// twice), the profile that resolved before is taken as deleted (a teardown
+// removes the role, then deletes the profile, often within one recheck):
+// like a profile whose role was removed, it has none to serve, and the
+// role it had is no longer renewed. One answer is not enough: the same
+// answer comes from source credentials of another account (keys rotated
+// to the wrong ones, say), and what is served stays while that is put
+// right. The failure stays in status.
 func (m *Manager) noteGone(err error) {
 	if !m.rechecking || !errors.Is(err, profile.ErrNoSuchProfile) {
 		m.goneAnswers = 0
 		return
 	}
-	if m.goneAnswers++; m.goneAnswers < 2 || !m.attached {
+	mono := m.opts.Clock.Monotonic()
+	if m.goneAnswers++; m.goneAnswers == 1 {
+		m.goneSince = mono
+	}
+	recheck := time.Duration(float64(m.s.ProfileRecheck) * (1 - jitterFraction))
+	if m.goneAnswers < 2 || mono-m.goneSince < recheck || !m.attached {
 		return
 	}
 	m.log.Warn("the instance profile is gone (IAM answered twice that it has none by that name): serving no role, as for a profile without one, until it is back",

@@ -697,6 +697,16 @@ func TestProfileDeleted(t *testing.T) {
 	if st := s.m.Status(); st.State != snapshot.Ready || !strings.Contains(st.LastError, "NoSuchEntity") {
 		t.Fatalf("after one NoSuchEntity: state %v, last error %q; want the credentials kept and the failure shown", st.State, st.LastError)
 	}
+	// Refreshes and reloads asked for while it is put right look up
+	// again at once; they do not make the profile gone sooner.
+	for range 2 {
+		_ = s.m.forced(context.Background())
+		s.reload(s.settings(simOptions{target: profile.Target{InstanceProfile: "web"}, duration: time.Hour, recheck: 5 * time.Minute}))
+		s.run(5*time.Second, nil)
+	}
+	if st := s.m.Status(); st.State != snapshot.Ready {
+		t.Fatalf("after refreshes and reloads within a minute of one NoSuchEntity: state %v, want the credentials kept", st.State)
+	}
 	// A recheck that finds the profile starts the count again.
 	s.emu.PutInstanceProfile(awsemu.InstanceProfile{Account: simAccount, Name: "web", Role: "app"})
 	s.run(6*time.Minute, nil)
