@@ -255,19 +255,23 @@ func checkConfig(path string, stdout, stderr io.Writer) error {
 	// restart the agent, say), that is no valid configuration.
 	settings := agent.SourceSettings(cfg)
 	err = source.CheckSettings(settings, source.Service())
-	if err == nil && cfg.Credentials.SourceProfile != "" && (cfg.Credentials.InstanceProfile != "" || cfg.Credentials.RoleARN != "") {
+	if err == nil && (cfg.Credentials.InstanceProfile != "" || cfg.Credentials.RoleARN != "") {
 		// What a start loads next (an agent without a role loads nothing):
-		// a source_profile the files do not have, say. Only a profile the
-		// file names: without one, the SDK takes AWS_PROFILE from the
-		// environment, and this one (an administrator's shell) is not the
-		// service's.
+		// a source_profile the files do not have, say.
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		_, err = source.LoadProfile(ctx, settings)
 		cancel()
-		if errors.Is(err, source.ErrExcludedSource) {
+		switch {
+		case errors.Is(err, source.ErrExcludedSource):
 			// Nothing in the files or in this environment; the
 			// service's (an EnvironmentFile) may have some.
 			fmt.Fprintf(stderr, "imds-agent check-config: warning: no source credentials in the shared files or in this environment: the agent will serve none unless its own environment has some\n")
+			err = nil
+		case err != nil && cfg.Credentials.SourceProfile == "":
+			// Without a source_profile the SDK takes AWS_PROFILE from the
+			// environment, and this one (an administrator's shell, a
+			// package script) need not be the service's.
+			fmt.Fprintf(stderr, "imds-agent check-config: warning: the default source profile does not load in this environment (%v); the service's environment decides which profile it loads\n", err)
 			err = nil
 		}
 	}
