@@ -306,6 +306,9 @@ func (c *Client) do(ctx context.Context, method, path string, out any) error {
 	}
 	res, err := c.http.Do(req)
 	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+			return fmt.Errorf("admin socket %s: the agent did not answer in time (it may be stopped, hung or busy; journalctl -u imds-agent says more)", c.path)
+		}
 		return c.dialError(err)
 	}
 	defer res.Body.Close()

@@ -142,6 +142,27 @@ func TestClientErrors(t *testing.T) {
 	if err := NewClient(path).dialError(denied); err.Error() != "admin socket "+path+": permission denied; run as root or as a member of the agent's group" {
 		t.Errorf("dialError(EACCES) = %v", err)
 	}
+	// An agent that accepts and never answers (stopped with SIGSTOP, say).
+	hung := filepath.Join(dir, "hung.sock")
+	hl, err := net.Listen("unix", hung)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	go func() {
+		for {
+			c, err := hl.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	short, cancelShort := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancelShort()
+	if _, err := NewClient(hung).Status(short); err == nil || !strings.Contains(err.Error(), "admin socket "+hung+": the agent did not answer in time") {
+		t.Errorf("Status of an agent that never answers = %v", err)
+	}
 }
 
 // TestIdleConnectionClosed: a kept-alive connection that sends nothing
