@@ -32,7 +32,7 @@ import (
 type Info struct {
 	Local    bool   // the client socket was found in this network namespace
 	UID      uint32 // the socket owner's UID (meaningful only when Local)
-	Inode    uint32 // the socket's inode; 0 once its owner closed it
+	Inode    uint32 // the socket's inode (a socket whose owner closed it is not identified)
 	CgroupID uint64 // cgroup v2 id of the socket; 0 if unknown
 	Cgroup   string // cgroup v2 path, "" if unknown
 	Unit     string // systemd unit from the cgroup path, "" if none
@@ -84,6 +84,12 @@ const (
 // bound to a device none of the links names any more. The caller is local,
 // but nobody in particular.
 var ErrUnidentified = errors.New("caller: the client is on this host but its socket was not found")
+
+// errOrphan is ErrUnidentified for a client socket found without an owner:
+// its process closed it (it lingers in FIN-WAIT-2, or FIN-WAIT-1), and the
+// kernel reports such a socket with inode 0 and uid 0. Taken as found, it
+// would make any user's request that closes before it is accepted root's.
+var errOrphan = fmt.Errorf("%w: its owner closed it before it was identified", ErrUnidentified)
 
 // errDumpsSpent is ErrUnidentified for a lookup that would need a dump
 // past dumpRate and dumpBurst.
@@ -233,6 +239,8 @@ func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 		return Info{}, err
 	case v != verdictFound:
 		return Info{}, nil
+	case info.Inode == 0:
+		return Info{}, errOrphan
 	}
 	info.Local = true
 	if info.CgroupID != 0 && r.cgroups != nil {

@@ -374,6 +374,25 @@ func TestLookupClosedClient(t *testing.T) {
 	}
 }
 
+// TestLookupClientClosedFirst: a client that sends and closes before the
+// agent looks it up leaves a socket without an owner (FIN-WAIT-1 or -2),
+// which the kernel reports with inode 0 and uid 0. It is not identified,
+// at once: taken as found, any user's request would be judged and audited
+// as root's.
+func TestLookupClientClosedFirst(t *testing.T) {
+	r := newResolver(t, Options{})
+	ln := listen(t, "tcp4", "127.0.0.1:0")
+	client, server := connect(t, "tcp4", ln)
+	local, remote := ends(server)
+	if _, err := client.Write([]byte("GET / HTTP/1.1\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	if got, err := r.Lookup(local, remote); !errors.Is(err, ErrUnidentified) || got != (Info{}) {
+		t.Errorf("Lookup of a client that closed first = %+v, %v; want ErrUnidentified", got, err)
+	}
+}
+
 func TestLookupAfterClose(t *testing.T) {
 	r, err := NewResolver(Options{Sockets: 2})
 	if err != nil {
