@@ -153,7 +153,7 @@ func New(o Options) (*Agent, error) {
 			a.statusChanged <- st
 		},
 	})
-	a.gate = &gate{log: o.Logger.With("component", "http"), auditLog: o.Logger.With("component", "audit"), refusals: newRefusalLimiter()}
+	a.gate = &gate{log: o.Logger.With("component", "http"), auditLog: o.Logger.With("component", "audit"), refusals: newRefusalLimiter(), denials: newRefusalLimiter()}
 	a.gate.probe, a.probeClient = newProbe()
 	a.metrics = metrics.New(metrics.Sources{
 		Snapshot:    a.manager.Snapshot,

@@ -39,8 +39,12 @@ type gate struct {
 	// Refusals are recorded at up to refusalRecordRate a second (bursts of
 	// refusalRecordBurst): anyone on the host can ask without a token as
 	// fast as they like, and their records would push everything else out
-	// of the journal. Credential answers are always recorded.
+	// of the journal. Credential answers are always recorded. The policy's
+	// refusals (access denied, a token of another user, the hop limit),
+	// which name who was refused, have a budget of their own, so that a
+	// flood of requests without a token cannot keep them out.
 	refusals    *rate.Limiter // nil: every refusal is recorded
+	denials     *rate.Limiter // the policy's refusals; nil: every one is recorded
 	suppressed  atomic.Uint64 // refusals not recorded since the last notice of them
 	noticeAfter time.Duration // how long after the first of them the notice comes; 0: a second
 	auditLog    *slog.Logger  // the notice's logger (component=audit)
@@ -315,7 +319,11 @@ func (g *gate) Served(req *imds.Request, status int) {
 	if !secret && !refusal(req.Reason) {
 		return
 	}
-	if !secret && g.refusals != nil && !g.refusals.Allow() {
+	limiter := g.refusals
+	if policyRefusal(req.Reason) {
+		limiter = g.denials
+	}
+	if !secret && limiter != nil && !limiter.Allow() {
 		if g.suppressed.Add(1) == 1 {
 			// The first left out since the last notice: the next one
 			// comes a second from now, with all those left out by then,
@@ -367,6 +375,12 @@ func (g *gate) noticeSuppressed() {
 
 // refusal reports whether a reason is a refusal worth auditing (as opposed
 // to a missing path or a malformed request).
+// policyRefusal reports whether r is a decision of the access policy about
+// an identified caller, rather than a malformed or unauthenticated request.
+func policyRefusal(r imds.Reason) bool {
+	return r == imds.ReasonAccessDenied || r == imds.ReasonTokenWrongUser || r == imds.ReasonHopLimit
+}
+
 func refusal(r imds.Reason) bool {
 	switch r {
 	case imds.ReasonTokenMissing, imds.ReasonTokenInvalid, imds.ReasonTokenExpired, imds.ReasonTokenWrongUser,

@@ -425,6 +425,34 @@ func TestGateRefusalRecordsAreLimited(t *testing.T) {
 	}
 }
 
+// TestGateDenialsHaveTheirOwnBudget: a flood of requests without a token,
+// which anyone can send, spends the refusals' budget, not the policy's: a
+// caller the policy refuses is still recorded, by name.
+func TestGateDenialsHaveTheirOwnBudget(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	var out bytes.Buffer
+	g.audit = audit.New(&out, "text", nil)
+	g.noticeAfter = time.Hour
+	g.refusals = rate.NewLimiter(rate.Every(time.Hour), 2)
+	g.denials = rate.NewLimiter(rate.Every(time.Hour), 2)
+	for range 5 {
+		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		req.Route, req.Reason = imds.RouteCredentials, imds.ReasonTokenMissing
+		g.Served(req, http.StatusUnauthorized)
+	}
+	for _, reason := range []imds.Reason{imds.ReasonAccessDenied, imds.ReasonTokenWrongUser} {
+		req := request(http.MethodGet, "/latest/meta-data/iam/security-credentials/app", "127.0.0.1", localWeb)
+		req.Route, req.Reason = imds.RouteCredentials, reason
+		g.Served(req, http.StatusForbidden)
+	}
+	flushAudit(t, g)
+	for _, want := range []string{"reason=access-denied", "reason=token-wrong-user"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("after a flood of requests without a token, no record with %s:\n%s", want, out.String())
+		}
+	}
+}
+
 // TestGateHeadIsNoCredentialAnswer: a HEAD of the credentials, answered
 // without a body, is no credential answer in the audit trail; a GET is.
 func TestGateHeadIsNoCredentialAnswer(t *testing.T) {
