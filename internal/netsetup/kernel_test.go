@@ -342,3 +342,42 @@ func TestKernelForeignLink(t *testing.T) {
 		t.Errorf("the foreign link is gone: %v", err)
 	}
 }
+
+// TestLinkLocalTellsIPv6 checks what ipv6Off relies on where the sandbox
+// hides the sysctls: a link with a carrier has a link-local address when
+// IPv6 is on for it, and no IPv6 address at all when it was made with IPv6
+// off (net.ipv6.conf.default.disable_ipv6=1, as hardening guides set).
+func TestLinkLocalTellsIPv6(t *testing.T) {
+	for _, off := range []bool{false, true} {
+		a, b := netnstest.New(t), netnstest.New(t)
+		if off {
+			a.SetSysctl("net.ipv6.conf.default.disable_ipv6", "1")
+		}
+		name, _ := netnstest.Link(t, a, b, netip.MustParsePrefix("192.0.2.1/24"), netip.MustParsePrefix("192.0.2.2/24"))
+		var got []netlink.Addr
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			l, err := a.Handle().LinkByName(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if l.Attrs().Flags&net.FlagRunning == 0 {
+				t.Fatalf("%s has no carrier: flags %v", name, l.Attrs().Flags)
+			}
+			got, err = a.Handle().AddrList(l, netlink.FAMILY_V6)
+			if err != nil && !ipv6Unavailable(err) {
+				t.Fatal(err)
+			}
+			if off || len(got) > 0 || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		switch {
+		case off && len(got) != 0:
+			t.Errorf("a link made with IPv6 off has IPv6 addresses: %v", got)
+		case !off && (len(got) == 0 || !got[0].IP.IsLinkLocalUnicast()):
+			t.Errorf("a link with IPv6 on and a carrier has no link-local address: %v", got)
+		}
+	}
+}

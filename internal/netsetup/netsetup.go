@@ -727,9 +727,13 @@ func ipv6Unavailable(err error) bool {
 
 // ipv6Off says why IPv6 is off for link, or "" when it is on. It reads
 // the sysctls where it can see them. The service's sandbox
-// (ProcSubset=pid) hides /proc/sys: the loopback link then tells, as it
-// has ::1 whenever IPv6 is on at all. (Off on the link alone is then not
-// seen, and the missing address is reported as missing.)
+// (ProcSubset=pid) hides /proc/sys: the loopback link then tells whether
+// IPv6 is on at all (it has ::1 whenever it is), and a link with a carrier
+// (a dummy link always has one) whether it is on there: with IPv6 on it has
+// a link-local address at least, with IPv6 off (net.ipv6.conf.default.
+// disable_ipv6 when it was made, say) none. A link without a carrier (the
+// bridge made where the dummy type is missing) cannot tell: the missing
+// address is then reported as missing.
 func ipv6Off(h Netlink, sysRoot, link string) string {
 	if _, err := os.Stat(filepath.Join(sysRoot, "proc/sys/net")); err == nil {
 		return ipv6Disabled(sysRoot, link)
@@ -742,12 +746,17 @@ func ipv6Off(h Netlink, sysRoot, link string) string {
 	if err != nil && !ipv6Unavailable(err) {
 		return ""
 	}
-	for _, a := range addrs {
-		if a.IP.Equal(net.IPv6loopback) {
-			return ""
-		}
+	if !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.Equal(net.IPv6loopback) }) {
+		return "the loopback link has no ::1 (/proc/sys is hidden from this process)"
 	}
-	return "the loopback link has no ::1 (/proc/sys is hidden from this process)"
+	l, err := h.LinkByName(link)
+	if err != nil || l.Attrs().Flags&(net.FlagUp|net.FlagRunning) != net.FlagUp|net.FlagRunning {
+		return ""
+	}
+	if own, err := h.AddrList(l, netlink.FAMILY_V6); err == nil && len(own) == 0 {
+		return "the link has no IPv6 address, not even a link-local one: IPv6 is off on it (/proc/sys is hidden from this process)"
+	}
+	return ""
 }
 
 // ipv6Disabled reads the sysctls that say IPv6 is off for link, and returns

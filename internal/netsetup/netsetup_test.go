@@ -403,29 +403,40 @@ func TestIPv6Degrades(t *testing.T) {
 	}
 }
 
-// Check, being read-only, learns that IPv6 is off from the sysctls.
+// Check, being read-only, learns that IPv6 is off from the sysctls or,
+// where the sandbox hides them, from the links' addresses: none on lo, or
+// not even a link-local one on the agent's link.
 func TestCheckIPv6(t *testing.T) {
 	const missing = "host network not set up: link imds0: fd00:ec2::254/128 is not on it (run imds-agent setup-link)"
 	tests := []struct {
-		name     string
-		sysctl   map[string]string // files under proc/sys/net/ipv6; nil: proc/sys is hidden (ProcSubset=pid)
-		loopback bool              // ::1 is on lo
-		want     string            // "" = degraded without error
+		name      string
+		sysctl    map[string]string // files under proc/sys/net/ipv6; nil: proc/sys is hidden (ProcSubset=pid)
+		loopback  bool              // ::1 is on lo
+		linkLocal bool              // the link has its fe80:: address, as it does with IPv6 on
+		want      string            // "" = degraded without error
 	}{
-		{"disabled on the link", map[string]string{"conf/imds0/disable_ipv6": "1\n", "conf/all/disable_ipv6": "0\n"}, true, ""},
-		{"disabled everywhere", map[string]string{"conf/imds0/disable_ipv6": "0\n", "conf/all/disable_ipv6": "1\n"}, false, ""},
-		{"no IPv6 in the kernel", map[string]string{}, false, ""},
-		{"enabled, but the address is missing", map[string]string{"conf/imds0/disable_ipv6": "0\n"}, true, missing},
-		{"sysctls hidden, enabled, the address missing", nil, true, missing},
-		{"sysctls hidden, IPv6 off", nil, false, ""},
+		{"disabled on the link", map[string]string{"conf/imds0/disable_ipv6": "1\n", "conf/all/disable_ipv6": "0\n"}, true, false, ""},
+		{"disabled everywhere", map[string]string{"conf/imds0/disable_ipv6": "0\n", "conf/all/disable_ipv6": "1\n"}, false, false, ""},
+		{"no IPv6 in the kernel", map[string]string{}, false, false, ""},
+		{"enabled, but the address is missing", map[string]string{"conf/imds0/disable_ipv6": "0\n"}, true, true, missing},
+		{"sysctls hidden, enabled, the address missing", nil, true, true, missing},
+		{"sysctls hidden, IPv6 off", nil, false, false, ""},
+		{"sysctls hidden, IPv6 off on the link alone", nil, true, false, ""},
+		{"sysctls hidden, no carrier to tell by", nil, true, false, missing},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFake()
 			ourLink(f, true)
+			if !strings.Contains(tc.name, "no carrier") {
+				f.links[len(f.links)-1].Attrs().Flags |= net.FlagRunning // a dummy link's carrier
+			}
 			f.addOurAddr("imds0", "169.254.169.254/32")
 			if tc.loopback {
 				f.addAddr("lo", "::1/128")
+			}
+			if tc.linkLocal {
+				f.addAddr("imds0", "fe80::1/64")
 			}
 			o, logs := testOptions(t)
 			if tc.sysctl != nil {
