@@ -264,12 +264,13 @@ func Check(h Netlink, o Options) (Result, error) {
 // Cleanup removes the agent's link and with it its addresses, and any
 // other link the agent marked as its own (one an earlier listen.link
 // named). link "" names none: only marked links go. A missing link is not
-// an error; a link of that name that is not the agent's is refused with
-// ErrNotOurs and left alone.
+// an error; a link of that name that is not the agent's is left alone and
+// reported with ErrNotOurs, once the agent's own links are gone.
 func Cleanup(h Netlink, link string, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var foreign error
 	if link != "" {
 		if err := validLinkName(link); err != nil {
 			return err
@@ -278,12 +279,13 @@ func Cleanup(h Netlink, link string, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		if l == nil {
+		switch {
+		case l == nil:
 			log.Info("link already absent; nothing to remove", "link", link)
-		} else {
-			if err := ours(l); err != nil {
-				return err
-			}
+		case ours(l) != nil:
+			// Not "remove it": it is another program's.
+			foreign = fmt.Errorf("%w; it is left alone", ours(l))
+		default:
 			if err := h.LinkDel(l); err != nil {
 				return netlinkErr("LinkDel", link, err)
 			}
@@ -303,7 +305,7 @@ func Cleanup(h Netlink, link string, log *slog.Logger) error {
 		}
 		log.Info("link removed with its addresses: the agent's, from an earlier listen.link", "link", l.Attrs().Name, "kind", l.Type())
 	}
-	return nil
+	return foreign
 }
 
 // prepare is what Ensure and Check do first: normalise the options, apply
@@ -410,7 +412,7 @@ func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
 	ourIndex := 0
 	if l != nil {
 		if err := ours(l); err != nil {
-			return st, err
+			return st, fmt.Errorf("%w; remove it or set listen.link to another name", err)
 		}
 		st.link, ourIndex = l, l.Attrs().Index
 	}
@@ -507,7 +509,7 @@ func lookupLink(h Netlink, name string) (netlink.Link, error) {
 func ours(l netlink.Link) error {
 	a := l.Attrs()
 	if a.Alias != Alias {
-		return fmt.Errorf("%w: link %s (type %s, alias %q) exists and was not created by imds-agent; remove it or set listen.link to another name",
+		return fmt.Errorf("%w: link %s (type %s, alias %q) exists and was not created by imds-agent",
 			ErrNotOurs, a.Name, l.Type(), a.Alias)
 	}
 	if t := l.Type(); t != KindDummy && t != KindBridge {

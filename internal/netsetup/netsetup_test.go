@@ -221,7 +221,7 @@ func TestNotOurs(t *testing.T) {
 		want string
 	}{
 		{"veth without alias", &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "imds0"}},
-			`link not managed by imds-agent: link imds0 (type veth, alias "") exists and was not created by imds-agent; remove it or set listen.link to another name`},
+			`link not managed by imds-agent: link imds0 (type veth, alias "") exists and was not created by imds-agent`},
 		{"bridge with another alias", &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "imds0", Alias: "docker"}},
 			`link imds0 (type bridge, alias "docker") exists and was not created by imds-agent`},
 		{"our alias on a veth", &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "imds0", Alias: Alias}},
@@ -232,14 +232,20 @@ func TestNotOurs(t *testing.T) {
 			f := newFake()
 			f.addLink(tc.link)
 			o, _ := testOptions(t)
+			// Setting up asks for the name to be freed or changed; cleaning
+			// up, which removes what is the agent's, leaves it alone.
 			for name, call := range map[string]func() error{
 				"Ensure":  func() error { _, err := Ensure(f, o); return err },
 				"Check":   func() error { _, err := Check(f, o); return err },
 				"Cleanup": func() error { return Cleanup(f, "imds0", o.Logger) },
 			} {
 				err := call()
-				if !errors.Is(err, ErrNotOurs) || !strings.Contains(err.Error(), tc.want) {
-					t.Errorf("%s: err = %v\nwant %v containing %q", name, err, ErrNotOurs, tc.want)
+				advice := map[string]string{"Cleanup": "; it is left alone"}[name]
+				if advice == "" {
+					advice = "; remove it or set listen.link to another name"
+				}
+				if !errors.Is(err, ErrNotOurs) || !strings.Contains(err.Error(), tc.want+advice) {
+					t.Errorf("%s: err = %v\nwant %v containing %q", name, err, ErrNotOurs, tc.want+advice)
 				}
 			}
 			if len(f.calls) != 0 || f.link("imds0") == nil {
@@ -541,6 +547,27 @@ func TestCleanup(t *testing.T) {
 	}
 	if err := Cleanup(f, "bad name", nil); err == nil {
 		t.Error("Cleanup of a bad name: no error")
+	}
+}
+
+// TestCleanupPastAForeignLink: the configured name now belongs to another
+// program's link, and the agent's own is under an earlier listen.link: the
+// agent's goes, the other is left alone and reported.
+func TestCleanupPastAForeignLink(t *testing.T) {
+	f := newFake()
+	f.noDummy = true
+	o, _ := testOptions(t)
+	o.Link = "imdsold"
+	if _, err := Ensure(f, o); err != nil {
+		t.Fatal(err)
+	}
+	f.addLink(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "imds0"}})
+	err := Cleanup(f, "imds0", o.Logger)
+	if !errors.Is(err, ErrNotOurs) || !strings.Contains(err.Error(), "it is left alone") {
+		t.Errorf("Cleanup = %v, want the other program's link reported as left alone", err)
+	}
+	if f.link("imdsold") != nil || f.link("imds0") == nil {
+		t.Errorf("after cleanup: imdsold %v, imds0 %v; want the agent's gone and the other kept", f.link("imdsold"), f.link("imds0"))
 	}
 }
 
