@@ -381,3 +381,61 @@ func TestLinkLocalTellsIPv6(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelTentativeIPv6: fd00:ec2::254 already on the agent's link but
+// added without nodad (by hand, or by another tool) stays tentative where
+// duplicate address detection does not finish (a bridge without a
+// carrier), and cannot be bound. Check says so, and Ensure puts it back in
+// the agent's form, which can.
+func TestKernelTentativeIPv6(t *testing.T) {
+	ns := netnstest.New(t)
+	h := ns.Handle()
+	o, _ := kernelOptions(t)
+	if _, err := Ensure(h, o); err != nil {
+		t.Fatal(err)
+	}
+	l, err := h.LinkByName("imds0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v6net := &net.IPNet{IP: net.IP(v6.AsSlice()), Mask: net.CIDRMask(128, 128)}
+	if err := h.AddrDel(l, &netlink.Addr{IPNet: v6net}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: v6net}); err != nil { // as `ip address add` without nodad
+		t.Fatal(err)
+	}
+	flags := func() int {
+		addrs, err := h.AddrList(l, netlink.FAMILY_V6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, a := range addrs {
+			if a.IP.Equal(v6net.IP) {
+				return a.Flags
+			}
+		}
+		t.Fatal("fd00:ec2::254 is gone")
+		return 0
+	}
+	if flags()&unix.IFA_F_TENTATIVE != 0 {
+		var cerr error
+		if err := ns.Do(func() error { _, cerr = Check(h, o); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(cerr, ErrNotReady) || !strings.Contains(cerr.Error(), "is tentative") {
+			t.Errorf("Check with the address tentative = %v, want it reported", cerr)
+		}
+	}
+	if _, err := Ensure(h, o); err != nil {
+		t.Fatal(err)
+	}
+	if f := flags(); f&(unix.IFA_F_TENTATIVE|unix.IFA_F_DADFAILED) != 0 {
+		t.Errorf("after Ensure the address has flags %#x", f)
+	}
+	ln, err := ns.Listen("tcp6", "[fd00:ec2::254]:80")
+	if err != nil {
+		t.Fatalf("after Ensure, binding fd00:ec2::254: %v", err)
+	}
+	ln.Close()
+}

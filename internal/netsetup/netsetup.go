@@ -159,16 +159,16 @@ func Ensure(h Netlink, o Options) (Result, error) {
 	var added []netip.Addr
 	for _, want := range st.wanted(o) {
 		if i := slices.IndexFunc(have, want.equal); i >= 0 {
-			if have[i].scoped() {
+			why := have[i].unfit()
+			if why == "" {
 				continue
 			}
-			// There, but with a scope the host could pick it by as a
-			// source: a replace keeps the scope, so it goes and comes
-			// back in the agent's form.
+			// There, but not in the agent's form: a replace keeps the
+			// scope and the flags, so it goes and comes back.
 			if err := h.AddrDel(link, have[i].nl); err != nil {
 				return res, netlinkErr("AddrDel", have[i].String()+" on "+o.Link, err)
 			}
-			log.Info("address re-added with link scope", "link", o.Link, "address", want.prefix(), "scope_was", have[i].nl.Scope)
+			log.Info("address re-added in the agent's form", "link", o.Link, "address", want.prefix(), "it", why)
 		}
 		err := h.AddrReplace(link, want.netlinkAddr())
 		if err != nil && want.addr.Is6() && ipv6Unavailable(err) {
@@ -233,9 +233,9 @@ func Check(h Netlink, o Options) (Result, error) {
 	wantV6 := o.IPv6.IsValid() && st.ipv6
 	for _, want := range st.wanted(o) {
 		if i := slices.IndexFunc(st.addrs, want.equal); i >= 0 {
-			if !st.addrs[i].scoped() {
-				// Ensure would put it back with link scope.
-				missing = append(missing, want.String()+" has a scope the host could pick it by as a source address")
+			if why := st.addrs[i].unfit(); why != "" {
+				// Ensure would put it back in the agent's form.
+				missing = append(missing, want.String()+" "+why)
 			}
 			continue
 		}
@@ -562,8 +562,24 @@ func (a addr) equal(b addr) bool    { return a.addr == b.addr && a.bits == b.bit
 
 // scoped reports whether an address has the scope Ensure gives it: link
 // scope for IPv4 (see netlinkAddr).
-func (a addr) scoped() bool {
-	return !a.addr.Is4() || a.nl == nil || a.nl.Scope == unix.RT_SCOPE_LINK
+// unfit says what keeps an address the agent wants, found on its link,
+// from serving as the agent's ("" when nothing does): an IPv4 one with a
+// scope the host could pick it by as a source address; an IPv6 one still
+// tentative (added without nodad, on a link where duplicate address
+// detection may never finish, such as a bridge without a carrier) or that
+// failed detection: neither can be bound.
+func (a addr) unfit() string {
+	switch {
+	case a.nl == nil:
+		return ""
+	case a.addr.Is4() && a.nl.Scope != unix.RT_SCOPE_LINK:
+		return "has a scope the host could pick it by as a source address"
+	case a.addr.Is6() && a.nl.Flags&unix.IFA_F_DADFAILED != 0:
+		return "failed duplicate address detection, and cannot be bound"
+	case a.addr.Is6() && a.nl.Flags&unix.IFA_F_TENTATIVE != 0:
+		return "is tentative (duplicate address detection has not finished), and cannot be bound"
+	}
+	return ""
 }
 
 // linkLocal6 addresses are the kernel's own on an IPv6 link; they are left
