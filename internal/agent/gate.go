@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"cmp"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -204,8 +206,10 @@ func (g *gate) Admit(req *imds.Request, opts imds.Options) (int, imds.Reason) {
 		// hop limit for an earlier token answer: EC2 answers it normally.
 		// Not while that answer is unacknowledged (it did not reach the
 		// caller, beyond the limit): the kernel would send it again with
-		// the default TTL, and the token would get through.
-		g.setTTL(ci, 0)
+		// the default TTL, and the token would get through. (Should
+		// this fail, the answer leaves with the token's hop limit: it
+		// reaches the caller, or it does not, as the token did.)
+		_ = g.setTTL(ci, 0)
 	}
 	if rules.policy.Open() {
 		return 0, imds.ReasonNone
@@ -248,7 +252,12 @@ func (g *gate) admitToken(req *imds.Request, rules *gateRules, opts imds.Options
 	// never loses TTL, so only answers that leave for another namespace
 	// need the socket option (and its system call).
 	if !ci.caller.Local && ci.ttl != ttl {
-		g.setTTL(ci, ttl)
+		if err := g.setTTL(ci, ttl); err != nil {
+			// Sent with the default TTL, the token would get past the
+			// hop limit: no answer, as for a caller beyond it.
+			g.log.Warn("cannot set the hop limit on a connection; its token request gets no answer", "remote", req.HTTP.RemoteAddr, "error", err)
+			return imds.StatusDrop, imds.ReasonHopLimit
+		}
 	}
 	return 0, imds.ReasonNone
 }
@@ -273,15 +282,18 @@ func (g *gate) delivered(ci *connInfo) bool {
 }
 
 // setTTL sets the socket's IP TTL (IPv6 unicast hop limit); 0 restores
-// the system default.
-func (g *gate) setTTL(ci *connInfo, ttl int) {
+// the system default. A connection that is no socket has none to set.
+func (g *gate) setTTL(ci *connInfo, ttl int) error {
 	sc, ok := ci.conn.(syscall.Conn)
 	if !ok {
-		return
+		return nil
 	}
 	raw, err := sc.SyscallConn()
+	if errors.Is(err, errors.ErrUnsupported) {
+		return nil
+	}
 	if err != nil {
-		return
+		return err
 	}
 	v := ttl
 	if v == 0 {
@@ -293,10 +305,10 @@ func (g *gate) setTTL(ci *connInfo, ttl int) {
 	}
 	var serr error
 	if err := raw.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), level, opt, v) }); err != nil || serr != nil {
-		g.log.Debug("setting the hop limit on a connection failed", "error", serr, "control_error", err)
-		return
+		return cmp.Or(err, serr)
 	}
 	ci.ttl = ttl
+	return nil
 }
 
 // Served implements imds.Hooks: metrics for every request, an audit record

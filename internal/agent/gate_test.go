@@ -237,6 +237,21 @@ func TestGateTTL(t *testing.T) {
 	}
 }
 
+// TestGateTTLFailsClosed: a token for a caller a hop away whose socket
+// cannot take the hop limit (here, closed under it) gets no answer: sent
+// with the default TTL, it would get past the limit.
+func TestGateTTLFailsClosed(t *testing.T) {
+	g := newTestGate(t, config.Default(), "127.0.0.1:80")
+	_, s := loopbackPair(t)
+	ci := &connInfo{conn: s, local: s.LocalAddr().(*net.TCPAddr).AddrPort(), caller: container}
+	ci.once.Do(func() {})
+	s.Close()
+	put := httptest.NewRequest(http.MethodPut, "http://127.0.0.1:80/latest/api/token", nil)
+	if st, reason := g.Admit(&imds.Request{HTTP: put, Conn: ci, Route: imds.RouteToken}, imds.Options{Enabled: true, HopLimit: 3}); st != imds.StatusDrop || reason != imds.ReasonHopLimit {
+		t.Errorf("token with the hop limit not set: status %d, %v; want no answer", st, reason)
+	}
+}
+
 // TestGateTTLKeptWhileUndelivered: an IMDSv1 request on a connection
 // whose token answer has not been acknowledged (it did not reach a caller
 // beyond the hop limit) keeps the lowered TTL: with the default, the
