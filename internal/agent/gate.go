@@ -385,14 +385,14 @@ func (g *gate) noticeSuppressed() {
 	}
 }
 
-// refusal reports whether a reason is a refusal worth auditing (as opposed
-// to a missing path or a malformed request).
 // policyRefusal reports whether r is a decision of the access policy about
 // an identified caller, rather than a malformed or unauthenticated request.
 func policyRefusal(r imds.Reason) bool {
 	return r == imds.ReasonAccessDenied || r == imds.ReasonTokenWrongUser || r == imds.ReasonHopLimit
 }
 
+// refusal reports whether a reason is a refusal worth auditing (as opposed
+// to a missing path or a malformed request).
 func refusal(r imds.Reason) bool {
 	switch r {
 	case imds.ReasonTokenMissing, imds.ReasonTokenInvalid, imds.ReasonTokenExpired, imds.ReasonTokenWrongUser,

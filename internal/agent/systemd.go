@@ -56,6 +56,7 @@ func statusLine(st refresh.Status, reloadRefused, now time.Time) string {
 	return line
 }
 
+// credentialsLine is the STATUS= line's account of the credentials.
 func credentialsLine(st refresh.Status, now time.Time) string {
 	st.LastError = ""
 	if st.LastErrorCode != "" {

@@ -168,7 +168,7 @@ func Ensure(h Netlink, o Options) (Result, error) {
 			if err := h.AddrDel(link, have[i].nl); err != nil {
 				return res, netlinkErr("AddrDel", have[i].String()+" on "+o.Link, err)
 			}
-			log.Info("address re-added in the agent's form", "link", o.Link, "address", want.prefix(), "it", why)
+			log.Info("address re-added in the agent's form", "link", o.Link, "address", want.prefix(), "reason", why)
 		}
 		err := h.AddrReplace(link, want.netlinkAddr())
 		if err != nil && want.addr.Is6() && ipv6Unavailable(err) {
@@ -279,13 +279,12 @@ func Cleanup(h Netlink, link string, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case l == nil:
+		if l == nil {
 			log.Info("link already absent; nothing to remove", "link", link)
-		case ours(l) != nil:
+		} else if err := ours(l); err != nil {
 			// Not "remove it": it is another program's.
-			foreign = fmt.Errorf("%w; it is left alone", ours(l))
-		default:
+			foreign = fmt.Errorf("%w; it is left alone", err)
+		} else {
 			if err := h.LinkDel(l); err != nil {
 				return netlinkErr("LinkDel", link, err)
 			}

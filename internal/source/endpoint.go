@@ -27,11 +27,10 @@ func (e *chainEndpoint) apply(o *sts.Options) {
 	}
 }
 
-// The SDK applies these option functions more than once, the first time
-// (for web identity) to options without a client, whose client it builds
-// only if the functions leave it nil: a client is wrapped only once it
-// exists, and only once.
-
+// assumeRole and webIdentity are option functions the SDK applies more
+// than once, the first time (for web identity) to options without a
+// client, whose client it builds only if the functions leave it nil: a
+// client is wrapped only once it exists, and only once.
 func (e *chainEndpoint) assumeRole(o *stscreds.AssumeRoleOptions) {
 	if _, done := o.Client.(assumeRoleClient); o.Client != nil && !done {
 		o.Client = assumeRoleClient{o.Client, e}

@@ -13,11 +13,11 @@ import (
 const chainChild = "IMDS_AGENT_TEST_CHAIN_ENDPOINT"
 
 // TestChainEndpoint: with only AWS_ENDPOINT_URL naming STS's endpoint, the
-// source chain's own STS call (a source_profile's role, assumed before
-// the agent's, or a web identity token's exchange) goes there too. The SDK builds that client before it reads
-// the variable, and it would go to AWS's public endpoint: so the check
-// runs in a network namespace with nothing but loopback, where such a
-// call cannot leave the host.
+// source chain's own STS call (a source_profile's role, assumed before the
+// agent's, or a web identity token's exchange) goes there too. The SDK
+// builds that client before it reads the variable, and it would go to
+// AWS's public endpoint: so the check runs in a network namespace with
+// nothing but loopback, where such a call cannot leave the host.
 func TestChainEndpoint(t *testing.T) {
 	if os.Getenv(chainChild) != "" {
 		chainEndpointCheck(t)

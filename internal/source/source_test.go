@@ -707,7 +707,11 @@ func TestSourceRequestsBounded(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
+	// The STS-specific variable too: this test is about time, and must
+	// not depend on the endpoint fix TestChainEndpoint checks (without it,
+	// AWS_ENDPOINT_URL alone would send the chain's call off the host).
 	t.Setenv("AWS_ENDPOINT_URL", srv.URL)
+	t.Setenv("AWS_ENDPOINT_URL_STS", srv.URL)
 	cfgFile := write(t, "config", "[profile base]\naws_access_key_id = AKIAEXAMPLE000000003\naws_secret_access_key = base-secret\n"+
 		"[profile app]\nrole_arn = arn:aws:iam::123456789012:role/source\nsource_profile = base\n", 0o600)
 	s := Settings{Region: "us-east-1", Profile: "app", SharedConfigFiles: []string{cfgFile}, SharedCredentialsFiles: []string{filepath.Join(t.TempDir(), "none")}}
