@@ -404,6 +404,38 @@ func TestUserData(t *testing.T) {
 	}
 }
 
+// TestContentLength: every answer, GET or HEAD, carries its Content-Length
+// and is never chunked, on both sides of the size up to which the handler
+// leaves the header to net/http (netHTTPBuffered).
+func TestContentLength(t *testing.T) {
+	for _, n := range []int{0, 1, netHTTPBuffered - 1, netHTTPBuffered, netHTTPBuffered + 1, 2 * netHTTPBuffered, 70000} {
+		in := testInstance
+		path := "/latest/user-data"
+		if n == 0 {
+			in.AMIID, path = "", "/latest/meta-data/ami-id" // user data is never empty
+		} else {
+			in.UserData = []byte(strings.Repeat("u", n))
+		}
+		f := newFixture(t, optional, in)
+		for _, method := range []string{"GET", "HEAD"} {
+			res, body := f.do(method, path, nil)
+			if res.StatusCode != 200 {
+				t.Fatalf("%s %d bytes: status %d", method, n, res.StatusCode)
+			}
+			if got := res.Header.Get("Content-Length"); got != strconv.Itoa(n) || res.TransferEncoding != nil {
+				t.Errorf("%s %d bytes: Content-Length %q, Transfer-Encoding %q", method, n, got, res.TransferEncoding)
+			}
+			want := n
+			if method == "HEAD" {
+				want = 0
+			}
+			if len(body) != want {
+				t.Errorf("%s %d bytes: a body of %d", method, n, len(body))
+			}
+		}
+	}
+}
+
 func TestEndpointDisabled(t *testing.T) {
 	f := newFixture(t, Options{Enabled: false, TokensRequired: true, HopLimit: 1}, testInstance)
 	for _, tc := range []struct{ method, path string }{
