@@ -1,0 +1,166 @@
+// Package servebench serves a benchmark's requests through net/http over a
+// connection held in memory, so that what is measured is a request's
+// handling in net/http and the handler, without the kernel's share or a
+// client's; and it holds the floor's handler to compare with.
+package servebench
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// conn is one kept-alive client connection held in memory: its client
+// sends req, waits for the answer, and sends req again, n times in all;
+// then it closes. As on a socket, a read blocks while the client waits for
+// an answer (net/http reads in the background while its handler runs),
+// until the answer is written or a read deadline set in the past stops it.
+type conn struct {
+	req      []byte
+	mu       sync.Mutex
+	cond     sync.Cond
+	left     int  // requests still to send
+	off      int  // how much of the current request is sent
+	waiting  bool // for the answer to the last request sent
+	deadline time.Time
+	answered int // bytes written
+	answers  int // writes: one an answer, as net/http writes them
+	ok       int // answers with status 200
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func newConn(req []byte, n int) *conn {
+	c := &conn{req: req, left: n, closed: make(chan struct{})}
+	c.cond.L = &c.mu
+	return c
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.waiting {
+		if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+			return 0, os.ErrDeadlineExceeded
+		}
+		c.cond.Wait()
+	}
+	if c.left == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, c.req[c.off:])
+	if c.off += n; c.off == len(c.req) {
+		c.off, c.waiting = 0, true
+		c.left--
+	}
+	return n, nil
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	c.answered += len(p)
+	c.answers++
+	if bytes.HasPrefix(p, status200) {
+		c.ok++
+	}
+	c.waiting = false
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return len(p), nil
+}
+
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *conn) SetDeadline(t time.Time) error    { return c.SetReadDeadline(t) }
+func (c *conn) SetWriteDeadline(time.Time) error { return nil }
+func (c *conn) LocalAddr() net.Addr              { return loopAddr }
+func (c *conn) RemoteAddr() net.Addr             { return loopAddr }
+
+func (c *conn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+var status200 = []byte("HTTP/1.1 200 OK\r\n")
+
+var loopAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 80}
+
+// oneConnListener hands its server one connection, then waits to be closed.
+type oneConnListener struct {
+	conn chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func listenOnce(c net.Conn) *oneConnListener {
+	l := &oneConnListener{conn: make(chan net.Conn, 1), done: make(chan struct{})}
+	l.conn <- c
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conn:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *oneConnListener) Addr() net.Addr { return loopAddr }
+
+// Run serves b.N requests, each req, on one conn through the server that
+// serve starts on the listener it is given (serve returns what stops it),
+// and fails b unless every answer was a 200 of the same size.
+func Run(b *testing.B, req []byte, serve func(net.Listener) (stop func())) {
+	b.ReportAllocs()
+	c := newConn(req, b.N)
+	ln := listenOnce(c)
+	defer ln.Close()
+	b.ResetTimer()
+	stop := serve(ln)
+	<-c.closed
+	b.StopTimer()
+	stop()
+	if c.answers != b.N || c.ok != b.N || c.answered%b.N != 0 {
+		b.Fatalf("%d requests: %d answers, %d of them 200, %d bytes", b.N, c.answers, c.ok, c.answered)
+	}
+}
+
+// Serve returns a serve function for Run that runs s.
+func Serve(s *http.Server) func(net.Listener) func() {
+	return func(ln net.Listener) func() {
+		go func() { _ = s.Serve(ln) }()
+		return func() { _ = s.Shutdown(context.Background()) }
+	}
+}
+
+// Floor is the floor's handler (bench/floor's) for one request: it writes
+// doc with its Content-Type and Content-Length and checks nothing.
+func Floor(doc []byte) http.Handler {
+	textPlain, length := []string{"text/plain"}, []string{strconv.Itoa(len(doc))}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h["Content-Type"] = textPlain
+		h["Content-Length"] = length
+		_, _ = w.Write(doc)
+	})
+}
