@@ -112,7 +112,7 @@ func BenchmarkTokenPUT(b *testing.B) {
 // BenchmarkCredentialsGETServed: an SDK's credential GET on a kept-alive
 // connection, served through net/http (servebench): by the agent's Server
 // with the handler (NopHooks), and by the floor, a bare http.Server with
-// the same timeouts and bench/floor's handler. Run with -cpu 1.
+// the same timeouts and bench/floor's handler.
 func BenchmarkCredentialsGETServed(b *testing.B) {
 	f := newFixture(b, required, testInstance)
 	request := []byte("GET /latest/meta-data/iam/security-credentials/" + testRole.Name + " HTTP/1.1\r\n" +

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -129,8 +130,11 @@ func (l *oneConnListener) Addr() net.Addr { return loopAddr }
 
 // Run serves b.N requests, each req, on one conn through the server that
 // serve starts on the listener it is given (serve returns what stops it),
-// and fails b unless every answer was a 200 of the same size.
+// and fails b unless every answer was a 200 of the same size. It runs on
+// one thread (GOMAXPROCS=1), as the harness runs its servers: the client's
+// turns and the server's, and the audit writer's, take the same CPU.
 func Run(b *testing.B, req []byte, serve func(net.Listener) (stop func())) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	b.ReportAllocs()
 	c := newConn(req, b.N)
 	ln := listenOnce(c)
