@@ -90,6 +90,7 @@ func TestParseErrors(t *testing.T) {
 		{"no addresses", "version: 1\nlisten:\n  addresses: []\n", `listen.addresses: needs at least one address`},
 		{"link without IPv4", "version: 1\nlisten:\n  addresses: [\"[fd00:ec2::254]:80\", \"127.0.0.1:80\"]\n", `listen.link: the link "imds0" carries the IPv4 address the agent serves, but listen.addresses has none but loopback`},
 		{"hostname address", "version: 1\nlisten:\n  addresses: [\"localhost:80\"]\n", `"localhost" is not an IP address`},
+		{"port without address", "version: 1\nmetrics:\n  listen: \":9469\"\n", `":9469" has no address: write the IP address to serve on, as in 127.0.0.1:9469`},
 		{"no port", "version: 1\nlisten:\n  addresses: [\"127.0.0.1\"]\n", `is not IP:port`},
 		{"duplicate address", "version: 1\nlisten:\n  addresses: [\"127.0.0.1:80\", \"127.0.0.1:80\"]\n", `listen.addresses[1]: "127.0.0.1:80" is listed twice`},
 		{"ipv6 while disabled", "version: 1\nmetadata_options:\n  http_protocol_ipv6: disabled\nlisten:\n  addresses: [\"[fd00:ec2::254]:80\"]\n", `is IPv6 but metadata_options.http_protocol_ipv6 is disabled`},

@@ -279,6 +279,9 @@ func ParseListenAddress(s string) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%q is not IP:port (write IPv6 as [fd00:ec2::254]:80)", s)
 	}
+	if host == "" {
+		return netip.AddrPort{}, fmt.Errorf("%q has no address: write the IP address to serve on, as in 127.0.0.1%s", s, s)
+	}
 	a, err := netip.ParseAddr(host)
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("%q: %q is not an IP address (host names are not accepted)", s, host)
