@@ -420,7 +420,8 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 	defer stop()
 	level := new(slog.LevelVar)
 	log := newLogger(stderr, "text", level)
-	dev, err := agent.StartDev(listen, log.With("component", "aws-emulator"))
+	host := hostinfo.System()
+	dev, err := agent.StartDev(listen, host, log)
 	if err != nil {
 		return err
 	}
@@ -429,7 +430,7 @@ func runDev(listen string, stdout, stderr io.Writer) error {
 		Config:   dev.Config,
 		Logger:   log,
 		LogLevel: level,
-		Host:     hostinfo.System(),
+		Host:     host,
 		Connect:  dev.Connect,
 		Version:  version,
 	})

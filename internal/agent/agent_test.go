@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -592,6 +593,52 @@ func TestIdentityAccountFromConfig(t *testing.T) {
 			}
 			if got := a.handler.Metadata().Instance().AccountID; got != tc.want {
 				t.Errorf("account %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestDevWithoutMachineID: on a host with no /etc/machine-id (a container,
+// often), dev serves as DevInstanceID instead of failing to start; with
+// one, it serves the id derived from it, as run does.
+func TestDevWithoutMachineID(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		machineID []byte
+		want      string
+	}{
+		{"none", nil, DevInstanceID},
+		{"present", []byte("4c4c4544004d3510804bb4c04f4e4d32\n"), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host := hostinfo.System()
+			host.ReadFile = func(name string) ([]byte, error) {
+				if name != "/etc/machine-id" {
+					return os.ReadFile(name)
+				}
+				if tc.machineID == nil {
+					return nil, fs.ErrNotExist
+				}
+				return tc.machineID, nil
+			}
+			dev, err := StartDev("127.0.0.1:0", host, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			if dev.Config.Instance.ID != tc.want {
+				t.Errorf("instance.id = %q, want %q", dev.Config.Instance.ID, tc.want)
+			}
+			in, err := host.Instance(dev.Config.Instance, "")
+			if err != nil {
+				t.Fatalf("the instance dev serves: %v", err)
+			}
+			want := tc.want
+			if want == "" {
+				want, _ = host.InstanceID()
+			}
+			if in.ID != want {
+				t.Errorf("served instance id %q, want %q", in.ID, want)
 			}
 		})
 	}

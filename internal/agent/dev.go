@@ -15,6 +15,7 @@ import (
 
 	"github.com/imds-agent/imds-agent/internal/awsemu"
 	"github.com/imds-agent/imds-agent/internal/config"
+	"github.com/imds-agent/imds-agent/internal/hostinfo"
 	"github.com/imds-agent/imds-agent/internal/refresh"
 )
 
@@ -46,10 +47,14 @@ func (d *Dev) Close() {
 	_ = os.RemoveAll(d.dir)
 }
 
+// DevInstanceID is the instance id dev serves on a host without a machine
+// id to derive one from (a container, often): AWS's own example id.
+const DevInstanceID = "i-0123456789abcdef0"
+
 // StartDev starts the emulator on an ephemeral loopback port and returns
-// the configuration serving on listen. Tokens are required and sessions
-// last an hour, as in production.
-func StartDev(listen string, log *slog.Logger) (*Dev, error) {
+// the configuration serving on listen, on host. Tokens are required and
+// sessions last an hour, as in production.
+func StartDev(listen string, host hostinfo.Host, log *slog.Logger) (*Dev, error) {
 	ap, err := config.ParseListenAddress(listen)
 	if err != nil {
 		return nil, fmt.Errorf("--listen %w", err)
@@ -57,7 +62,7 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	if !ap.Addr().IsLoopback() {
 		return nil, fmt.Errorf("--listen %s: dev serves on loopback only (127.0.0.0/8 or [::1]): its role is for this host's own programs", listen)
 	}
-	emu := awsemu.New(time.Now, log)
+	emu := awsemu.New(time.Now, log.With("component", "aws-emulator"))
 	user := awsemu.NewUser(DevAccount, DevUser)
 	emu.AddUser(user)
 	emu.PutRole(awsemu.Role{Account: DevAccount, Name: DevRole, MaxSession: 12 * time.Hour, Trusted: []string{user.ARN()}})
@@ -82,6 +87,11 @@ func StartDev(listen string, log *slog.Logger) (*Dev, error) {
 	cfg.Credentials.SharedConfigFiles = []string{}
 	cfg.Credentials.SharedCredentialsFiles = []string{}
 	cfg.Admin.Socket = filepath.Join(dir, "admin.sock")
+	if _, err := host.InstanceID(); err != nil {
+		// run needs instance.id set then; the demo names itself.
+		cfg.Instance.ID = DevInstanceID
+		log.Info("no machine id to derive the instance id from: serving as "+DevInstanceID, "error", err)
+	}
 	sdk := aws.Config{
 		Region:           cfg.Instance.Region,
 		BaseEndpoint:     aws.String(srv.URL),
