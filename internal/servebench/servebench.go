@@ -20,9 +20,16 @@ import (
 
 // conn is one kept-alive client connection held in memory: its client
 // sends req, waits for the answer, and sends req again, n times in all;
-// then it closes. As on a socket, a read blocks while the client waits for
-// an answer (net/http reads in the background while its handler runs),
-// until the answer is written or a read deadline set in the past stops it.
+// then it closes. Its read deadline works as a socket's: a read returns
+// os.ErrDeadlineExceeded once the deadline has passed, whether or not data
+// is waiting, and a read blocked while the client waits for an answer
+// returns when the answer is written, the deadline passes, or the
+// connection closes. On one thread, as Run serves, net/http's read in the
+// background first runs after the answer is written, and the deadline in
+// the past it sets then ends it, as in service (the client's next request
+// cannot have come yet). On more threads it may start earlier, block, and
+// take the first byte of the next request the answer lets the client send
+// at once: the client is no faster than that.
 type conn struct {
 	req      []byte
 	mu       sync.Mutex
@@ -31,9 +38,14 @@ type conn struct {
 	off      int  // how much of the current request is sent
 	waiting  bool // for the answer to the last request sent
 	deadline time.Time
-	answered int // bytes written
+	expired  bool        // the read deadline has passed
+	timer    *time.Timer // fires at a read deadline still to come
+	isClosed bool
+	size     int // bytes of the first answer
 	answers  int // writes: one an answer, as net/http writes them
 	ok       int // answers with status 200
+	odd      int // answers of another size than the first's
+	timeouts int // reads ended by the deadline
 	closed   chan struct{}
 	once     sync.Once
 }
@@ -47,42 +59,82 @@ func newConn(req []byte, n int) *conn {
 func (c *conn) Read(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.waiting {
-		if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+	for {
+		switch {
+		case c.isClosed:
+			return 0, net.ErrClosed
+		case c.expired:
+			c.timeouts++
 			return 0, os.ErrDeadlineExceeded
+		case !c.waiting:
+			if c.left == 0 {
+				return 0, io.EOF
+			}
+			n := copy(p, c.req[c.off:])
+			if c.off += n; c.off == len(c.req) {
+				c.off, c.waiting = 0, true
+				c.left--
+			}
+			return n, nil
 		}
 		c.cond.Wait()
 	}
-	if c.left == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, c.req[c.off:])
-	if c.off += n; c.off == len(c.req) {
-		c.off, c.waiting = 0, true
-		c.left--
-	}
-	return n, nil
 }
 
 func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
-	c.answered += len(p)
-	c.answers++
+	defer c.mu.Unlock()
+	if c.isClosed {
+		return 0, net.ErrClosed
+	}
+	if c.answers++; c.answers == 1 {
+		c.size = len(p)
+	} else if len(p) != c.size {
+		c.odd++
+	}
 	if bytes.HasPrefix(p, status200) {
 		c.ok++
 	}
 	c.waiting = false
 	c.cond.Broadcast()
-	c.mu.Unlock()
 	return len(p), nil
 }
 
+// SetReadDeadline sets the deadline as the runtime's poller does: passed
+// at once when it is not after now, else by a timer (one per connection,
+// reset each time).
 func (c *conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
-	c.deadline = t
+	defer c.mu.Unlock()
+	c.deadline, c.expired = t, false
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	if t.IsZero() {
+		return nil
+	}
+	if d := time.Until(t); d > 0 {
+		if c.timer == nil {
+			c.timer = time.AfterFunc(d, c.expire)
+		} else {
+			c.timer.Reset(d)
+		}
+		return nil
+	}
+	c.expired = true
 	c.cond.Broadcast()
-	c.mu.Unlock()
 	return nil
+}
+
+// expire is the timer's: the deadline set last has passed, unless it was
+// moved meanwhile.
+func (c *conn) expire() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.deadline.IsZero() && !time.Now().Before(c.deadline) {
+		c.expired = true
+		c.cond.Broadcast()
+	}
 }
 
 func (c *conn) SetDeadline(t time.Time) error    { return c.SetReadDeadline(t) }
@@ -91,6 +143,13 @@ func (c *conn) LocalAddr() net.Addr              { return loopAddr }
 func (c *conn) RemoteAddr() net.Addr             { return loopAddr }
 
 func (c *conn) Close() error {
+	c.mu.Lock()
+	c.isClosed = true
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
 	c.once.Do(func() { close(c.closed) })
 	return nil
 }
@@ -144,8 +203,10 @@ func Run(b *testing.B, req []byte, serve func(net.Listener) (stop func())) {
 	<-c.closed
 	b.StopTimer()
 	stop()
-	if c.answers != b.N || c.ok != b.N || c.answered%b.N != 0 {
-		b.Fatalf("%d requests: %d answers, %d of them 200, %d bytes", b.N, c.answers, c.ok, c.answered)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.answers != b.N || c.ok != b.N || c.odd != 0 {
+		b.Fatalf("%d requests: %d answers, %d of them 200, %d of another size than the first's", b.N, c.answers, c.ok, c.odd)
 	}
 }
 
