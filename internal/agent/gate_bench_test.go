@@ -154,10 +154,7 @@ func BenchmarkCredentialsGETServedGate(b *testing.B) {
 		b.Cleanup(func() { out.Close() }) // after the audit writer's last flush
 		gb := newGateBench(b, out)
 		s := imds.NewServer(gb.h, slog.New(slog.DiscardHandler), func(net.Conn) any { return gb.conn })
-		servebench.Run(b, request(gb.listen, gb.token), func(ln net.Listener) func() {
-			go func() { _ = s.Serve(ln) }()
-			return func() { _ = s.Shutdown(context.Background()) }
-		})
+		servebench.Run(b, request(gb.listen, gb.token), servebench.Serve(s))
 		if d := gb.g.audit.Dropped(); d != 0 {
 			b.Fatalf("%d audit records dropped", d) // a dropped record costs less than one written
 		}

@@ -3,7 +3,6 @@ package imds
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -119,10 +118,7 @@ func BenchmarkCredentialsGETServed(b *testing.B) {
 		"Host: 169.254.169.254\r\nUser-Agent: aws-sdk-go-v2/1.41.0\r\nX-aws-ec2-metadata-token: " + f.token(b) + "\r\n\r\n")
 	b.Run("agent", func(b *testing.B) {
 		s := NewServer(f.h, slog.New(slog.DiscardHandler), nil)
-		servebench.Run(b, request, func(ln net.Listener) func() {
-			go func() { _ = s.Serve(ln) }()
-			return func() { _ = s.Shutdown(context.Background()) }
-		})
+		servebench.Run(b, request, servebench.Serve(s))
 	})
 	b.Run("floor", func(b *testing.B) {
 		servebench.Run(b, request, servebench.Serve(&http.Server{Handler: servebench.Floor([]byte(credsJSON)),

@@ -210,8 +210,14 @@ func Run(b *testing.B, req []byte, serve func(net.Listener) (stop func())) {
 	}
 }
 
+// Server is what Serve runs: an *http.Server, or the agent's imds.Server.
+type Server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
 // Serve returns a serve function for Run that runs s.
-func Serve(s *http.Server) func(net.Listener) func() {
+func Serve(s Server) func(net.Listener) func() {
 	return func(ln net.Listener) func() {
 		go func() { _ = s.Serve(ln) }()
 		return func() { _ = s.Shutdown(context.Background()) }

@@ -36,27 +36,27 @@ func TestBlockedReadEnds(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	readEnds(t, c, nil, os.ErrDeadlineExceeded, "at its deadline")
+	_ = c.SetReadDeadline(time.Time{})
+	readEnds(t, c, func() { time.Sleep(10 * time.Millisecond); c.Close() }, net.ErrClosed, "when the connection closes")
+}
+
+// readEnds starts a read on c, calls then (if not nil), and checks that
+// the read ends with want within 5 s.
+func readEnds(t *testing.T, c *conn, then func(), want error, when string) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() { _, err := c.Read(make([]byte, 64)); done <- err }()
-	select {
-	case err := <-done:
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("read at the deadline: %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("a read blocked past its deadline")
+	if then != nil {
+		then()
 	}
-	_ = c.SetReadDeadline(time.Time{})
-	go func() { _, err := c.Read(make([]byte, 64)); done <- err }()
-	time.Sleep(10 * time.Millisecond)
-	c.Close()
 	select {
 	case err := <-done:
-		if !errors.Is(err, net.ErrClosed) {
-			t.Fatalf("read on close: %v", err)
+		if !errors.Is(err, want) {
+			t.Fatalf("a blocked read %s: %v, want %v", when, err, want)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("a blocked read outlived the connection")
+		t.Fatalf("a blocked read did not end %s", when)
 	}
 }
 
