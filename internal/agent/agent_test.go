@@ -173,11 +173,11 @@ func TestWatchdogHealth(t *testing.T) {
 	for a.Manager().LastActive() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if err := a.healthy(context.Background()); err != nil {
+	if err := a.healthy(context.Background(), maxProbeTimeout); err != nil {
 		t.Fatalf("healthy agent reported unhealthy: %v", err)
 	}
 	clock.ahead.Store(int64(a.Manager().MaxInactive() + time.Minute))
-	if err := a.healthy(context.Background()); err == nil || !strings.Contains(err.Error(), "credential loop") {
+	if err := a.healthy(context.Background(), maxProbeTimeout); err == nil || !strings.Contains(err.Error(), "credential loop") {
 		t.Errorf("wedged loop: %v", err)
 	}
 	clock.ahead.Store(0)
@@ -186,7 +186,7 @@ func TestWatchdogHealth(t *testing.T) {
 		ln.Close()
 	}
 	a.mu.Unlock()
-	if err := a.healthy(context.Background()); err == nil {
+	if err := a.healthy(context.Background(), maxProbeTimeout); err == nil {
 		t.Error("closed listener reported healthy")
 	}
 }
@@ -202,7 +202,7 @@ func TestWatchdogProbeAnsweredElsewhere(t *testing.T) {
 	a.probeClient = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "tcp", other.Listener.Addr().String())
 	}}}
-	if err := a.healthy(context.Background()); err == nil || !strings.Contains(err.Error(), "did not come from this agent") {
+	if err := a.healthy(context.Background(), maxProbeTimeout); err == nil || !strings.Contains(err.Error(), "did not come from this agent") {
 		t.Errorf("probe answered elsewhere: %v", err)
 	}
 }
@@ -212,7 +212,7 @@ func TestWatchdogProbeAnsweredElsewhere(t *testing.T) {
 func TestProbeIsNotCounted(t *testing.T) {
 	a, _, _ := startAgent(t)
 	for i := 0; i < 3; i++ {
-		if err := a.healthy(context.Background()); err != nil {
+		if err := a.healthy(context.Background(), maxProbeTimeout); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -244,7 +244,7 @@ func TestWatchdogHealthWhenRefusing(t *testing.T) {
 	opts := m.Options()
 	opts.Enabled = false
 	a.handler.SetMetadata(imds.NewMetadata(in, opts))
-	if err := a.healthy(context.Background()); err != nil {
+	if err := a.healthy(context.Background(), maxProbeTimeout); err != nil {
 		t.Errorf("an agent refusing everything, as configured, reported unhealthy: %v", err)
 	}
 }
@@ -283,6 +283,73 @@ func TestStatusLineTimes(t *testing.T) {
 		if got := statusLine(st, time.Time{}, tc.now); got != tc.want {
 			t.Errorf("at %s: STATUS=%s, want %s", tc.now.Format(time.RFC3339), got, tc.want)
 		}
+	}
+}
+
+// TestWatchdogSchedule: for any watchdog interval, watchdogMisses failed
+// health checks in a row after a ping, then a passing check that takes its
+// whole timeout, still ping within the interval; a check never waits
+// longer than maxProbeTimeout.
+func TestWatchdogSchedule(t *testing.T) {
+	if watchdogMisses < 1 {
+		t.Fatalf("watchdogMisses = %d: a single failed check would cost a restart", watchdogMisses)
+	}
+	for _, interval := range []time.Duration{time.Millisecond, 100 * time.Millisecond, time.Second, 3 * time.Second,
+		10 * time.Second, 30 * time.Second, 3 * time.Minute} {
+		period, timeout := watchdogSchedule(interval)
+		if period <= 0 || timeout <= 0 || timeout > maxProbeTimeout {
+			t.Errorf("interval %v: period %v, timeout %v", interval, period, timeout)
+		}
+		if latest := time.Duration(watchdogMisses+1)*period + timeout; latest >= interval {
+			t.Errorf("interval %v: after %d failed checks every %v, a passing one pings at %v", interval, watchdogMisses, period, latest)
+		}
+	}
+}
+
+// TestWatchdogToleratesFailedChecks: under a systemd watchdog the agent
+// checks its health on watchdogSchedule's period, goes without pinging
+// while checks fail, counting them, and pings again at the first check
+// that passes.
+func TestWatchdogToleratesFailedChecks(t *testing.T) {
+	dir := t.TempDir()
+	messages, next := notifySocket(t, dir)
+	const interval = 800 * time.Millisecond
+	t.Setenv("WATCHDOG_USEC", strconv.FormatInt(interval.Microseconds(), 10))
+	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
+	var mu sync.Mutex
+	var logs strings.Builder
+	logged := func(want string) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return strings.Contains(logs.String(), want)
+	}
+	waitLogged := func(want string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !logged(want); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				mu.Lock()
+				defer mu.Unlock()
+				t.Fatalf("no %q in the log:\n%s", want, logs.String())
+			}
+		}
+	}
+	a, clock, _, _ := startAgentLogged(t, io.Discard, lockedWriter{&mu, &logs})
+	next("READY=1")
+	next("WATCHDOG=1")
+	period, _ := watchdogSchedule(interval)
+	waitLogged("check_every=" + period.String())
+
+	// A wedged credential loop fails every check until it runs again.
+	clock.ahead.Store(int64(a.Manager().MaxInactive() + time.Minute))
+	waitLogged("failed_in_a_row=2")
+	// No ping can come while checks fail: what is waiting came before.
+	for len(messages) > 0 {
+		<-messages
+	}
+	clock.ahead.Store(0)
+	next("WATCHDOG=1")
+	if !logged("health check passed again") {
+		t.Error("pinged again without a check that passed")
 	}
 }
 

@@ -57,9 +57,10 @@ const releaseAfter = 1 << 20
 // burst returns to its idle size. Idle keep-alive connections count as
 // open: after clients that keep theirs, the release waits for the server to
 // close them (IdleTimeout). Only a connection closing arms the timer, so an
-// agent nobody talks to runs nothing; under systemd the watchdog's probe
-// connections arm it every WatchdogSec/2, and release about every quarter
-// hour, once they have allocated releaseAfter.
+// agent nobody talks to runs nothing; under systemd the watchdog's health
+// checks (about 23 KiB each) arm it every WatchdogSec/4, and release about
+// every six minutes at WatchdogSec=30s, once they have allocated
+// releaseAfter.
 type releaser struct {
 	delay     time.Duration
 	open      func() int64  // open client connections

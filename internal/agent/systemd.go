@@ -106,12 +106,17 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 		return nil // stopping
 	}
 	a.memory.releaseNow(true) // what starting up left behind
-	var tick <-chan time.Time
+	var (
+		tick    <-chan time.Time
+		timeout time.Duration
+		failed  int // health checks failed in a row
+	)
 	if interval, err := daemon.SdWatchdogEnabled(false); err == nil && interval > 0 {
-		t := time.NewTicker(interval / 2)
-		defer t.Stop()
-		tick = t.C
-		a.log.Info("watchdog enabled", "interval", interval)
+		period, t := watchdogSchedule(interval)
+		ticker := time.NewTicker(period)
+		defer ticker.Stop()
+		tick, timeout = ticker.C, t
+		a.log.Info("watchdog enabled", "interval", interval, "check_every", period)
 	}
 	for {
 		select {
@@ -120,19 +125,46 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 		case st := <-a.statusChanged:
 			a.notify("STATUS=" + a.statusLine(st))
 		case <-tick:
-			if err := a.healthy(ctx); err != nil {
-				a.log.Error("health check failed; not pinging the watchdog", "error", err)
+			if err := a.healthy(ctx, timeout); err != nil {
+				failed++
+				a.log.Error("health check failed; not pinging the watchdog", "error", err,
+					"failed_in_a_row", failed, "restart_when_failed_in_a_row", watchdogMisses+1)
 				continue
+			}
+			if failed > 0 {
+				a.log.Info("health check passed again; pinging the watchdog", "failed_in_a_row", failed)
+				failed = 0
 			}
 			a.notify("WATCHDOG=1")
 		}
 	}
 }
 
+// watchdogMisses is how many health checks in a row may fail without a
+// restart: one slow answer (a stalled disk, a burst of load, a paused VM)
+// must not cost every client its connection and the agent an AssumeRole,
+// while an agent that stays unhealthy is still restarted within systemd's
+// watchdog interval.
+const watchdogMisses = 2
+
+// maxProbeTimeout bounds how long one health check may take.
+const maxProbeTimeout = 2 * time.Second
+
+// watchdogSchedule returns how often to check health (and ping, if the
+// check passes) for systemd's watchdog interval, and how long one check
+// may take. After a ping, watchdogMisses failed checks and then a passing
+// one that takes its whole timeout still ping within the interval, with
+// half a period to spare for scheduling: (watchdogMisses+1)·period +
+// timeout < interval.
+func watchdogSchedule(interval time.Duration) (period, timeout time.Duration) {
+	period = interval / (watchdogMisses + 2)
+	return period, min(maxProbeTimeout, period/2)
+}
+
 // healthy checks the agent the way a client would see it: a new
-// connection to the real listener is accepted and the handler answers, and
-// the credential loop is not wedged.
-func (a *Agent) healthy(ctx context.Context) error {
+// connection to the real listener is accepted and the handler answers
+// within timeout, and the credential loop is not wedged.
+func (a *Agent) healthy(ctx context.Context, timeout time.Duration) error {
 	mono := a.o.Clock.Monotonic()
 	if idle := mono - a.manager.LastActive(); idle > a.manager.MaxInactive() {
 		return fmt.Errorf("the credential loop has not run for %v", idle.Round(time.Second))
@@ -141,7 +173,7 @@ func (a *Agent) healthy(ctx context.Context) error {
 	if len(addrs) == 0 {
 		return fmt.Errorf("not listening")
 	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addrs[0].String()+"/", nil)
 	if err != nil {
@@ -169,13 +201,14 @@ func (a *Agent) healthy(ctx context.Context) error {
 func newProbe() (string, *http.Client) {
 	b := make([]byte, 16)
 	_, _ = rand.Read(b)
-	// A new connection per probe: accepting is part of being healthy.
+	// A new connection per probe: accepting is part of being healthy. The
+	// check's context bounds the dial and the answer.
 	tr := &http.Transport{
 		Proxy:             nil,
-		DialContext:       (&net.Dialer{Timeout: 2 * time.Second}).DialContext,
+		DialContext:       (&net.Dialer{}).DialContext,
 		DisableKeepAlives: true,
 	}
-	return hex.EncodeToString(b), &http.Client{Transport: tr, Timeout: 2 * time.Second}
+	return hex.EncodeToString(b), &http.Client{Transport: tr}
 }
 
 // notifyReady tells systemd the agent is ready, with its status, unless
