@@ -2,6 +2,7 @@ package netsetup
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,6 +75,15 @@ func TestEC2Guard(t *testing.T) {
 	}
 	if len(f.calls) != 0 {
 		t.Fatalf("changed the host before refusing: %v", f.calls)
+	}
+
+	// Another address hides nothing, and the message does not say it
+	// would; it is refused all the same.
+	other := o
+	other.IPv4 = netip.MustParseAddr("169.254.170.23")
+	want = "this host looks like a real EC2 instance (" + root + "/" + dmi + `sys_vendor is "Amazon EC2"), which has a metadata service of its own at 169.254.169.254; pass --force to claim 169.254.170.23 anyway`
+	if _, err := Ensure(f, other); !errors.Is(err, ErrEC2) || err.Error() != want {
+		t.Fatalf("Ensure of another address: err = %v\nwant %s", err, want)
 	}
 
 	o.Force = true

@@ -366,15 +366,25 @@ func guardEC2(o Options, log *slog.Logger) error {
 			"evidence", evidence, "address", o.IPv4)
 		return nil
 	}
-	return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
-		ErrEC2, evidence, o.IPv4)
+	if o.IPv4 == ec2IPv4 {
+		return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
+			ErrEC2, evidence, o.IPv4)
+	}
+	// Another address hides nothing of EC2's metadata service, but an EC2
+	// instance has that service already, and its link-local range holds
+	// other services of its own (DNS, time, the ECS agent's credentials).
+	return fmt.Errorf("%w (%s), which has a metadata service of its own at %s; pass --force to claim %s anyway",
+		ErrEC2, evidence, ec2IPv4, o.IPv4)
 }
+
+// ec2IPv4 is the address of EC2's instance metadata service.
+var ec2IPv4 = netip.MustParseAddr("169.254.169.254")
 
 // guardOtherCloud refuses, unless forced, to claim 169.254.169.254 on a
 // cloud whose own metadata service answers there: the cloud's guest agents
 // and cloud-init would be answered by the agent instead.
 func guardOtherCloud(o Options, log *slog.Logger) error {
-	if o.IPv4 != netip.MustParseAddr("169.254.169.254") {
+	if o.IPv4 != ec2IPv4 {
 		return nil
 	}
 	cloud, evidence := DetectOtherCloud(o.SysRoot)
