@@ -246,7 +246,7 @@ func (f *fakeNetlink) AddrReplace(l netlink.Link, a *netlink.Addr) error {
 	if c.IP.To4() != nil {
 		bits = 32
 	}
-	local := netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, LinkIndex: c.LinkIndex,
+	local := netlink.Route{Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, Protocol: unix.RTPROT_KERNEL, LinkIndex: c.LinkIndex,
 		Dst: &net.IPNet{IP: c.IP, Mask: net.CIDRMask(bits, bits)}, Family: netlink.FAMILY_V4}
 	if bits == 128 {
 		local.Family = netlink.FAMILY_V6

@@ -264,6 +264,44 @@ func TestKernelRouteConflict(t *testing.T) {
 	}
 }
 
+// TestKernelLocalRouteConflict: a local route for the address without an
+// address on a link (`ip route add local 169.254.169.254 dev lo`, another
+// program's way of serving it) is refused unless forced, while the
+// kernel's own local routes, those of a link-local address of the host's,
+// are not taken for one.
+func TestKernelLocalRouteConflict(t *testing.T) {
+	host, lan := netnstest.New(t), netnstest.New(t)
+	vethName, _ := netnstest.Link(t, host, lan, netip.MustParsePrefix("169.254.1.1/16"), netip.MustParsePrefix("169.254.1.2/16"))
+	host.LoopbackUp()
+	h := host.Handle()
+	o, logs := kernelOptions(t)
+	o.IPv6 = netip.Addr{}
+	if _, err := Check(h, o); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("Check with %s holding 169.254.1.1/16: %v, want only ErrNotReady", vethName, err)
+	}
+
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: ipNet(netip.MustParsePrefix("169.254.169.254/32")),
+		Table: unix.RT_TABLE_LOCAL, Type: unix.RTN_LOCAL, Scope: netlink.SCOPE_HOST}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Ensure(h, o)
+	want := "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local without an address"
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Ensure: err = %v\nwant one containing %q", err, want)
+	}
+	o.Force = true
+	if _, err := Ensure(h, o); err != nil {
+		t.Fatalf("forced Ensure: %v", err)
+	}
+	if logs.count("despite a conflicting route (forced)") != 1 {
+		t.Errorf("no forced warning:\n%s", logs)
+	}
+}
+
 // A client in another namespace, routed to the host as a container is,
 // reaches both addresses.
 func TestKernelClientInAnotherNamespace(t *testing.T) {

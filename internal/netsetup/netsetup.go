@@ -470,7 +470,7 @@ func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
 		return st, fmt.Errorf("%w: %s; remove it there or choose another address", ErrConflict, strings.Join(conflicts, "; "))
 	}
 
-	var routed []string
+	var routed, claimed []string
 	for _, target := range targets {
 		family := netlink.FAMILY_V4
 		if target.Is6() {
@@ -485,16 +485,22 @@ func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
 			switch v {
 			case routeConflict:
 				routed = append(routed, fmt.Sprintf("route %s sends %s elsewhere (%s)", describeRoute(h, r), target, why))
+			case routeLocalConflict:
+				claimed = append(claimed, fmt.Sprintf("route %s makes %s local without an address (%s)", describeRoute(h, r), target, why))
 			case routeHarmless:
 				log.Debug("route covers the metadata address; not a conflict", "route", describeRoute(h, r), "why", why)
 			}
 		}
 	}
-	if len(routed) > 0 {
-		msg := strings.Join(routed, "; ")
+	if len(routed)+len(claimed) > 0 {
+		msg := strings.Join(append(routed, claimed...), "; ")
 		if !o.Force {
-			return st, fmt.Errorf("%w: %s; the host seems to reach a real metadata service this way: remove the route, or pass --force to claim the address anyway",
-				ErrConflict, msg)
+			how := "the host seems to reach a real metadata service this way"
+			if len(routed) == 0 {
+				how = "another program on this host seems to serve the address this way"
+			}
+			return st, fmt.Errorf("%w: %s; %s: remove the route, or pass --force to claim the address anyway",
+				ErrConflict, msg, how)
 		}
 		log.Warn("claiming the metadata address despite a conflicting route (forced)", "conflict", msg)
 	}

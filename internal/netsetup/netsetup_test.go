@@ -255,6 +255,16 @@ func TestNotOurs(t *testing.T) {
 	}
 }
 
+// localRoute adds a route of the local type on lo in table, as `ip route
+// add local DST dev lo` does (protocol boot).
+func localRoute(f *fakeNetlink, dst string, table int) {
+	r := f.route(dst, "", "lo")
+	r.Table, r.Type, r.Protocol = table, unix.RTN_LOCAL, unix.RTPROT_BOOT
+	if dst == "default" {
+		r.Scope = netlink.SCOPE_HOST
+	}
+}
+
 func TestConflicts(t *testing.T) {
 	tests := []struct {
 		name  string
@@ -306,11 +316,31 @@ func TestConflicts(t *testing.T) {
 		{name: "host route in another table",
 			setup: func(f *fakeNetlink) { f.route("169.254.169.254/32", "10.0.0.1", "eth0").Table = 100 },
 			want:  "route 169.254.169.254/32 via 10.0.0.1 dev eth0 table 100"},
-		{name: "local-table routes mirror addresses",
+		{name: "the kernel's local routes mirror addresses",
 			setup: func(f *fakeNetlink) {
 				r := f.route("169.254.169.254/32", "", "eth0")
-				r.Table, r.Type = unix.RT_TABLE_LOCAL, unix.RTN_LOCAL
+				r.Table, r.Type, r.Protocol = unix.RT_TABLE_LOCAL, unix.RTN_LOCAL, unix.RTPROT_KERNEL
 			}},
+		{name: "a local route claims the address without an address",
+			setup: func(f *fakeNetlink) { localRoute(f, "169.254.169.254/32", unix.RT_TABLE_LOCAL) },
+			want:  "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local without an address (a /32 local route claims the address); another program on this host seems to serve the address this way: remove the route, or pass --force to claim the address anyway"},
+		{name: "a local route for the link-local range",
+			setup: func(f *fakeNetlink) { localRoute(f, "169.254.0.0/16", unix.RT_TABLE_LOCAL) },
+			want:  "route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local without an address (a local route claims the whole link-local range)"},
+		{name: "an IPv6 local route",
+			setup: func(f *fakeNetlink) { localRoute(f, "fd00:ec2::254/128", unix.RT_TABLE_LOCAL) },
+			want:  "route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local without an address (a /128 local route claims the address)"},
+		{name: "a local route beside a forwarding one",
+			setup: func(f *fakeNetlink) {
+				f.route("169.254.169.254/32", "10.0.0.1", "eth0")
+				localRoute(f, "fd00:ec2::254/128", unix.RT_TABLE_LOCAL)
+			},
+			want: "table main sends 169.254.169.254 elsewhere (a route more specific than 169.254.0.0/16 is aimed at the address); route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local without an address (a /128 local route claims the address); the host seems to reach a real metadata service this way"},
+		{name: "a transparent proxy's local default route",
+			setup: func(f *fakeNetlink) { localRoute(f, "default", 100) }},
+		{name: "a local route, forced", force: true,
+			setup: func(f *fakeNetlink) { localRoute(f, "169.254.169.254/32", unix.RT_TABLE_LOCAL) },
+			warn:  `msg="claiming the metadata address despite a conflicting route (forced)" conflict="route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local`},
 		{name: "multipath host route",
 			setup: func(f *fakeNetlink) {
 				r := f.route("169.254.169.254/32", "", "")

@@ -13,9 +13,10 @@ import (
 type routeVerdict int
 
 const (
-	routeUnrelated routeVerdict = iota // does not cover the address, or leads to our link
-	routeHarmless                      // covers it, but is not aimed at it
-	routeConflict                      // aimed at it: refuse unless forced
+	routeUnrelated     routeVerdict = iota // does not cover the address, or leads to our link
+	routeHarmless                          // covers it, but is not aimed at it
+	routeConflict                          // aimed at it: refuse unless forced
+	routeLocalConflict                     // claims it as local: refuse unless forced
 )
 
 var linkLocal4 = netip.MustParsePrefix("169.254.0.0/16")
@@ -37,11 +38,14 @@ const (
 // for their own service, used by cloud-init and the cloud's agents), and
 // claiming the address would silently cut that off. The rule:
 //
-//   - Routes that do not cover target, routes in the local table (they
-//     mirror addresses, which the address check covers), routes of the
-//     local, broadcast, multicast and anycast types, and routes that lead
+//   - Routes that do not cover target, the other routes in the local table
+//     (they mirror addresses, which the address check covers), routes of
+//     the broadcast, multicast and anycast types, and routes that lead
 //     only to our own link (such as the kernel's route for our IPv6 /128)
 //     are unrelated.
+//   - A route of the local type is judged by classifyLocal: the kernel's
+//     own for an address is unrelated, another aimed at the address is a
+//     conflict.
 //   - A default route is never a conflict.
 //   - IPv4: a route covering target with a prefix longer than /16 (a /32
 //     host route, a /24) is a conflict, on-link or via a gateway, of any
@@ -57,19 +61,19 @@ const (
 //
 // The reason returned says which clause applied.
 func classifyRoute(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdict, string) {
+	if r.Type == unix.RTN_LOCAL {
+		return classifyLocal(r, target, ourIndex)
+	}
 	if r.Table == unix.RT_TABLE_LOCAL {
 		return routeUnrelated, "local table"
 	}
 	switch r.Type {
-	case unix.RTN_LOCAL, unix.RTN_BROADCAST, unix.RTN_MULTICAST, unix.RTN_ANYCAST:
+	case unix.RTN_BROADCAST, unix.RTN_MULTICAST, unix.RTN_ANYCAST:
 		return routeUnrelated, "not a forwarding route"
 	}
-	dst := routeDst(r, target)
-	if !dst.IsValid() || !dst.Contains(target) {
-		return routeUnrelated, "does not cover the address"
-	}
-	if ourIndex != 0 && onlyVia(r, ourIndex) {
-		return routeUnrelated, "leads to our link"
+	dst, v, why := covers(r, target, ourIndex)
+	if v == routeUnrelated {
+		return v, why
 	}
 	bits := dst.Bits()
 	switch {
@@ -90,6 +94,46 @@ func classifyRoute(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdi
 	default:
 		return routeHarmless, fmt.Sprintf("a /%d route is too broad to be aimed at the address", bits)
 	}
+}
+
+// classifyLocal decides about a route of the local type, which makes the
+// host take the addresses it covers as its own. The kernel adds one for
+// every address (protocol kernel), which the address check covers. Any
+// other is someone's claim on the address without an address on a link
+// (`ip route add local 169.254.169.254 dev lo`, a program serving it
+// that way): aimed at it by the same prefix rule as a forwarding route, it
+// is a conflict; a broad one (a transparent proxy's local default route in
+// a table of its own) is not.
+func classifyLocal(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdict, string) {
+	if r.Protocol == unix.RTPROT_KERNEL {
+		return routeUnrelated, "the kernel's route for an address"
+	}
+	dst, v, why := covers(r, target, ourIndex)
+	if v == routeUnrelated {
+		return v, why
+	}
+	bits := dst.Bits()
+	switch {
+	case target.Is6() && bits >= specific6, target.Is4() && bits >= specific4:
+		return routeLocalConflict, fmt.Sprintf("a /%d local route claims the address", bits)
+	case dst == linkLocal4:
+		return routeLocalConflict, "a local route claims the whole link-local range"
+	default:
+		return routeHarmless, fmt.Sprintf("a /%d local route is too broad to be aimed at the address", bits)
+	}
+}
+
+// covers returns r's destination when it covers target by a route that
+// does not lead only to our link, and says why r is unrelated otherwise.
+func covers(r netlink.Route, target netip.Addr, ourIndex int) (netip.Prefix, routeVerdict, string) {
+	dst := routeDst(r, target)
+	if !dst.IsValid() || !dst.Contains(target) {
+		return dst, routeUnrelated, "does not cover the address"
+	}
+	if ourIndex != 0 && onlyVia(r, ourIndex) {
+		return dst, routeUnrelated, "leads to our link"
+	}
+	return dst, routeHarmless, ""
 }
 
 // routeDst is the route's destination; a route without one is a default
@@ -191,6 +235,8 @@ func routeType(t int) string {
 	switch t {
 	case unix.RTN_UNICAST:
 		return "unicast"
+	case unix.RTN_LOCAL:
+		return "local"
 	case unix.RTN_BLACKHOLE:
 		return "blackhole"
 	case unix.RTN_UNREACHABLE:
