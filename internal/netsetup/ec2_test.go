@@ -66,7 +66,7 @@ func TestEC2Guard(t *testing.T) {
 	o, logs := testOptions(t)
 	o.SysRoot = root
 
-	want := "this host looks like a real EC2 instance (" + root + "/" + dmi + `sys_vendor is "Amazon EC2"): claiming 169.254.169.254 would hide its own metadata service; pass --force to claim it anyway`
+	want := "this host looks like a real EC2 instance (" + root + "/" + dmi + `sys_vendor is "Amazon EC2"): claiming 169.254.169.254 and fd00:ec2::254 would hide its own metadata service; pass --force to claim it anyway`
 	if _, err := Ensure(f, o); !errors.Is(err, ErrEC2) || err.Error() != want {
 		t.Fatalf("Ensure: err = %v\nwant %s", err, want)
 	}
@@ -77,11 +77,16 @@ func TestEC2Guard(t *testing.T) {
 		t.Fatalf("changed the host before refusing: %v", f.calls)
 	}
 
-	// Another address hides nothing, and the message does not say it
-	// would; it is refused all the same.
+	// EC2's IPv6 address alone would hide its service too.
 	other := o
 	other.IPv4 = netip.MustParseAddr("169.254.170.23")
-	want = "this host looks like a real EC2 instance (" + root + "/" + dmi + `sys_vendor is "Amazon EC2"), which has a metadata service of its own at 169.254.169.254; pass --force to claim 169.254.170.23 anyway`
+	if _, err := Ensure(f, other); !errors.Is(err, ErrEC2) || !strings.Contains(err.Error(), "claiming fd00:ec2::254 would hide") {
+		t.Fatalf("Ensure of another IPv4 address beside fd00:ec2::254: err = %v", err)
+	}
+	// Other addresses hide nothing, and the message does not say they
+	// would; they are refused all the same.
+	other.IPv6 = netip.Addr{}
+	want = "this host looks like a real EC2 instance (" + root + "/" + dmi + `sys_vendor is "Amazon EC2"), which has a metadata service of its own at 169.254.169.254 and services of its own in the link-local range (DNS, time, the ECS agent's credentials); pass --force to claim 169.254.170.23 anyway`
 	if _, err := Ensure(f, other); !errors.Is(err, ErrEC2) || err.Error() != want {
 		t.Fatalf("Ensure of another address: err = %v\nwant %s", err, want)
 	}

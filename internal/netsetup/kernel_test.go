@@ -264,11 +264,11 @@ func TestKernelRouteConflict(t *testing.T) {
 	}
 }
 
-// TestKernelLocalRouteConflict: a local route for the address without an
-// address on a link (`ip route add local 169.254.169.254 dev lo`, another
-// program's way of serving it) is refused unless forced, while the
-// kernel's own local routes, those of a link-local address of the host's,
-// are not taken for one.
+// TestKernelLocalRouteConflict: a local route for the address though no
+// link has it (`ip route add local 169.254.169.254 dev lo`, another
+// program's way of serving it; an address with a prefix on lo) is refused
+// unless forced, while the kernel's own local routes for a link-local
+// address of the host's are not taken for one.
 func TestKernelLocalRouteConflict(t *testing.T) {
 	host, lan := netnstest.New(t), netnstest.New(t)
 	vethName, _ := netnstest.Link(t, host, lan, netip.MustParsePrefix("169.254.1.1/16"), netip.MustParsePrefix("169.254.1.2/16"))
@@ -289,7 +289,7 @@ func TestKernelLocalRouteConflict(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = Ensure(h, o)
-	want := "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local without an address"
+	want := "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local though no link has it"
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Ensure: err = %v\nwant one containing %q", err, want)
 	}
@@ -299,6 +299,24 @@ func TestKernelLocalRouteConflict(t *testing.T) {
 	}
 	if logs.count("despite a conflicting route (forced)") != 1 {
 		t.Errorf("no forced warning:\n%s", logs)
+	}
+
+	// An address on lo makes its whole prefix local, by a route the
+	// kernel adds.
+	other := netnstest.New(t)
+	other.LoopbackUp()
+	oh := other.Handle()
+	if lo, err = oh.LinkByName("lo"); err != nil {
+		t.Fatal(err)
+	}
+	if err := oh.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("169.254.0.1/16"))}); err != nil {
+		t.Fatal(err)
+	}
+	o.Force = false
+	_, err = Ensure(oh, o)
+	want = "address conflict: route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local though no link has it (a local route claims the whole link-local range)"
+	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("Ensure with 169.254.0.1/16 on lo: err = %v\nwant one containing %q", err, want)
 	}
 }
 

@@ -366,19 +366,26 @@ func guardEC2(o Options, log *slog.Logger) error {
 			"evidence", evidence, "address", o.IPv4)
 		return nil
 	}
-	if o.IPv4 == ec2IPv4 {
-		return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
-			ErrEC2, evidence, o.IPv4)
+	var hidden []string
+	for _, a := range []netip.Addr{o.IPv4, o.IPv6} {
+		if a == ec2IPv4 || a == ec2IPv6 {
+			hidden = append(hidden, a.String())
+		}
 	}
-	// Another address hides nothing of EC2's metadata service, but an EC2
-	// instance has that service already, and its link-local range holds
-	// other services of its own (DNS, time, the ECS agent's credentials).
-	return fmt.Errorf("%w (%s), which has a metadata service of its own at %s; pass --force to claim %s anyway",
+	if len(hidden) > 0 {
+		return fmt.Errorf("%w (%s): claiming %s would hide its own metadata service; pass --force to claim it anyway",
+			ErrEC2, evidence, strings.Join(hidden, " and "))
+	}
+	return fmt.Errorf("%w (%s), which has a metadata service of its own at %s and services of its own in the link-local range "+
+		"(DNS, time, the ECS agent's credentials); pass --force to claim %s anyway",
 		ErrEC2, evidence, ec2IPv4, o.IPv4)
 }
 
-// ec2IPv4 is the address of EC2's instance metadata service.
-var ec2IPv4 = netip.MustParseAddr("169.254.169.254")
+// The addresses of EC2's instance metadata service.
+var (
+	ec2IPv4 = netip.MustParseAddr("169.254.169.254")
+	ec2IPv6 = netip.MustParseAddr("fd00:ec2::254")
+)
 
 // guardOtherCloud refuses, unless forced, to claim 169.254.169.254 on a
 // cloud whose own metadata service answers there: the cloud's guest agents
@@ -486,7 +493,7 @@ func inspect(h Netlink, o Options, log *slog.Logger) (state, error) {
 			case routeConflict:
 				routed = append(routed, fmt.Sprintf("route %s sends %s elsewhere (%s)", describeRoute(h, r), target, why))
 			case routeLocalConflict:
-				claimed = append(claimed, fmt.Sprintf("route %s makes %s local without an address (%s)", describeRoute(h, r), target, why))
+				claimed = append(claimed, fmt.Sprintf("route %s makes %s local though no link has it (%s)", describeRoute(h, r), target, why))
 			case routeHarmless:
 				log.Debug("route covers the metadata address; not a conflict", "route", describeRoute(h, r), "why", why)
 			}

@@ -316,26 +316,32 @@ func TestConflicts(t *testing.T) {
 		{name: "host route in another table",
 			setup: func(f *fakeNetlink) { f.route("169.254.169.254/32", "10.0.0.1", "eth0").Table = 100 },
 			want:  "route 169.254.169.254/32 via 10.0.0.1 dev eth0 table 100"},
-		{name: "the kernel's local routes mirror addresses",
+		{name: "the kernel's local route for an address, on lo as for IPv6 before Linux 4.13",
 			setup: func(f *fakeNetlink) {
-				r := f.route("169.254.169.254/32", "", "eth0")
+				r := f.route("fd00:ec2::254/128", "", "lo")
 				r.Table, r.Type, r.Protocol = unix.RT_TABLE_LOCAL, unix.RTN_LOCAL, unix.RTPROT_KERNEL
 			}},
-		{name: "a local route claims the address without an address",
+		{name: "the kernel's local route for the prefix of an address on lo",
+			setup: func(f *fakeNetlink) {
+				r := f.route("169.254.0.0/16", "", "lo")
+				r.Table, r.Type, r.Protocol = unix.RT_TABLE_LOCAL, unix.RTN_LOCAL, unix.RTPROT_KERNEL
+			},
+			want: "route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local though no link has it (a local route claims the whole link-local range)"},
+		{name: "a local route on lo claims the address",
 			setup: func(f *fakeNetlink) { localRoute(f, "169.254.169.254/32", unix.RT_TABLE_LOCAL) },
-			want:  "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local without an address (a /32 local route claims the address); another program on this host seems to serve the address this way: remove the route, or pass --force to claim the address anyway"},
+			want:  "address conflict: route local 169.254.169.254/32 dev lo table local makes 169.254.169.254 local though no link has it (a /32 local route claims the address); another program on this host seems to serve the address this way: remove the route, or pass --force to claim the address anyway"},
 		{name: "a local route for the link-local range",
 			setup: func(f *fakeNetlink) { localRoute(f, "169.254.0.0/16", unix.RT_TABLE_LOCAL) },
-			want:  "route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local without an address (a local route claims the whole link-local range)"},
+			want:  "route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local though no link has it (a local route claims the whole link-local range)"},
 		{name: "an IPv6 local route",
 			setup: func(f *fakeNetlink) { localRoute(f, "fd00:ec2::254/128", unix.RT_TABLE_LOCAL) },
-			want:  "route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local without an address (a /128 local route claims the address)"},
+			want:  "route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local though no link has it (a /128 local route claims the address)"},
 		{name: "a local route beside a forwarding one",
 			setup: func(f *fakeNetlink) {
 				f.route("169.254.169.254/32", "10.0.0.1", "eth0")
 				localRoute(f, "fd00:ec2::254/128", unix.RT_TABLE_LOCAL)
 			},
-			want: "table main sends 169.254.169.254 elsewhere (a route more specific than 169.254.0.0/16 is aimed at the address); route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local without an address (a /128 local route claims the address); the host seems to reach a real metadata service this way"},
+			want: "table main sends 169.254.169.254 elsewhere (a route more specific than 169.254.0.0/16 is aimed at the address); route local fd00:ec2::254/128 dev lo table local makes fd00:ec2::254 local though no link has it (a /128 local route claims the address); the host seems to reach a real metadata service this way"},
 		{name: "a transparent proxy's local default route",
 			setup: func(f *fakeNetlink) { localRoute(f, "default", 100) }},
 		{name: "a local route, forced", force: true,

@@ -44,8 +44,8 @@ const (
 //     only to our own link (such as the kernel's route for our IPv6 /128)
 //     are unrelated.
 //   - A route of the local type is judged by classifyLocal: the kernel's
-//     own for an address is unrelated, another aimed at the address is a
-//     conflict.
+//     own for a single address is unrelated, another aimed at the address
+//     is a conflict.
 //   - A default route is never a conflict.
 //   - IPv4: a route covering target with a prefix longer than /16 (a /32
 //     host route, a /24) is a conflict, on-link or via a gateway, of any
@@ -98,19 +98,22 @@ func classifyRoute(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdi
 
 // classifyLocal decides about a route of the local type, which makes the
 // host take the addresses it covers as its own. The kernel adds one for
-// every address (protocol kernel), which the address check covers. Any
-// other is someone's claim on the address without an address on a link
-// (`ip route add local 169.254.169.254 dev lo`, a program serving it
-// that way): aimed at it by the same prefix rule as a forwarding route, it
-// is a conflict; a broad one (a transparent proxy's local default route in
-// a table of its own) is not.
+// every address, for that address alone (protocol kernel; on the address's
+// link, or on lo for IPv6 before Linux 4.13), which the address check
+// covers. Any other is a claim on the address though no link has it: `ip
+// route add local 169.254.169.254 dev lo` (a program serving it that way),
+// or the kernel's route for a whole prefix of an address on a loopback
+// link (169.254.0.1/16 on lo makes all of 169.254.0.0/16 local). Aimed at
+// the address by the same prefix rule as a forwarding route, it is a
+// conflict; a broad one (a transparent proxy's local default route in a
+// table of its own) is not.
 func classifyLocal(r netlink.Route, target netip.Addr, ourIndex int) (routeVerdict, string) {
-	if r.Protocol == unix.RTPROT_KERNEL {
-		return routeUnrelated, "the kernel's route for an address"
-	}
 	dst, v, why := covers(r, target, ourIndex)
 	if v == routeUnrelated {
 		return v, why
+	}
+	if r.Protocol == unix.RTPROT_KERNEL && dst.IsSingleIP() {
+		return routeUnrelated, "the kernel's route for an address"
 	}
 	bits := dst.Bits()
 	switch {
