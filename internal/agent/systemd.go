@@ -141,10 +141,10 @@ func (a *Agent) superviseSystemd(ctx context.Context) error {
 }
 
 // watchdogMisses is how many health checks in a row may fail without a
-// restart: one slow answer (a stalled disk, a burst of load, a paused VM)
-// must not cost every client its connection and the agent an AssumeRole,
-// while an agent that stays unhealthy is still restarted within systemd's
-// watchdog interval.
+// restart: one slow answer (a stalled disk, a burst of load) must not cost
+// every client its connection and the agent an AssumeRole, while an agent
+// that stays unhealthy is still restarted within systemd's watchdog
+// interval.
 const watchdogMisses = 2
 
 // maxProbeTimeout bounds how long one health check may take.
