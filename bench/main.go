@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -62,6 +63,7 @@ type options struct {
 	serverProcs int
 	genProcs    int
 	keep        bool
+	sideRounds  int
 }
 
 func run(args []string) error {
@@ -81,6 +83,7 @@ func run(args []string) error {
 	fs.IntVar(&o.serverProcs, "server-procs", 1, "GOMAXPROCS of the servers (0: Go's default)")
 	fs.IntVar(&o.genProcs, "gen-procs", 1, "GOMAXPROCS of the load generator (0: Go's default)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries, agent log)")
+	fs.IntVar(&o.sideRounds, "side-rounds", 6, "rounds of the side-by-side check after the load rounds (both servers loaded at once; 0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -337,8 +340,28 @@ func (b *bench) startFloor(ctx context.Context) (*process, error) {
 	return p, nil
 }
 
-// load runs the load generator against p and returns its result.
+// load runs the load generator against p and returns its result; an
+// answer that was not a 200, or a failed connection, invalidates the run.
 func (b *bench) load(ctx context.Context, p *process, mode string, conns int, extra ...string) (*loadResult, error) {
+	res, err := b.loadgen(ctx, p, mode, conns, extra...)
+	if err != nil {
+		return nil, err
+	}
+	b.check(p, mode, res)
+	return res, nil
+}
+
+// check records a load run's refused answers and failed connections as
+// failures of the whole run.
+func (b *bench) check(p *process, mode string, res *loadResult) {
+	if res.Non200 > 0 || res.Errors > 0 {
+		b.failures = append(b.failures, fmt.Sprintf("%s %s: %d non-200 answers, %d errors; first: %s",
+			p.name, mode, res.Non200, res.Errors, res.FirstIssue))
+	}
+}
+
+// loadgen runs the load generator against p.
+func (b *bench) loadgen(ctx context.Context, p *process, mode string, conns int, extra ...string) (*loadResult, error) {
 	bound := b.o.warmup + b.o.duration + time.Minute
 	if mode == "tokens" {
 		bound = 6 * time.Minute
@@ -359,11 +382,44 @@ func (b *bench) load(ctx context.Context, p *process, mode string, conns int, ex
 	if err := json.Unmarshal(stdout.Bytes(), &res); err != nil {
 		return nil, fmt.Errorf("loadgen output: %w", err)
 	}
-	if res.Non200 > 0 || res.Errors > 0 {
-		b.failures = append(b.failures, fmt.Sprintf("%s %s: %d non-200 answers, %d errors; first: %s",
-			p.name, mode, res.Non200, res.Errors, res.FirstIssue))
-	}
 	return &res, nil
+}
+
+// sideBySide loads both servers at once, warm, each with half the
+// connections and a generator of its own on the generators' CPU, and
+// returns each one's samples. Whatever the host does during a round it
+// does to both, so the servers' CPU time a request, compared round by
+// round, moves far less with the host's drift than the runs in turn do:
+// a diagnostic beside them, with no target of its own.
+func (b *bench) sideBySide(ctx context.Context, rounds int) (agent, floor []sample, creds int64, err error) {
+	conns := max(b.o.warmConns/2, 1)
+	for r := range rounds {
+		servers := []*process{b.agent, b.floor}
+		res := make([]*loadResult, len(servers))
+		errs := make([]error, len(servers))
+		var wg sync.WaitGroup
+		for i, p := range servers {
+			wg.Go(func() { res[i], errs[i] = b.loadgen(ctx, p, "warm", conns) })
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
+			return nil, nil, 0, err
+		}
+		line := fmt.Sprintf("round %d", r+1)
+		for i, p := range servers {
+			b.check(p, "side-by-side warm", res[i])
+			s := sample{perSec: res[i].PerSec, serverCPU: res[i].ServerCPU / res[i].Elapsed,
+				serverUS: 1e6 * res[i].ServerCPU / float64(max(res[i].Units, 1))}
+			if p == b.agent {
+				agent, creds = append(agent, s), creds+res[i].CredsOK
+			} else {
+				floor = append(floor, s)
+			}
+			line += fmt.Sprintf("  %s %7.0f req/s, server CPU %3.0f %% (%5.1f µs each)", p.name, s.perSec, 100*s.serverCPU, s.serverUS)
+		}
+		fmt.Printf("%s  ratio %.3f\n", line, agent[r].serverUS/floor[r].serverUS)
+	}
+	return agent, floor, creds, nil
 }
 
 // agentStatus is the part of `imds-agent status --json` the harness reads.
@@ -515,6 +571,16 @@ func (b *bench) run(ctx context.Context) error {
 			}
 		}
 	}
+	var side [2][]sample // agent, floor
+	if o.sideRounds > 0 {
+		fmt.Printf("\n== side by side: %d rounds, both servers loaded at once, warm, %d connections each (a diagnostic, no target)\n",
+			o.sideRounds, max(o.warmConns/2, 1))
+		var creds int64
+		if side[0], side[1], creds, err = b.sideBySide(ctx, o.sideRounds); err != nil {
+			return err
+		}
+		agentCreds += creds
+	}
 	loadEnd := time.Now()
 	after, err := b.status(ctx)
 	if err != nil {
@@ -534,28 +600,25 @@ func (b *bench) run(ctx context.Context) error {
 
 	fmt.Println("\n== medians over rounds (agent / floor)")
 	tpRatio, p99Ratio := map[string]float64{}, map[string]float64{}
+	sus := func(s sample) float64 { return s.serverUS }
 	for _, mode := range []string{"warm", "cold"} {
 		a, f := results["agent "+mode], results["floor "+mode]
-		pick := func(ss []sample, g func(sample) float64) float64 {
-			v := make([]float64, len(ss))
-			for i, s := range ss {
-				v[i] = g(s)
-			}
-			return median(v)
-		}
 		tp := func(s sample) float64 { return s.perSec }
 		p50 := func(s sample) float64 { return s.p50 }
 		p99 := func(s sample) float64 { return s.p99 }
-		sus := func(s sample) float64 { return s.serverUS }
 		scpu := func(s sample) float64 { return s.serverCPU }
 		gcpu := func(s sample) float64 { return s.genCPU }
-		tpRatio[mode], p99Ratio[mode] = pick(a, tp)/pick(f, tp), pick(a, p99)/pick(f, p99)
-		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f  %s\n", mode, pick(a, tp), pick(f, tp), pick(a, tp)/pick(f, tp), perRound(a, f, tp))
-		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, pick(a, p50), pick(f, p50), pick(a, p50)/pick(f, p50), perRound(a, f, p50))
-		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, pick(a, p99), pick(f, p99), pick(a, p99)/pick(f, p99), perRound(a, f, p99))
-		fmt.Printf("%s  server µs   agent %9.1f  floor %9.1f  ratio %.3f  (server CPU time per %s)\n", mode, pick(a, sus), pick(f, sus), pick(a, sus)/pick(f, sus), map[string]string{"warm": "request", "cold": "flow"}[mode])
+		tpRatio[mode], p99Ratio[mode] = medianOf(a, tp)/medianOf(f, tp), medianOf(a, p99)/medianOf(f, p99)
+		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f  %s\n", mode, medianOf(a, tp), medianOf(f, tp), medianOf(a, tp)/medianOf(f, tp), perRound(a, f, tp))
+		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, medianOf(a, p50), medianOf(f, p50), medianOf(a, p50)/medianOf(f, p50), perRound(a, f, p50))
+		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, medianOf(a, p99), medianOf(f, p99), medianOf(a, p99)/medianOf(f, p99), perRound(a, f, p99))
+		fmt.Printf("%s  server µs   agent %9.1f  floor %9.1f  ratio %.3f  (server CPU time per %s)\n", mode, medianOf(a, sus), medianOf(f, sus), medianOf(a, sus)/medianOf(f, sus), map[string]string{"warm": "request", "cold": "flow"}[mode])
 		fmt.Printf("%s  CPU %%       server: agent %3.0f floor %3.0f; generator: with agent %3.0f with floor %3.0f\n", mode,
-			100*pick(a, scpu), 100*pick(f, scpu), 100*pick(a, gcpu), 100*pick(f, gcpu))
+			100*medianOf(a, scpu), 100*medianOf(f, scpu), 100*medianOf(a, gcpu), 100*medianOf(f, gcpu))
+	}
+	if a, f := side[0], side[1]; len(a) > 0 {
+		fmt.Printf("warm  server µs side by side: agent %.1f  floor %.1f  ratio %.3f  %s\n",
+			medianOf(a, sus), medianOf(f, sus), medianOf(a, sus)/medianOf(f, sus), perRound(a, f, sus))
 	}
 
 	fmt.Println("\n== STS calls during the load run (status --json, refreshes + failures)")
@@ -632,6 +695,15 @@ func perRound(agent, floor []sample, g func(sample) float64) string {
 		return ""
 	}
 	return fmt.Sprintf("(per round: median %.3f, range %.3f–%.3f)", median(r), slices.Min(r), slices.Max(r))
+}
+
+// medianOf is the median of g over samples.
+func medianOf(ss []sample, g func(sample) float64) float64 {
+	v := make([]float64, len(ss))
+	for i, s := range ss {
+		v[i] = g(s)
+	}
+	return median(v)
 }
 
 func median(v []float64) float64 {
