@@ -408,8 +408,7 @@ func (b *bench) sideBySide(ctx context.Context, rounds int) (agent, floor []samp
 		line := fmt.Sprintf("round %d", r+1)
 		for i, p := range servers {
 			b.check(p, "side-by-side warm", res[i])
-			s := sample{perSec: res[i].PerSec, serverCPU: res[i].ServerCPU / res[i].Elapsed,
-				serverUS: 1e6 * res[i].ServerCPU / float64(max(res[i].Units, 1))}
+			s := sampleOf(res[i])
 			if p == b.agent {
 				agent, creds = append(agent, s), creds+res[i].CredsOK
 			} else {
@@ -453,6 +452,13 @@ type sample struct {
 	perSec, p50, p99  float64
 	serverCPU, genCPU float64 // share of one CPU over the window
 	serverUS          float64 // server CPU µs per unit (request or flow)
+}
+
+// sampleOf is a load run's figures.
+func sampleOf(res *loadResult) sample {
+	return sample{perSec: res.PerSec, p50: res.P50, p99: res.P99,
+		serverCPU: res.ServerCPU / res.Elapsed, genCPU: res.GenCPU / res.Elapsed,
+		serverUS: 1e6 * res.ServerCPU / float64(max(res.Units, 1))}
 }
 
 func (b *bench) run(ctx context.Context) error {
@@ -557,9 +563,7 @@ func (b *bench) run(ctx context.Context) error {
 				if p == b.agent {
 					agentCreds += res.CredsOK
 				}
-				s := sample{perSec: res.PerSec, p50: res.P50, p99: res.P99,
-					serverCPU: res.ServerCPU / res.Elapsed, genCPU: res.GenCPU / res.Elapsed,
-					serverUS: 1e6 * res.ServerCPU / float64(max(res.Units, 1))}
+				s := sampleOf(res)
 				key := p.name + " " + mode
 				results[key] = append(results[key], s)
 				unit := "req/s"
