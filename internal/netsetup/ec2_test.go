@@ -91,13 +91,8 @@ func TestEC2Guard(t *testing.T) {
 		t.Fatalf("Ensure of another address: err = %v\nwant %s", err, want)
 	}
 
-	o.Force = true
-	res, err := Ensure(f, o)
-	if err != nil || !res.Created {
-		t.Fatalf("forced Ensure = %+v, %v", res, err)
-	}
-	if n := logs.count(`level=WARN msg="this host looks like a real EC2 instance; claiming the metadata address anyway (forced)"`); n != 1 {
-		t.Errorf("%d forced warnings, want 1:\n%s", n, logs)
+	if res := ensureForced(t, f, o, logs, `level=WARN msg="this host looks like a real EC2 instance; claiming the metadata address anyway (forced)"`); !res.Created {
+		t.Errorf("forced Ensure = %+v", res)
 	}
 }
 
@@ -137,11 +132,7 @@ func TestOtherCloudGuard(t *testing.T) {
 	if len(f.calls) != 0 {
 		t.Fatalf("changed the host before refusing: %v", f.calls)
 	}
-	o.Force = true
-	if res, err := Ensure(f, o); err != nil || !res.Created {
-		t.Fatalf("forced Ensure = %+v, %v", res, err)
-	}
-	if n := logs.count(`msg="this host runs on a cloud with its own metadata service at the address; claiming it anyway (forced)"`); n != 1 {
-		t.Errorf("%d forced warnings, want 1:\n%s", n, logs)
+	if res := ensureForced(t, f, o, logs, `msg="this host runs on a cloud with its own metadata service at the address; claiming it anyway (forced)"`); !res.Created {
+		t.Errorf("forced Ensure = %+v", res)
 	}
 }

@@ -251,13 +251,7 @@ func TestKernelRouteConflict(t *testing.T) {
 		t.Fatalf("Ensure: err = %v\nwant one containing %q and not the zeroconf route", err, want)
 	}
 
-	o.Force = true
-	if _, err := Ensure(h, o); err != nil {
-		t.Fatalf("forced Ensure: %v", err)
-	}
-	if logs.count("despite a conflicting route (forced)") != 1 {
-		t.Errorf("no forced warning:\n%s", logs)
-	}
+	ensureForced(t, h, o, logs, "despite a conflicting route (forced)")
 	listenBoth(t, host)
 	if got := greet(t, host, "tcp4", "169.254.169.254:80"); got != "hello from 169.254.169.254:80" {
 		t.Errorf("local client with the route in place: %q", got)
@@ -293,13 +287,7 @@ func TestKernelLocalRouteConflict(t *testing.T) {
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), want) {
 		t.Fatalf("Ensure: err = %v\nwant one containing %q", err, want)
 	}
-	o.Force = true
-	if _, err := Ensure(h, o); err != nil {
-		t.Fatalf("forced Ensure: %v", err)
-	}
-	if logs.count("despite a conflicting route (forced)") != 1 {
-		t.Errorf("no forced warning:\n%s", logs)
-	}
+	ensureForced(t, h, o, logs, "despite a conflicting route (forced)")
 
 	// An address on lo makes its whole prefix local, by a route the
 	// kernel adds.
@@ -312,7 +300,6 @@ func TestKernelLocalRouteConflict(t *testing.T) {
 	if err := oh.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("169.254.0.1/16"))}); err != nil {
 		t.Fatal(err)
 	}
-	o.Force = false
 	_, err = Ensure(oh, o)
 	want = "address conflict: route local 169.254.0.0/16 dev lo table local makes 169.254.169.254 local though no link has it (a local route claims the whole link-local range)"
 	if !errors.Is(err, ErrConflict) || !strings.Contains(err.Error(), want) {

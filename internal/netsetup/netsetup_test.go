@@ -28,6 +28,21 @@ type logBuf struct{ bytes.Buffer }
 
 func (b *logBuf) count(substr string) int { return strings.Count(b.String(), substr) }
 
+// ensureForced runs Ensure with o forced and checks that it succeeds,
+// logging warning once.
+func ensureForced(t *testing.T, h Netlink, o Options, logs *logBuf, warning string) Result {
+	t.Helper()
+	o.Force = true
+	res, err := Ensure(h, o)
+	if err != nil {
+		t.Fatalf("forced Ensure: %v", err)
+	}
+	if n := logs.count(warning); n != 1 {
+		t.Errorf("%d forced warnings, want 1:\n%s", n, logs)
+	}
+	return res
+}
+
 func testOptions(t *testing.T) (Options, *logBuf) {
 	t.Helper()
 	var buf logBuf
