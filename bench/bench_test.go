@@ -101,4 +101,72 @@ func TestPerRound(t *testing.T) {
 	if got := perRound(nil, floor, tp); got != "" {
 		t.Errorf("perRound without agent runs = %q", got)
 	}
+	// A round the floor registered no figure in has no ratio: it is left
+	// out, and said to be.
+	floor[1].perSec = 0
+	if got, want := perRound(agent, floor, tp), "(per round: median 0.945, range 0.900–0.990; 1 of 3 rounds left out, the floor's figure being 0)"; got != want {
+		t.Errorf("perRound with a zero = %q, want %q", got, want)
+	}
+	if got := formatRatio(27, 0); got != "n/a" {
+		t.Errorf("formatRatio(27, 0) = %q", got)
+	}
+	if got := formatRatio(27, 25); got != "1.080" {
+		t.Errorf("formatRatio(27, 25) = %q", got)
+	}
+}
+
+// TestParseOptions: the defaults make a run, and every setting that could
+// not measure anything is refused with the flag named.
+func TestParseOptions(t *testing.T) {
+	o, err := parseOptions(nil)
+	if err != nil {
+		t.Fatalf("defaults: %v", err)
+	}
+	if o.rounds != 6 || o.warmConns != 32 || o.sideRounds != 6 || o.tokens != 1_000_000 {
+		t.Errorf("defaults = %+v", o)
+	}
+	for _, ok := range [][]string{
+		{"-warm-conns", "1", "-side-rounds", "0"},
+		{"-rounds", "1", "-duration", "2s", "-warmup", "0s", "-tokens", "2000", "-ready-starts", "1", "-side-rounds", "2", "-server-procs", "0"},
+	} {
+		if _, err := parseOptions(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range [][]string{
+		{"-rounds", "0"}, {"-duration", "0s"}, {"-warmup", "-1s"}, {"-cold-clients", "0"},
+		{"-warm-conns", "0"}, {"-warm-conns", "1"}, {"-side-rounds", "-1"}, {"-tokens", "1000"},
+		{"-idle", "0s"}, {"-ready-starts", "0"}, {"-server-procs", "-1"}, {"-gen-procs", "-2"},
+	} {
+		_, err := parseOptions(bad)
+		if err == nil || !strings.Contains(err.Error(), bad[0]+" "+bad[1]) {
+			t.Errorf("%q: error %v, want one naming %s %s", bad, err, bad[0], bad[1])
+		}
+	}
+	if _, err := parseOptions([]string{"-rounds", "2", "warm"}); err == nil || !strings.Contains(err.Error(), `"warm"`) {
+		t.Errorf("a stray argument: %v", err)
+	}
+}
+
+// TestLoadConfigValidate: the generator refuses what would measure nothing
+// or leave loopback.
+func TestLoadConfigValidate(t *testing.T) {
+	good := loadConfig{mode: "warm", addr: "127.0.0.1:1338", conns: 2, duration: time.Second, tokens: 1, timeout: time.Minute}
+	if err := good.validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for name, change := range map[string]func(*loadConfig){
+		"-conns":    func(c *loadConfig) { c.conns = 0 },
+		"-duration": func(c *loadConfig) { c.duration = 0 },
+		"-warmup":   func(c *loadConfig) { c.warmup = -time.Second },
+		"-mode":     func(c *loadConfig) { c.mode = "hot" },
+		"-tokens":   func(c *loadConfig) { c.mode, c.tokens = "tokens", 0 },
+		"loopback":  func(c *loadConfig) { c.addr = "169.254.169.254:80" },
+	} {
+		c := good
+		change(&c)
+		if err := c.validate(); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: error %v", name, err)
+		}
+	}
 }

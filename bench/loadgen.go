@@ -72,7 +72,7 @@ func loadgenMain(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if err := checkLoopback(c.addr); err != nil {
+	if err := c.validate(); err != nil {
 		return err
 	}
 	res, err := runLoad(c)
@@ -243,6 +243,34 @@ type window struct {
 }
 
 func (wd *window) in(t time.Time) bool { return !t.Before(wd.start) && t.Before(wd.end) }
+
+// validate refuses a run that could not measure anything, or that would
+// leave loopback.
+func (c *loadConfig) validate() error {
+	var errs []error
+	if err := checkLoopback(c.addr); err != nil {
+		errs = append(errs, err)
+	}
+	switch c.mode {
+	case "cold", "warm":
+		if c.duration <= 0 {
+			errs = append(errs, fmt.Errorf("-duration %s: the measured window must be longer than 0", c.duration))
+		}
+		if c.warmup < 0 {
+			errs = append(errs, fmt.Errorf("-warmup %s: must not be negative", c.warmup))
+		}
+	case "tokens":
+		if c.tokens < 1 || c.timeout <= 0 {
+			errs = append(errs, fmt.Errorf("-tokens %d -timeout %s: a token run needs at least 1 token and a bound longer than 0", c.tokens, c.timeout))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("-mode %q: cold, warm or tokens", c.mode))
+	}
+	if c.conns < 1 {
+		errs = append(errs, fmt.Errorf("-conns %d: at least 1 is needed", c.conns))
+	}
+	return errors.Join(errs...)
+}
 
 func runLoad(c loadConfig) (*loadResult, error) {
 	rq := newRequests(c.addr)

@@ -29,21 +29,21 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "loadgen" {
-		if err := loadgenMain(os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, "loadgen:", err)
-			os.Exit(1)
-		}
-		return
+	name, cmd, args := "bench", run, os.Args[1:]
+	if len(args) > 0 && args[0] == "loadgen" {
+		name, cmd, args = "loadgen", loadgenMain, args[1:]
 	}
-	if err := run(os.Args[1:]); err != nil {
-		fmt.Fprintln(os.Stderr, "bench:", err)
+	switch err := cmd(args); {
+	case errors.Is(err, flag.ErrHelp): // -h: the flags were printed
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		os.Exit(1)
 	}
 }
@@ -66,7 +66,8 @@ type options struct {
 	sideRounds  int
 }
 
-func run(args []string) error {
+// parseOptions reads the command line.
+func parseOptions(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var o options
 	fs.IntVar(&o.rounds, "rounds", 6, "rounds (each: floor and agent, warm and cold); an even number lets each server go first in as many pairs as the other")
@@ -85,6 +86,17 @@ func run(args []string) error {
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (binaries, agent log)")
 	fs.IntVar(&o.sideRounds, "side-rounds", 6, "rounds of the side-by-side check after the load rounds (both servers loaded at once; 0: none)")
 	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q (flags only; -h lists them)", fs.Arg(0))
+	}
+	return o, o.validate()
+}
+
+func run(args []string) error {
+	o, err := parseOptions(args)
+	if err != nil {
 		return err
 	}
 	if o.pin {
@@ -114,6 +126,36 @@ func run(args []string) error {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	return b.run(ctx)
+}
+
+// firstTokens is how many tokens are issued before the first RSS reading
+// after load: what serving itself costs in memory (buffers, stacks, the
+// heap reaching its first GC goal) shows after it, what the number of
+// tokens costs after the rest.
+const firstTokens = 1000
+
+// validate refuses settings the run cannot measure anything with.
+func (o *options) validate() error {
+	var errs []error
+	bad := func(cond bool, format string, args ...any) {
+		if cond {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	bad(o.rounds < 1, "-rounds %d: at least 1 is needed", o.rounds)
+	bad(o.duration <= 0, "-duration %s: the measured window must be longer than 0", o.duration)
+	bad(o.warmup < 0, "-warmup %s: must not be negative", o.warmup)
+	bad(o.coldClients < 1, "-cold-clients %d: at least 1 is needed", o.coldClients)
+	bad(o.warmConns < 1, "-warm-conns %d: at least 1 is needed", o.warmConns)
+	bad(o.sideRounds < 0, "-side-rounds %d: must not be negative (0 skips the side-by-side check)", o.sideRounds)
+	bad(o.sideRounds > 0 && o.warmConns < 2,
+		"-warm-conns %d: the side-by-side check gives each server half the connections, so it needs at least 2 (or -side-rounds 0)", o.warmConns)
+	bad(o.tokens <= firstTokens, "-tokens %d: must be more than %d, the tokens issued before the first RSS reading", o.tokens, firstTokens)
+	bad(o.idle <= 0, "-idle %s: the idle period must be longer than 0", o.idle)
+	bad(o.readyStarts < 1, "-ready-starts %d: at least 1 start is needed (the last one is benchmarked)", o.readyStarts)
+	bad(o.serverProcs < 0, "-server-procs %d: must not be negative (0: Go's default)", o.serverProcs)
+	bad(o.genProcs < 0, "-gen-procs %d: must not be negative (0: Go's default)", o.genProcs)
+	return errors.Join(errs...)
 }
 
 // settle is how long the agent is left alone before an RSS reading after
@@ -392,18 +434,20 @@ func (b *bench) loadgen(ctx context.Context, p *process, mode string, conns int,
 // round, moves far less with the host's drift than the runs in turn do:
 // a diagnostic beside them, with no target of its own.
 func (b *bench) sideBySide(ctx context.Context, rounds int) (agent, floor []sample, creds int64, err error) {
-	conns := max(b.o.warmConns/2, 1)
+	conns := b.o.warmConns / 2
 	for r := range rounds {
 		servers := []*process{b.agent, b.floor}
 		res := make([]*loadResult, len(servers))
-		errs := make([]error, len(servers))
-		var wg sync.WaitGroup
+		// A generator that fails stops the other: its round is lost anyway.
+		g, gctx := errgroup.WithContext(ctx)
 		for i, p := range servers {
-			wg.Go(func() { res[i], errs[i] = b.loadgen(ctx, p, "warm", conns) })
+			g.Go(func() (err error) {
+				res[i], err = b.loadgen(gctx, p, "warm", conns)
+				return err
+			})
 		}
-		wg.Wait()
-		if err := errors.Join(errs...); err != nil {
-			return nil, nil, 0, err
+		if err := g.Wait(); err != nil {
+			return nil, nil, 0, fmt.Errorf("side-by-side round %d: %w", r+1, err)
 		}
 		line := fmt.Sprintf("round %d", r+1)
 		for i, p := range servers {
@@ -416,7 +460,7 @@ func (b *bench) sideBySide(ctx context.Context, rounds int) (agent, floor []samp
 			}
 			line += fmt.Sprintf("  %s %7.0f req/s, server CPU %3.0f %% (%5.1f µs each)", p.name, s.perSec, 100*s.serverCPU, s.serverUS)
 		}
-		fmt.Printf("%s  ratio %.3f\n", line, agent[r].serverUS/floor[r].serverUS)
+		fmt.Printf("%s  ratio %s\n", line, formatRatio(agent[r].serverUS, floor[r].serverUS))
 	}
 	return agent, floor, creds, nil
 }
@@ -509,10 +553,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	loadStart := time.Now()
 
-	// First a thousand tokens, then the rest: what serving itself costs in
-	// memory (buffers, stacks, the heap reaching its first GC goal) shows
-	// after the first step, what the number of tokens costs after the second.
-	const firstTokens = 1000
+	// First a thousand tokens, then the rest (see firstTokens).
 	fmt.Printf("\n== %d tokens (%d, then the rest)\n", o.tokens, firstTokens)
 	var rss1k int64
 	var issued int64
@@ -578,7 +619,7 @@ func (b *bench) run(ctx context.Context) error {
 	var side [2][]sample // agent, floor
 	if o.sideRounds > 0 {
 		fmt.Printf("\n== side by side: %d rounds, both servers loaded at once, warm, %d connections each (a diagnostic, no target)\n",
-			o.sideRounds, max(o.warmConns/2, 1))
+			o.sideRounds, o.warmConns/2)
 		var creds int64
 		if side[0], side[1], creds, err = b.sideBySide(ctx, o.sideRounds); err != nil {
 			return err
@@ -695,13 +736,30 @@ func mib(kib int64) float64 { return float64(kib) / 1024 }
 // moved the figure over the run.
 func perRound(agent, floor []sample, g func(sample) float64) string {
 	var r []float64
-	for i := range min(len(agent), len(floor)) {
-		r = append(r, g(agent[i])/g(floor[i]))
+	n := min(len(agent), len(floor))
+	for i := range n {
+		if d := g(floor[i]); d > 0 {
+			r = append(r, g(agent[i])/d)
+		}
 	}
 	if len(r) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("(per round: median %.3f, range %.3f–%.3f)", median(r), slices.Min(r), slices.Max(r))
+	s := fmt.Sprintf("(per round: median %.3f, range %.3f–%.3f", median(r), slices.Min(r), slices.Max(r))
+	if len(r) < n {
+		s += fmt.Sprintf("; %d of %d rounds left out, the floor's figure being 0", n-len(r), n)
+	}
+	return s + ")"
+}
+
+// formatRatio is a/b with three decimals, or "n/a" when b is 0: a figure
+// the floor did not register (its CPU time is read in clock ticks) says
+// nothing about the agent's.
+func formatRatio(a, b float64) string {
+	if b <= 0 {
+		return "n/a"
+	}
+	return strconv.FormatFloat(a/b, 'f', 3, 64)
 }
 
 // medianOf is the median of g over samples.
