@@ -643,30 +643,31 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 
-	fmt.Println("\n== medians over rounds (agent / floor)")
+	fmt.Println("\n== over rounds: each server's median, and the verdict, the median of each round's ratio agent / floor")
 	tpRatio, p99Ratio := map[string]float64{}, map[string]float64{}
 	sus := func(s sample) float64 { return s.serverUS }
 	for _, mode := range []string{"warm", "cold"} {
 		a, f := results["agent "+mode], results["floor "+mode]
-		tp := func(s sample) float64 { return s.perSec }
-		p50 := func(s sample) float64 { return s.p50 }
-		p99 := func(s sample) float64 { return s.p99 }
+		line := func(what, format string, g func(sample) float64) float64 {
+			med, desc := perRound(a, f, g)
+			fmt.Printf("%s  %-10s  agent "+format+"  floor "+format+"  ratio %.3f  (%s; ratio of the medians %s)\n",
+				mode, what, medianOf(a, g), medianOf(f, g), med, desc, formatRatio(medianOf(a, g), medianOf(f, g)))
+			return med
+		}
+		tpRatio[mode] = line("throughput", "%9.0f", func(s sample) float64 { return s.perSec })
+		line("p50 µs", "%9.1f", func(s sample) float64 { return s.p50 })
+		p99Ratio[mode] = line("p99 µs", "%9.1f", func(s sample) float64 { return s.p99 })
+		line("server µs", "%9.1f", sus)
 		scpu := func(s sample) float64 { return s.serverCPU }
 		gcpu := func(s sample) float64 { return s.genCPU }
-		tpRatio[mode], p99Ratio[mode] = medianOf(a, tp)/medianOf(f, tp), medianOf(a, p99)/medianOf(f, p99)
-		fmt.Printf("%s  throughput  agent %9.0f  floor %9.0f  ratio %.3f  %s\n", mode, medianOf(a, tp), medianOf(f, tp), medianOf(a, tp)/medianOf(f, tp), perRound(a, f, tp))
-		fmt.Printf("%s  p50 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, medianOf(a, p50), medianOf(f, p50), medianOf(a, p50)/medianOf(f, p50), perRound(a, f, p50))
-		fmt.Printf("%s  p99 µs      agent %9.1f  floor %9.1f  ratio %.3f  %s\n", mode, medianOf(a, p99), medianOf(f, p99), medianOf(a, p99)/medianOf(f, p99), perRound(a, f, p99))
-		fmt.Printf("%s  server µs   agent %9.1f  floor %9.1f  ratio %.3f  (server CPU time per %s)\n", mode, medianOf(a, sus), medianOf(f, sus), medianOf(a, sus)/medianOf(f, sus), map[string]string{"warm": "request", "cold": "flow"}[mode])
-		fmt.Printf("%s  CPU %%       server: agent %3.0f floor %3.0f; generator: with agent %3.0f with floor %3.0f\n", mode,
+		fmt.Printf("%s  server µs is the server's CPU time per %s; CPU %%: server: agent %3.0f floor %3.0f; generator: with agent %3.0f with floor %3.0f\n",
+			mode, map[string]string{"warm": "request", "cold": "flow"}[mode],
 			100*medianOf(a, scpu), 100*medianOf(f, scpu), 100*medianOf(a, gcpu), 100*medianOf(f, gcpu))
 	}
 	if a, f := side[0], side[1]; len(a) > 0 {
-		// Each round's ratio is the measure here: the host's drift moves
-		// both servers' figures from round to round, so the medians of
-		// each come from different rounds.
-		fmt.Printf("warm  server µs side by side, agent / floor %s; medians agent %.1f, floor %.1f\n",
-			perRound(a, f, sus), medianOf(a, sus), medianOf(f, sus))
+		med, desc := perRound(a, f, sus)
+		fmt.Printf("warm  server µs side by side, agent / floor %.3f (%s); medians agent %.1f, floor %.1f\n",
+			med, desc, medianOf(a, sus), medianOf(f, sus))
 	}
 
 	fmt.Println("\n== STS calls during the load run (status --json, refreshes + failures)")
@@ -731,10 +732,15 @@ func (b *bench) run(ctx context.Context) error {
 
 func mib(kib int64) float64 { return float64(kib) / 1024 }
 
-// perRound describes the ratios agent/floor of each round's back-to-back
-// pair of runs: their median and range show how far the host's other load
-// moved the figure over the run.
-func perRound(agent, floor []sample, g func(sample) float64) string {
+// perRound compares the servers round by round: the ratio agent/floor of
+// each round's back-to-back pair of runs. Their median is the verdict, since
+// the host's other load moves both runs of a pair alike but the rounds
+// apart; their range shows how far it moved the figure. The ratio of the
+// two servers' medians, printed beside, takes each median from whichever
+// round it falls in, and a host that slows down in mid-run moves it (run
+// 49: 1.039 against a per-round median of 0.967). med is NaN without a
+// round to compare.
+func perRound(agent, floor []sample, g func(sample) float64) (med float64, desc string) {
 	var r []float64
 	n := min(len(agent), len(floor))
 	for i := range n {
@@ -743,13 +749,13 @@ func perRound(agent, floor []sample, g func(sample) float64) string {
 		}
 	}
 	if len(r) == 0 {
-		return ""
+		return math.NaN(), "no round to compare"
 	}
-	s := fmt.Sprintf("(per round: median %.3f, range %.3f–%.3f", median(r), slices.Min(r), slices.Max(r))
+	desc = fmt.Sprintf("per round, range %.3f–%.3f", slices.Min(r), slices.Max(r))
 	if len(r) < n {
-		s += fmt.Sprintf("; %d of %d rounds left out, the floor's figure being 0", n-len(r), n)
+		desc += fmt.Sprintf("; %d of %d rounds left out, the floor's figure being 0", n-len(r), n)
 	}
-	return s + ")"
+	return median(r), desc
 }
 
 // formatRatio is a/b with three decimals, or "n/a" when b is 0: a figure
