@@ -85,12 +85,14 @@ func Service() Identity {
 
 // CheckFilesAs refuses, for the agent running as id, a file among paths
 // that holds a secret key and that users other than root and the agent
-// could read, and any file among paths that they could write, or create or
-// replace through its directories. Missing files are fine (the SDK skips
-// them) when no one else could put them there; the config file of the
-// agent itself holds no secrets and is not checked. Every file is looked
-// at: a refusal is returned before an error that kept a file from being
-// checked (one id or this process may not read, say).
+// could read, any file among paths that they could write, or create or
+// replace through its directories, and, judging for a user other than this
+// process's (root checking for the service), any that id could not read.
+// Missing files are fine (the SDK skips them) when no one else could put
+// them there; the config file of the agent itself holds no secrets and is
+// not checked. Every file is looked at: a refusal is returned before an
+// error that kept a file from being checked (one id or this process may
+// not read, say).
 func CheckFilesAs(paths []string, id Identity) error {
 	uids := []uint32{0, id.UID}
 	fixGroup := "root"
@@ -155,7 +157,13 @@ func CheckFilesAs(paths []string, id Identity) error {
 				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
 	}
-	return unchecked
+	refusal, readUnchecked := unreadable(files, id)
+	for _, e := range []error{refusal, unchecked, readUnchecked} {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
 }
 
 // untrusted runs checkWriters, for the agent running as id, on each of
@@ -193,14 +201,23 @@ func untrusted(files []namedFile, id Identity) (refusal, unchecked error) {
 // web_identity_token_file and each ca_bundle. Whoever could change one of
 // those could take the role as surely as through the file that names it:
 // the program prints the credentials, the token file says whose they are,
-// and the CA bundle says whom the agent trusts to be STS.
+// and the CA bundle says whom the agent trusts to be STS. The token files
+// and CA bundles are read, and judged for reading as the shared files are.
 func CheckSettings(s Settings, id Identity) error {
 	err := CheckFilesAs(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...), id)
-	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) {
+	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) || errors.Is(err, ErrUnreadable) {
 		return err
 	}
-	refusal, unchecked := untrusted(namedFiles(s), id)
-	for _, e := range []error{refusal, err, unchecked} {
+	named := namedFiles(s)
+	refusal, unchecked := untrusted(named, id)
+	var read []namedFile // the files the SDK reads, not those it runs
+	for _, f := range named {
+		if f.read {
+			read = append(read, f)
+		}
+	}
+	unread, readUnchecked := unreadable(read, id)
+	for _, e := range []error{refusal, unread, err, unchecked, readUnchecked} {
 		if e != nil {
 			return e
 		}
@@ -224,6 +241,7 @@ func NamedFiles(s Settings) []string {
 // its path and what names it, or why the path cannot be told.
 type namedFile struct {
 	path, what string
+	read       bool // the SDK reads it (a token file, a CA bundle)
 	err        error
 }
 
@@ -238,9 +256,14 @@ func namedFiles(s Settings) []namedFile {
 			files = append(files, namedFile{path: absolute(p), what: what})
 		}
 	}
+	addRead := func(p, what string) {
+		if p != "" {
+			files = append(files, namedFile{path: absolute(p), what: what, read: true})
+		}
+	}
 	env, _ := awsconfig.NewEnvConfig()
-	add(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
-	add(env.CustomCABundle, "the CA bundle AWS_CA_BUNDLE names")
+	addRead(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
+	addRead(env.CustomCABundle, "the CA bundle AWS_CA_BUNDLE names")
 	profile := s.Profile
 	if profile == "" {
 		profile = env.SharedConfigProfile
@@ -267,8 +290,8 @@ func namedFiles(s Settings) []namedFile {
 			}
 			shell = true
 		}
-		add(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
-		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
+		addRead(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
+		addRead(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
 	}
 	if shell {
 		// The SDK starts the command as exec.Command("sh", "-c", …); sh,

@@ -2,6 +2,7 @@ package source
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -19,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/sts"
+	"golang.org/x/sys/unix"
 
 	"github.com/imds-agent/imds-agent/internal/refresh"
 )
@@ -736,4 +738,132 @@ func TestSourceRequestsBounded(t *testing.T) {
 	if n := open.Load(); n > 0 {
 		t.Errorf("%d requests of the source chain still open 5s after their attempts gave up", n)
 	}
+}
+
+// TestReadsAsTheService: judged for the service, a file it could not open
+// is refused, for its own mode or for a directory above it; one it may
+// read as its owner, through its group or through an ACL passes; the
+// token file the environment names is judged too; and the check leaves
+// every thread of this process as it was.
+func TestReadsAsTheService(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to judge reads as another user")
+	}
+	service := Identity{UID: 4242, Groups: []uint32{4243}}
+	dir := t.TempDir()
+	// t.TempDir's directories are root's alone: open them to everyone.
+	for d := dir; d != filepath.Clean(os.TempDir()) && d != "/"; d = filepath.Dir(d) {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk := func(path string, mode os.FileMode, uid, gid int) string {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("[default]\nregion = eu-west-1\n"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(path, uid, gid); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	hidden := filepath.Join(dir, "hidden")
+	if err := os.Mkdir(hidden, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	rootOnly := mk(filepath.Join(dir, "root-only"), 0o600, 0, 0)
+	underHidden := mk(filepath.Join(hidden, "config"), 0o644, 0, 0)
+	byGroup := mk(filepath.Join(dir, "by-group"), 0o640, 0, 4243)
+	byOwner := mk(filepath.Join(dir, "by-owner"), 0o600, 4242, 4243)
+	byACL := mk(filepath.Join(dir, "by-acl"), 0o600, 0, 0)
+	aclSet := setReadACL(t, byACL, 4242)
+
+	before := threadIdentities(t)
+	for _, p := range []string{rootOnly, underHidden} {
+		err := CheckFilesAs([]string{byGroup, p}, service)
+		if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), p+" cannot be read by user 4242") {
+			t.Errorf("%s: %v, want a refusal naming it", p, err)
+		}
+		if errors.Is(err, fs.ErrPermission) {
+			t.Errorf("%s: %v is taken for this process's own lack of access", p, err)
+		}
+		if err := CheckFilesAs([]string{p}, Self()); err != nil {
+			t.Errorf("%s as root: %v", p, err)
+		}
+	}
+	readable := []string{byGroup, byOwner, filepath.Join(dir, "missing")}
+	if aclSet {
+		readable = append(readable, byACL)
+	}
+	if err := CheckFilesAs(readable, service); err != nil {
+		t.Errorf("files the service may read: %v", err)
+	}
+
+	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", rootOnly)
+	err := CheckSettings(Settings{SharedConfigFiles: []string{byGroup}, SharedCredentialsFiles: []string{}}, service)
+	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), "AWS_WEB_IDENTITY_TOKEN_FILE") {
+		t.Errorf("a token file only root may read: %v, want a refusal naming AWS_WEB_IDENTITY_TOKEN_FILE", err)
+	}
+	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", byGroup)
+	if err := CheckSettings(Settings{SharedConfigFiles: []string{byGroup}, SharedCredentialsFiles: []string{}}, service); err != nil {
+		t.Errorf("a token file the service may read: %v", err)
+	}
+
+	if after := threadIdentities(t); !slices.Equal(after, before) {
+		t.Errorf("threads' identities after the checks:\n%q\nbefore:\n%q", after, before)
+	}
+}
+
+// threadIdentities returns the distinct Uid, Gid and Groups lines of this
+// process's threads (real, effective, saved and file-system IDs).
+func threadIdentities(t *testing.T) []string {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/status")
+		if err != nil {
+			continue // the thread ended
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "Uid:") || strings.HasPrefix(line, "Gid:") || strings.HasPrefix(line, "Groups:") {
+				if !slices.Contains(ids, line) {
+					ids = append(ids, line)
+				}
+			}
+		}
+	}
+	slices.Sort(ids)
+	return ids
+}
+
+// setReadACL gives uid read access to path through a POSIX ACL (the
+// system.posix_acl_access attribute, as setfacl writes it), and reports
+// whether the file system took it.
+func setReadACL(t *testing.T, path string, uid uint32) bool {
+	t.Helper()
+	const (
+		userObj, user, groupObj, mask, other = 0x01, 0x02, 0x04, 0x10, 0x20
+		undefined                            = 0xffffffff
+	)
+	acl := binary.LittleEndian.AppendUint32(nil, 2) // the format's version
+	for _, e := range []struct {
+		tag, perm uint16
+		id        uint32
+	}{{userObj, 6, undefined}, {user, 4, uid}, {groupObj, 0, undefined}, {mask, 4, undefined}, {other, 0, undefined}} {
+		acl = binary.LittleEndian.AppendUint16(acl, e.tag)
+		acl = binary.LittleEndian.AppendUint16(acl, e.perm)
+		acl = binary.LittleEndian.AppendUint32(acl, e.id)
+	}
+	if err := unix.Setxattr(path, "system.posix_acl_access", acl, 0); err != nil {
+		t.Logf("no ACL on %s (%v): the ACL case is left out", path, err)
+		return false
+	}
+	return true
 }

@@ -130,6 +130,19 @@ func TestDebLifecycle(t *testing.T) {
 		if !strings.Contains(out, "level: debug") {
 			t.Errorf("check-config as imds-agent does not show the edit:\n%s", out)
 		}
+		// Run by root, check-config judges the files as the service user
+		// would read them: root's own group is not the service's.
+		if err := os.Chown(credentials, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := run(t, time.Minute, "/usr/bin/imds-agent", "check-config", "--config", configPath); err == nil ||
+			!strings.Contains(out, credentials+" cannot be read by user imds-agent, as whom the agent runs") {
+			t.Errorf("check-config as root with %s root:root 0640: %v\n%s", credentials, err, out)
+		}
+		if err := os.Chown(credentials, 0, int(groupID(t))); err != nil {
+			t.Fatal(err)
+		}
+		mustRun(t, time.Minute, "/usr/bin/imds-agent", "check-config", "--config", configPath)
 		checkNeverStarted(t, addrsBefore)
 	})
 
