@@ -241,6 +241,14 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 		}
 		return out
 	}
+	// What a purge does before it turns to the user.
+	purgeStart := []string{
+		"deb-systemd-helper purge imds-agent.service imds-agent-link.service",
+		"deb-systemd-helper unmask imds-agent.service imds-agent-link.service",
+		"dpkg-statoverride --list /etc/imds-agent/aws",
+		"dpkg-statoverride --remove /etc/imds-agent/aws",
+		"rm -rf /etc/imds-agent",
+	}
 	// The link unit, as dh_installsystemd --no-enable: on a first install
 	// (no state yet) only recorded; on an upgrade enabled again if the
 	// administrator had enabled it.
@@ -390,17 +398,25 @@ func testDebScripts(t *testing.T, script func(string) string, stubs []string, wi
 		},
 		{
 			name: "postrm purge", script: "postrm", args: []string{"purge"},
-			want: []string{
-				"deb-systemd-helper purge imds-agent.service imds-agent-link.service",
-				"deb-systemd-helper unmask imds-agent.service imds-agent-link.service",
-				"dpkg-statoverride --list /etc/imds-agent/aws",
-				"dpkg-statoverride --remove /etc/imds-agent/aws",
-				"rm -rf /etc/imds-agent",
+			exits: map[string]string{"out:getent": "imds-agent:x:995:995:imds-agent metadata service:/nonexistent:/usr/sbin/nologin\n"},
+			want: append(slices.Clone(purgeStart),
 				"getent passwd imds-agent",
 				"userdel imds-agent",
 				"getent group imds-agent",
 				"groupdel imds-agent",
-			},
+			),
+		},
+		{
+			// A user the administrator made before the package stays.
+			name: "postrm purge, a user made before", script: "postrm", args: []string{"purge"},
+			exits:   map[string]string{"out:getent": "imds-agent:x:1500:1500:Site service account:/srv/imds:/bin/bash\n"},
+			want:    append(slices.Clone(purgeStart), "getent passwd imds-agent"),
+			wantOut: []string{"kept the user imds-agent and its group"},
+		},
+		{
+			name: "postrm purge, no user", script: "postrm", args: []string{"purge"},
+			exits: map[string]string{"getent": "2"},
+			want:  append(slices.Clone(purgeStart), "getent passwd imds-agent"),
 		},
 		{name: "postrm upgrade", script: "postrm", args: []string{"upgrade", "0.0.1"}},
 	} {
