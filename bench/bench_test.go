@@ -114,11 +114,15 @@ func TestPerRound(t *testing.T) {
 	// A round the floor registered no figure in has no ratio: it is left
 	// out, and said to be.
 	floor[1].perSec = 0
-	if med, desc := perRound(agent, floor, tp); math.Abs(med-0.945) > 1e-9 || desc != "per round, range 0.900–0.990; 1 of 3 rounds left out, the floor's figure being 0" {
-		t.Errorf("perRound with a zero = %v, %q", med, desc)
+	if med, desc := perRound(agent, floor, tp); math.Abs(med-0.945) > 1e-9 || desc != "per round, range 0.900–0.990; 1 of 3 rounds left out, a server's figure being 0" {
+		t.Errorf("perRound with the floor's zero = %v, %q", med, desc)
 	}
-	if got := formatRatio(27, 0); got != "n/a" {
-		t.Errorf("formatRatio(27, 0) = %q", got)
+	floor[1].perSec, agent[2].perSec = 100, 0
+	if med, desc := perRound(agent, floor, tp); math.Abs(med-0.7) > 1e-9 || desc != "per round, range 0.500–0.900; 1 of 3 rounds left out, a server's figure being 0" {
+		t.Errorf("perRound with the agent's zero = %v, %q", med, desc)
+	}
+	if got, got2 := formatRatio(27, 0), formatRatio(0, 27); got != "n/a" || got2 != "n/a" {
+		t.Errorf("formatRatio(27, 0), (0, 27) = %q, %q", got, got2)
 	}
 	if got := formatRatio(27, 25); got != "1.080" {
 		t.Errorf("formatRatio(27, 25) = %q", got)

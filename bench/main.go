@@ -744,8 +744,9 @@ func perRound(agent, floor []sample, g func(sample) float64) (med float64, desc 
 	var r []float64
 	n := min(len(agent), len(floor))
 	for i := range n {
-		if d := g(floor[i]); d > 0 {
-			r = append(r, g(agent[i])/d)
+		// A figure of 0 (CPU time is read in clock ticks) has no ratio.
+		if a, f := g(agent[i]), g(floor[i]); a > 0 && f > 0 {
+			r = append(r, a/f)
 		}
 	}
 	if len(r) == 0 {
@@ -753,16 +754,16 @@ func perRound(agent, floor []sample, g func(sample) float64) (med float64, desc 
 	}
 	desc = fmt.Sprintf("per round, range %.3f–%.3f", slices.Min(r), slices.Max(r))
 	if len(r) < n {
-		desc += fmt.Sprintf("; %d of %d rounds left out, the floor's figure being 0", n-len(r), n)
+		desc += fmt.Sprintf("; %d of %d rounds left out, a server's figure being 0", n-len(r), n)
 	}
 	return median(r), desc
 }
 
-// formatRatio is a/b with three decimals, or "n/a" when b is 0: a figure
-// the floor did not register (its CPU time is read in clock ticks) says
-// nothing about the agent's.
+// formatRatio is a/b with three decimals, or "n/a" when either is 0: a
+// figure a server did not register (CPU time is read in clock ticks) has
+// no ratio.
 func formatRatio(a, b float64) string {
-	if b <= 0 {
+	if a <= 0 || b <= 0 {
 		return "n/a"
 	}
 	return strconv.FormatFloat(a/b, 'f', 3, 64)

@@ -157,13 +157,10 @@ func CheckFilesAs(paths []string, id Identity) error {
 				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
 	}
-	refusal, readUnchecked := unreadable(files, id)
-	for _, e := range []error{refusal, unchecked, readUnchecked} {
-		if e != nil {
-			return e
-		}
+	if refusal := unreadable(files, id); refusal != nil {
+		return refusal
 	}
-	return nil
+	return unchecked
 }
 
 // untrusted runs checkWriters, for the agent running as id, on each of
@@ -216,8 +213,8 @@ func CheckSettings(s Settings, id Identity) error {
 			read = append(read, f)
 		}
 	}
-	unread, readUnchecked := unreadable(read, id)
-	for _, e := range []error{refusal, unread, err, unchecked, readUnchecked} {
+	unread := unreadable(read, id)
+	for _, e := range []error{refusal, unread, err, unchecked} {
 		if e != nil {
 			return e
 		}

@@ -15,18 +15,21 @@ import (
 // serve no credentials.
 var ErrUnreadable = errors.New("the agent's user cannot read a file its source credentials come from")
 
-// errCannotAssume: this process may not take another user's file access
-// (it is not root), so it cannot tell what that user may read.
-var errCannotAssume = fmt.Errorf("only root can tell what another user may read: %w", fs.ErrPermission)
+// errCannotAssume: this process may not take another user's file access.
+var errCannotAssume = errors.New("cannot take another user's file access")
 
 // unreadable judges, for the agent running as id, the files among files
 // that exist for this process: it returns a refusal for the first one id
-// could not open for reading, and an error when that could not be told.
-// It asks only when id is another user than this process's (root checking
-// for the service): a process judging for itself finds out by reading.
-func unreadable(files []namedFile, id Identity) (refusal, unchecked error) {
-	if id.UID == uint32(os.Geteuid()) || len(id.Groups) == 0 {
-		return nil, nil
+// could not open for reading, or nil. It asks only when root judges for
+// another user (check-config for the service): a process judging for
+// itself reads the files as it is, and one that is not root cannot take
+// another user's access. Root that may not take it either (in a user
+// namespace that denies setgroups, say) leaves the reads unjudged, as
+// they were before this check, and so does an error that kept the
+// question from being asked.
+func unreadable(files []namedFile, id Identity) error {
+	if os.Geteuid() != 0 || id.UID == 0 || len(id.Groups) == 0 {
+		return nil
 	}
 	var paths []string
 	var present []namedFile
@@ -41,11 +44,11 @@ func unreadable(files []namedFile, id Identity) (refusal, unchecked error) {
 		present = append(present, f)
 	}
 	if len(paths) == 0 {
-		return nil, nil
+		return nil
 	}
 	errs, err := openAs(id, paths)
 	if err != nil {
-		return nil, fmt.Errorf("source credentials: whether user %s can read %s: %w", userName(id.UID), paths[0], err)
+		return nil
 	}
 	for i, err := range errs {
 		if !errors.Is(err, fs.ErrPermission) {
@@ -56,9 +59,9 @@ func unreadable(files []namedFile, id Identity) (refusal, unchecked error) {
 			what = present[i].what + ": "
 		}
 		return fmt.Errorf("source credentials: %s%s cannot be read by user %s, as whom the agent runs (%v): %w; give group %s read access to it and search access to the directories above it",
-			what, paths[i], userName(id.UID), err, ErrUnreadable, groupName(id.Groups[0])), nil
+			what, paths[i], userName(id.UID), err, ErrUnreadable, groupName(id.Groups[0]))
 	}
-	return nil, nil
+	return nil
 }
 
 // openAs opens each of paths for reading as a process of id would, closes
@@ -67,7 +70,9 @@ func unreadable(files []namedFile, id Identity) (refusal, unchecked error) {
 // id's file-system identity (setfsuid, setfsgid and setgroups, which change
 // the calling thread only, unlike syscall.Setuid), opens, and takes its own
 // back. The thread goes back to the runtime only once its identity is
-// restored; otherwise it ends with its goroutine.
+// restored; otherwise it is never used again (the runtime ends a thread
+// whose goroutine exits locked to it, or parks it for good if it is the
+// main thread).
 func openAs(id Identity, paths []string) (errs []error, err error) {
 	done := make(chan struct{})
 	go func() {
