@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"golang.org/x/sys/unix"
 )
 
 // ErrExposedSecret is returned when a file holding a secret key can be
@@ -157,7 +158,10 @@ func CheckFilesAs(paths []string, id Identity) error {
 				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
 	}
-	if refusal := unreadable(files, id); refusal != nil {
+	for i := range files {
+		files[i].need = unix.R_OK
+	}
+	if refusal := unusable(files, id); refusal != nil {
 		return refusal
 	}
 	return unchecked
@@ -199,7 +203,8 @@ func untrusted(files []namedFile, id Identity) (refusal, unchecked error) {
 // those could take the role as surely as through the file that names it:
 // the program prints the credentials, the token file says whose they are,
 // and the CA bundle says whom the agent trusts to be STS. The token files
-// and CA bundles are read, and judged for reading as the shared files are.
+// and CA bundles are also judged for reading as the shared files are, and
+// a program named by its path for running.
 func CheckSettings(s Settings, id Identity) error {
 	err := CheckFilesAs(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...), id)
 	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) || errors.Is(err, ErrUnreadable) {
@@ -207,13 +212,13 @@ func CheckSettings(s Settings, id Identity) error {
 	}
 	named := namedFiles(s)
 	refusal, unchecked := untrusted(named, id)
-	var read []namedFile // the files the SDK reads, not those it runs
+	var used []namedFile // the files the agent reads or runs
 	for _, f := range named {
-		if f.read {
-			read = append(read, f)
+		if f.need != 0 {
+			used = append(used, f)
 		}
 	}
-	unread := unreadable(read, id)
+	unread := unusable(used, id)
 	for _, e := range []error{refusal, unread, err, unchecked} {
 		if e != nil {
 			return e
@@ -238,8 +243,12 @@ func NamedFiles(s Settings) []string {
 // its path and what names it, or why the path cannot be told.
 type namedFile struct {
 	path, what string
-	read       bool // the SDK reads it (a token file, a CA bundle)
-	err        error
+	// need is the access the agent needs besides the check of who may
+	// change it: unix.R_OK for a file the SDK reads (a token file, a CA
+	// bundle), unix.X_OK for the program credential_process names by its
+	// path; 0 for the rest.
+	need uint32
+	err  error
 }
 
 // namedFiles returns the files the source settings s name besides the
@@ -255,7 +264,7 @@ func namedFiles(s Settings) []namedFile {
 	}
 	addRead := func(p, what string) {
 		if p != "" {
-			files = append(files, namedFile{path: absolute(p), what: what, read: true})
+			files = append(files, namedFile{path: absolute(p), what: what, need: unix.R_OK})
 		}
 	}
 	env, _ := awsconfig.NewEnvConfig()
@@ -278,11 +287,18 @@ func namedFiles(s Settings) []namedFile {
 	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
 		if c.CredentialProcess != "" {
 			what := "what credential_process runs in profile " + c.Profile
-			paths, err := commandFiles(c.CredentialProcess)
+			paths, program, err := commandFiles(c.CredentialProcess)
 			if err != nil {
 				files = append(files, namedFile{what: what, err: err})
 			}
 			for _, p := range paths {
+				if p == program {
+					// The service must be able to run it (a program sh
+					// finds in PATH is looked up in the service's PATH,
+					// not this process's: not judged).
+					files = append(files, namedFile{path: p, what: what, need: unix.X_OK})
+					continue
+				}
 				add(p, what)
 			}
 			shell = true
@@ -360,13 +376,14 @@ var (
 // before the program, a shell builtin or reserved word first, a wrapper
 // that runs another program (env, timeout, nice…), and a shell or
 // interpreter given anything but a script's path are errors. What a
-// script does beyond that is its own.
-func commandFiles(command string) ([]string, error) {
+// script does beyond that is its own. program is the program's file when
+// the command names it by its path, "" when sh finds it in PATH.
+func commandFiles(command string) (files []string, program string, err error) {
 	var words []word
 	for rest := strings.TrimLeft(command, " \t"); rest != ""; rest = strings.TrimLeft(rest, " \t") {
 		w, n, ok := shellWord(rest)
 		if !ok {
-			return nil, errUnfollowable
+			return nil, "", errUnfollowable
 		}
 		words, rest = append(words, w), rest[n:]
 	}
@@ -374,35 +391,38 @@ func commandFiles(command string) ([]string, error) {
 		words = words[1:] // the next word is the program, whatever it looks like
 	}
 	if len(words) == 0 {
-		return nil, nil
+		return nil, "", nil
 	}
 	prog := words[0].text
 	switch base := filepath.Base(prog); {
 	case strings.Contains(prog, "="):
 		name, _, _ := strings.Cut(prog, "=")
-		return nil, fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", strings.TrimSuffix(name, "+"))
+		return nil, "", fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", strings.TrimSuffix(name, "+"))
 	case prog == "" || strings.HasPrefix(prog, "-") || !strings.Contains(prog, "/") && slices.Contains(shellKeywords, prog):
-		return nil, fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
+		return nil, "", fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
 	case slices.Contains(runners, base):
-		return nil, fmt.Errorf("the command starts with %s, which runs another program its arguments name; put the command in a script and start that by its path", base)
+		return nil, "", fmt.Errorf("the command starts with %s, which runs another program its arguments name; put the command in a script and start that by its path", base)
 	case slices.Contains(shells, base) || slices.ContainsFunc(interpreters, func(i string) bool { return strings.HasPrefix(base, i) }):
 		if len(words) < 2 || strings.HasPrefix(words[1].text, "-") || !strings.Contains(words[1].text, "/") {
-			return nil, fmt.Errorf("the command starts with %s without a script's path right after it; name the script by its path, with no options before it", base)
+			return nil, "", fmt.Errorf("the command starts with %s without a script's path right after it; name the script by its path, with no options before it", base)
 		}
 	}
 	files, runs, err := programFiles(prog)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	more, err := interpreterChain(runs, 1)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	files = append(files, more...)
 	for _, w := range words[1:] {
 		files = append(files, argumentFiles(w.text)...)
 	}
-	return files, nil
+	if strings.Contains(prog, "/") {
+		program = absolute(prog)
+	}
+	return files, program, nil
 }
 
 // argumentFiles returns the paths in an argument: the word itself when it

@@ -3,6 +3,7 @@ package source
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"runtime"
@@ -11,42 +12,47 @@ import (
 )
 
 // ErrUnreadable is returned when the user the agent runs as could not
-// read a file its source credentials come from: the agent would start and
-// serve no credentials.
-var ErrUnreadable = errors.New("the agent's user cannot read a file its source credentials come from")
+// read a file its source credentials come from, or run the program that
+// prints them: the agent would start and serve no credentials.
+var ErrUnreadable = errors.New("the agent's user cannot use a file its source credentials come from")
 
 // errCannotAssume: this process may not take another user's file access.
 var errCannotAssume = errors.New("cannot take another user's file access")
 
-// unreadable judges, for the agent running as id, the files among files
+// unusable judges, for the agent running as id, the files among files
 // that exist for this process: it returns a refusal for the first one id
-// could not open for reading, or nil. It asks only when root judges for
-// another user (check-config for the service): a process judging for
-// itself reads the files as it is, and one that is not root cannot take
-// another user's access. Root that may not take it either (in a user
-// namespace that denies setgroups, say) leaves the reads unjudged, as
-// they were before this check, and so does an error that kept the
-// question from being asked.
-func unreadable(files []namedFile, id Identity) error {
+// could not read or run, as its need says, or nil. A program that starts
+// with #! must be readable too: its interpreter opens it. It asks only
+// when root judges for another user (check-config for the service): a
+// process judging for itself reads the files as it is, and one that is not
+// root cannot take another user's access. Root that may not take it either
+// (in a user namespace that denies setgroups, say) leaves the question
+// unjudged, as it was before this check, and so does an error that kept
+// the question from being asked.
+func unusable(files []namedFile, id Identity) error {
 	if os.Geteuid() != 0 || id.UID == 0 || len(id.Groups) == 0 {
 		return nil
 	}
-	var paths []string
+	var asks []access
 	var present []namedFile
 	for _, f := range files {
-		if f.err != nil {
+		if f.err != nil || f.need == 0 {
 			continue
 		}
 		if _, err := os.Stat(f.path); err != nil {
 			continue // missing: the SDK skips it; unwalkable: reported by the other checks
 		}
-		paths = append(paths, f.path)
+		need := f.need
+		if need&unix.X_OK != 0 && script(f.path) {
+			need |= unix.R_OK
+		}
+		asks = append(asks, access{f.path, need})
 		present = append(present, f)
 	}
-	if len(paths) == 0 {
+	if len(asks) == 0 {
 		return nil
 	}
-	errs, err := openAs(id, paths)
+	errs, err := accessAs(id, asks)
 	if err != nil {
 		return nil
 	}
@@ -58,22 +64,49 @@ func unreadable(files []namedFile, id Identity) error {
 		if present[i].what != "" {
 			what = present[i].what + ": "
 		}
-		return fmt.Errorf("source credentials: %s%s cannot be read by user %s, as whom the agent runs (%v): %w; give group %s read access to it and search access to the directories above it",
-			what, paths[i], userName(id.UID), err, ErrUnreadable, groupName(id.Groups[0]))
+		verb, grant := "read", "read"
+		if asks[i].mode&unix.X_OK != 0 {
+			verb, grant = "run", "read and execute"
+		}
+		return fmt.Errorf("source credentials: %s%s cannot be %s by user %s, as whom the agent runs (%v): %w; give group %s %s access to it and search access to the directories above it",
+			what, asks[i].path, verb, userName(id.UID), err, ErrUnreadable, groupName(id.Groups[0]), grant)
 	}
 	return nil
 }
 
-// openAs opens each of paths for reading as a process of id would, closes
-// it, and returns each one's error (nil where id could read it). The
-// kernel answers, ACLs and all: on a thread of its own, this process takes
-// id's file-system identity (setfsuid, setfsgid and setgroups, which change
-// the calling thread only, unlike syscall.Setuid), opens, and takes its own
-// back. The thread goes back to the runtime only once its identity is
-// restored; otherwise it is never used again (the runtime ends a thread
-// whose goroutine exits locked to it, or parks it for good if it is the
-// main thread).
-func openAs(id Identity, paths []string) (errs []error, err error) {
+// access is a question for accessAs: may the user open path for mode
+// (unix.R_OK, unix.X_OK or both)?
+type access struct {
+	path string
+	mode uint32
+}
+
+// script reports whether the file at path starts with #!.
+func script(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, 2)
+	n, _ := io.ReadFull(f, b)
+	return n == 2 && string(b) == "#!"
+}
+
+// accessAs asks, for each of asks, whether a process of id could open
+// the file for its mode, and returns each one's error (nil where it
+// could). The kernel answers, ACLs and noexec mounts and all: on a thread
+// of its own, this process takes id's file-system identity (setfsuid,
+// setfsgid and setgroups, which change the calling thread only, unlike
+// syscall.Setuid; a file-system UID other than 0 also drops root's
+// file-access capabilities), asks faccessat2 with AT_EACCESS, which checks
+// that identity, and takes its own back. On a kernel without faccessat2
+// (before Linux 5.8) it opens the file for reading instead, and leaves
+// running unjudged. The thread goes back to the runtime only once its
+// identity is restored; otherwise it is never used again (the runtime
+// ends a thread whose goroutine exits locked to it, or parks it for good
+// if it is the main thread).
+func accessAs(id Identity, asks []access) (errs []error, err error) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -106,15 +139,9 @@ func openAs(id Identity, paths []string) (errs []error, err error) {
 		} else if fsgid, _ := unix.SetfsgidRetGid(-1); fsgid != int(id.Groups[0]) {
 			err = errCannotAssume
 		} else {
-			errs = make([]error, len(paths))
-			for i, p := range paths {
-				// O_NONBLOCK: a FIFO opens at once, as a file would.
-				fd, oerr := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
-				if oerr != nil {
-					errs[i] = &fs.PathError{Op: "open", Path: p, Err: oerr}
-					continue
-				}
-				unix.Close(fd)
+			errs = make([]error, len(asks))
+			for i, a := range asks {
+				errs[i] = ask(a)
 			}
 		}
 		unix.SetfsuidRetUid(prevUID)
@@ -126,4 +153,25 @@ func openAs(id Identity, paths []string) (errs []error, err error) {
 	}()
 	<-done
 	return errs, err
+}
+
+// ask answers a for this thread's file-system identity.
+func ask(a access) error {
+	err := unix.Faccessat2(unix.AT_FDCWD, a.path, a.mode, unix.AT_EACCESS)
+	if !errors.Is(err, unix.ENOSYS) {
+		if err != nil {
+			return &fs.PathError{Op: "access", Path: a.path, Err: err}
+		}
+		return nil
+	}
+	if a.mode&unix.R_OK == 0 {
+		return nil
+	}
+	// O_NONBLOCK: a FIFO opens at once, as a file would.
+	fd, err := unix.Open(a.path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: a.path, Err: err}
+	}
+	unix.Close(fd)
+	return nil
 }

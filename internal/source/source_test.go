@@ -450,7 +450,7 @@ func TestCommandFiles(t *testing.T) {
 		`"" /x`:                       "!",
 		"no-such-program-imds-test":   "!",
 	} {
-		got, err := commandFiles(command)
+		got, _, err := commandFiles(command)
 		if want == "!" {
 			if err == nil {
 				t.Errorf("commandFiles(%q) = %q, want a refusal", command, got)
@@ -462,7 +462,7 @@ func TestCommandFiles(t *testing.T) {
 		}
 	}
 
-	if _, err := commandFiles("LD_PRELOAD=/x /usr/bin/true"); err == nil || !strings.Contains(err.Error(), "sets LD_PRELOAD before its program") {
+	if _, _, err := commandFiles("LD_PRELOAD=/x /usr/bin/true"); err == nil || !strings.Contains(err.Error(), "sets LD_PRELOAD before its program") {
 		t.Errorf("a variable set before the program: %v, want a refusal naming it", err)
 	}
 
@@ -471,7 +471,7 @@ func TestCommandFiles(t *testing.T) {
 	for _, path := range []string{"/nonexistent-imds-test:" + bin, bin + ":/nonexistent-imds-test"} {
 		t.Setenv("PATH", path)
 		want := strings.ReplaceAll(path, ":", "/creds-tool,") + "/creds-tool,/bin/sh"
-		if got, err := commandFiles("creds-tool"); err != nil || strings.Join(got, ",") != want {
+		if got, _, err := commandFiles("creds-tool"); err != nil || strings.Join(got, ",") != want {
 			t.Errorf("PATH=%s: commandFiles(creds-tool) = %q, %v; want %q", path, got, err, want)
 		}
 	}
@@ -482,12 +482,12 @@ func TestCommandFiles(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", bin+":"+second)
-	if got, err := commandFiles("creds-tool"); err != nil || !slices.Contains(got, "/opt/imds-test/second") {
+	if got, _, err := commandFiles("creds-tool"); err != nil || !slices.Contains(got, "/opt/imds-test/second") {
 		t.Errorf("commandFiles(creds-tool) with two in PATH = %q, %v; want the second one's interpreter too", got, err)
 	}
 	for _, path := range []string{"bin:" + bin, bin + "::/usr/bin", bin + ":/opt/%func"} {
 		t.Setenv("PATH", path)
-		if got, err := commandFiles("creds-tool"); err == nil {
+		if got, _, err := commandFiles("creds-tool"); err == nil {
 			t.Errorf("PATH=%s: commandFiles(creds-tool) = %q, want a refusal", path, got)
 		}
 	}
@@ -743,8 +743,9 @@ func TestSourceRequestsBounded(t *testing.T) {
 // TestReadsAsTheService: judged for the service, a file it could not open
 // is refused, for its own mode or for a directory above it; one it may
 // read as its owner, through its group or through an ACL passes; the
-// token file the environment names is judged too; and the check leaves
-// every thread of this process as it was.
+// token file the environment names is judged too, and the program
+// credential_process names for running (and reading, if a script); and
+// the check leaves every thread of this process as it was.
 func TestReadsAsTheService(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to judge reads as another user")
@@ -757,9 +758,9 @@ func TestReadsAsTheService(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mk := func(path string, mode os.FileMode, uid, gid int) string {
+	mkText := func(path, text string, mode os.FileMode, uid, gid int) string {
 		t.Helper()
-		if err := os.WriteFile(path, []byte("[default]\nregion = eu-west-1\n"), mode); err != nil {
+		if err := os.WriteFile(path, []byte(text), mode); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.Chmod(path, mode); err != nil {
@@ -769,6 +770,10 @@ func TestReadsAsTheService(t *testing.T) {
 			t.Fatal(err)
 		}
 		return path
+	}
+	mk := func(path string, mode os.FileMode, uid, gid int) string {
+		t.Helper()
+		return mkText(path, "[default]\nregion = eu-west-1\n", mode, uid, gid)
 	}
 	hidden := filepath.Join(dir, "hidden")
 	if err := os.Mkdir(hidden, 0o700); err != nil {
@@ -810,6 +815,35 @@ func TestReadsAsTheService(t *testing.T) {
 	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", byGroup)
 	if err := CheckSettings(Settings{SharedConfigFiles: []string{byGroup}, SharedCredentialsFiles: []string{}}, service); err != nil {
 		t.Errorf("a token file the service may read: %v", err)
+	}
+
+	// The program credential_process names by its path: the service must
+	// be able to run it, and to read it too when it is a script.
+	elf, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, text string
+		mode       os.FileMode
+		gid        int
+		ok         bool
+	}{
+		{"script-root-only", "#!/bin/sh\necho\n", 0o700, 0, false},
+		{"script-group", "#!/bin/sh\necho\n", 0o750, 4243, true},
+		{"script-group-run-only", "#!/bin/sh\necho\n", 0o710, 4243, false},
+		{"program-group-run-only", string(elf), 0o710, 4243, true},
+		{"program-group-read-only", string(elf), 0o740, 4243, false},
+	} {
+		prog := mkText(filepath.Join(dir, tc.name), tc.text, tc.mode, 0, tc.gid)
+		cfg := mkText(filepath.Join(dir, "config-"+tc.name), "[default]\ncredential_process = "+prog+"\n", 0o640, 0, 4243)
+		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case !tc.ok && (!errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), prog+" cannot be run by user 4242")):
+			t.Errorf("%s: %v, want a refusal naming it", tc.name, err)
+		}
 	}
 
 	if after := threadIdentities(t); !slices.Equal(after, before) {
