@@ -245,8 +245,8 @@ type namedFile struct {
 	path, what string
 	// need is the access the agent needs besides the check of who may
 	// change it: unix.R_OK for a file the SDK reads (a token file, a CA
-	// bundle), unix.X_OK for the program credential_process names by its
-	// path; 0 for the rest.
+	// bundle, the script credential_process gives a shell), unix.X_OK for
+	// the program credential_process names by its path; 0 for the rest.
 	need uint32
 	err  error
 }
@@ -287,19 +287,18 @@ func namedFiles(s Settings) []namedFile {
 	for c, n := &sc, 0; c != nil && n < maxProfiles; c, n = c.Source, n+1 {
 		if c.CredentialProcess != "" {
 			what := "what credential_process runs in profile " + c.Profile
-			paths, program, err := commandFiles(c.CredentialProcess)
+			paths, uses, err := commandFiles(c.CredentialProcess)
 			if err != nil {
 				files = append(files, namedFile{what: what, err: err})
 			}
+			need := map[string]uint32{}
+			for _, u := range uses {
+				need[u.path] |= u.mode
+			}
 			for _, p := range paths {
-				if p == program {
-					// The service must be able to run it (a program sh
-					// finds in PATH is looked up in the service's PATH,
-					// not this process's: not judged).
-					files = append(files, namedFile{path: p, what: what, need: unix.X_OK})
-					continue
+				if p != "" {
+					files = append(files, namedFile{path: absolute(p), what: what, need: need[p]})
 				}
-				add(p, what)
 			}
 			shell = true
 		}
@@ -376,14 +375,17 @@ var (
 // before the program, a shell builtin or reserved word first, a wrapper
 // that runs another program (env, timeout, nice…), and a shell or
 // interpreter given anything but a script's path are errors. What a
-// script does beyond that is its own. program is the program's file when
-// the command names it by its path, "" when sh finds it in PATH.
-func commandFiles(command string) (files []string, program string, err error) {
+// script does beyond that is its own. uses says what the agent must be
+// able to do with the files named by absolute paths: run the program, and
+// read the script a shell or interpreter is given. A program sh finds in
+// PATH, or a relative path, is left out: the service's PATH and working
+// directory (/) are not this process's.
+func commandFiles(command string) (files []string, uses []access, err error) {
 	var words []word
 	for rest := strings.TrimLeft(command, " \t"); rest != ""; rest = strings.TrimLeft(rest, " \t") {
 		w, n, ok := shellWord(rest)
 		if !ok {
-			return nil, "", errUnfollowable
+			return nil, nil, errUnfollowable
 		}
 		words, rest = append(words, w), rest[n:]
 	}
@@ -391,38 +393,43 @@ func commandFiles(command string) (files []string, program string, err error) {
 		words = words[1:] // the next word is the program, whatever it looks like
 	}
 	if len(words) == 0 {
-		return nil, "", nil
+		return nil, nil, nil
 	}
 	prog := words[0].text
-	switch base := filepath.Base(prog); {
+	base := filepath.Base(prog)
+	interpreted := slices.Contains(shells, base) || slices.ContainsFunc(interpreters, func(i string) bool { return strings.HasPrefix(base, i) })
+	switch {
 	case strings.Contains(prog, "="):
 		name, _, _ := strings.Cut(prog, "=")
-		return nil, "", fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", strings.TrimSuffix(name, "+"))
+		return nil, nil, fmt.Errorf("the command sets %s before its program; a variable there (PATH, LD_PRELOAD, BASH_ENV…) could decide what runs: set it in the program instead", strings.TrimSuffix(name, "+"))
 	case prog == "" || strings.HasPrefix(prog, "-") || !strings.Contains(prog, "/") && slices.Contains(shellKeywords, prog):
-		return nil, "", fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
+		return nil, nil, fmt.Errorf("the command starts with %q, which sh does not run from PATH; start it with the program's path", prog)
 	case slices.Contains(runners, base):
-		return nil, "", fmt.Errorf("the command starts with %s, which runs another program its arguments name; put the command in a script and start that by its path", base)
-	case slices.Contains(shells, base) || slices.ContainsFunc(interpreters, func(i string) bool { return strings.HasPrefix(base, i) }):
+		return nil, nil, fmt.Errorf("the command starts with %s, which runs another program its arguments name; put the command in a script and start that by its path", base)
+	case interpreted:
 		if len(words) < 2 || strings.HasPrefix(words[1].text, "-") || !strings.Contains(words[1].text, "/") {
-			return nil, "", fmt.Errorf("the command starts with %s without a script's path right after it; name the script by its path, with no options before it", base)
+			return nil, nil, fmt.Errorf("the command starts with %s without a script's path right after it; name the script by its path, with no options before it", base)
 		}
 	}
 	files, runs, err := programFiles(prog)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	more, err := interpreterChain(runs, 1)
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	files = append(files, more...)
 	for _, w := range words[1:] {
 		files = append(files, argumentFiles(w.text)...)
 	}
-	if strings.Contains(prog, "/") {
-		program = absolute(prog)
+	if filepath.IsAbs(prog) {
+		uses = append(uses, access{prog, unix.X_OK})
 	}
-	return files, program, nil
+	if interpreted && filepath.IsAbs(words[1].text) {
+		uses = append(uses, access{words[1].text, unix.R_OK})
+	}
+	return files, uses, nil
 }
 
 // argumentFiles returns the paths in an argument: the word itself when it

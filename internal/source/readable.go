@@ -21,8 +21,9 @@ var errCannotAssume = errors.New("cannot take another user's file access")
 
 // unusable judges, for the agent running as id, the files among files
 // that exist for this process: it returns a refusal for the first one id
-// could not read or run, as its need says, or nil. A program that starts
-// with #! must be readable too: its interpreter opens it. It asks only
+// could not read or run, as its need says, or nil. A program to run must
+// be a regular file, and readable too unless it is an ELF binary: an
+// interpreter (its #! line's, or sh for a file without one) opens it. It asks only
 // when root judges for another user (check-config for the service): a
 // process judging for itself reads the files as it is, and one that is not
 // root cannot take another user's access. Root that may not take it either
@@ -39,12 +40,18 @@ func unusable(files []namedFile, id Identity) error {
 		if f.err != nil || f.need == 0 {
 			continue
 		}
-		if _, err := os.Stat(f.path); err != nil {
+		fi, err := os.Stat(f.path)
+		if err != nil {
 			continue // missing: the SDK skips it; unwalkable: reported by the other checks
 		}
 		need := f.need
-		if need&unix.X_OK != 0 && script(f.path) {
-			need |= unix.R_OK
+		if need&unix.X_OK != 0 {
+			if !fi.Mode().IsRegular() {
+				return fmt.Errorf("source credentials: %s: %s is not a regular file, so it cannot be run: %w", f.what, f.path, ErrUnreadable)
+			}
+			if !elf(f.path) {
+				need |= unix.R_OK
+			}
 		}
 		asks = append(asks, access{f.path, need})
 		present = append(present, f)
@@ -64,12 +71,12 @@ func unusable(files []namedFile, id Identity) error {
 		if present[i].what != "" {
 			what = present[i].what + ": "
 		}
-		verb, grant := "read", "read"
+		verb, grant := "read", "read access to it"
 		if asks[i].mode&unix.X_OK != 0 {
-			verb, grant = "run", "read and execute"
+			verb, grant = "run", "execute access to it (read access too, unless it is an ELF binary), on a file system not mounted noexec,"
 		}
-		return fmt.Errorf("source credentials: %s%s cannot be %s by user %s, as whom the agent runs (%v): %w; give group %s %s access to it and search access to the directories above it",
-			what, asks[i].path, verb, userName(id.UID), err, ErrUnreadable, groupName(id.Groups[0]), grant)
+		return fmt.Errorf("source credentials: %s%s cannot be %s by user %s, as whom the agent runs (%v): %w; give user %s or group %s %s and search access to the directories above it",
+			what, asks[i].path, verb, userName(id.UID), err, ErrUnreadable, userName(id.UID), groupName(id.Groups[0]), grant)
 	}
 	return nil
 }
@@ -81,16 +88,17 @@ type access struct {
 	mode uint32
 }
 
-// script reports whether the file at path starts with #!.
-func script(path string) bool {
+// elf reports whether the regular file at path is an ELF binary, which
+// the kernel runs without reading it as the caller.
+func elf(path string) bool {
 	f, err := os.Open(path)
 	if err != nil {
 		return false
 	}
 	defer f.Close()
-	b := make([]byte, 2)
+	b := make([]byte, 4)
 	n, _ := io.ReadFull(f, b)
-	return n == 2 && string(b) == "#!"
+	return n == 4 && string(b) == "\x7fELF"
 }
 
 // accessAs asks, for each of asks, whether a process of id could open
@@ -100,9 +108,10 @@ func script(path string) bool {
 // setfsgid and setgroups, which change the calling thread only, unlike
 // syscall.Setuid; a file-system UID other than 0 also drops root's
 // file-access capabilities), asks faccessat2 with AT_EACCESS, which checks
-// that identity, and takes its own back. On a kernel without faccessat2
-// (before Linux 5.8) it opens the file for reading instead, and leaves
-// running unjudged. The thread goes back to the runtime only once its
+// that identity, and takes its own back. Where faccessat2 is missing
+// (before Linux 5.8) or refused (EPERM from a seccomp filter that does not
+// know it) it opens the file for reading instead, and leaves running
+// unjudged: for reading and running, the kernel itself answers EACCES. The thread goes back to the runtime only once its
 // identity is restored; otherwise it is never used again (the runtime
 // ends a thread whose goroutine exits locked to it, or parks it for good
 // if it is the main thread).
@@ -158,7 +167,7 @@ func accessAs(id Identity, asks []access) (errs []error, err error) {
 // ask answers a for this thread's file-system identity.
 func ask(a access) error {
 	err := unix.Faccessat2(unix.AT_FDCWD, a.path, a.mode, unix.AT_EACCESS)
-	if !errors.Is(err, unix.ENOSYS) {
+	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
 		if err != nil {
 			return &fs.PathError{Op: "access", Path: a.path, Err: err}
 		}

@@ -743,9 +743,10 @@ func TestSourceRequestsBounded(t *testing.T) {
 // TestReadsAsTheService: judged for the service, a file it could not open
 // is refused, for its own mode or for a directory above it; one it may
 // read as its owner, through its group or through an ACL passes; the
-// token file the environment names is judged too, and the program
-// credential_process names for running (and reading, if a script); and
-// the check leaves every thread of this process as it was.
+// token file the environment names is judged too, the program
+// credential_process names for running (and reading, unless an ELF
+// binary), and the script it gives a shell for reading; and the check
+// leaves every thread of this process as it was.
 func TestReadsAsTheService(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to judge reads as another user")
@@ -818,32 +819,47 @@ func TestReadsAsTheService(t *testing.T) {
 	}
 
 	// The program credential_process names by its path: the service must
-	// be able to run it, and to read it too when it is a script.
+	// be able to run it, and to read it too unless it is an ELF binary;
+	// the script it gives a shell, to read it. (PATH: directories only
+	// root may change, for the check of who may change sh.)
+	t.Setenv("PATH", "/usr/bin:/bin")
 	elf, err := os.ReadFile("/bin/true")
 	if err != nil {
 		t.Fatal(err)
 	}
+	const sh = "#!/bin/sh\necho\n"
+	direct := func(p string) string { return p }
+	viaShell := func(p string) string { return "/bin/sh " + p }
 	for _, tc := range []struct {
 		name, text string
+		command    func(string) string
 		mode       os.FileMode
 		gid        int
-		ok         bool
+		refusal    string // after the file's path; "" for none
 	}{
-		{"script-root-only", "#!/bin/sh\necho\n", 0o700, 0, false},
-		{"script-group", "#!/bin/sh\necho\n", 0o750, 4243, true},
-		{"script-group-run-only", "#!/bin/sh\necho\n", 0o710, 4243, false},
-		{"program-group-run-only", string(elf), 0o710, 4243, true},
-		{"program-group-read-only", string(elf), 0o740, 4243, false},
+		{"script-root-only", sh, direct, 0o700, 0, " cannot be run by user 4242"},
+		{"script-group", sh, direct, 0o750, 4243, ""},
+		{"script-group-run-only", sh, direct, 0o710, 4243, " cannot be run by user 4242"},
+		{"text-group-run-only", "echo\n", direct, 0o710, 4243, " cannot be run by user 4242"},
+		{"program-group-run-only", string(elf), direct, 0o710, 4243, ""},
+		{"program-group-read-only", string(elf), direct, 0o740, 4243, " cannot be run by user 4242"},
+		{"shell-script-root-only", sh, viaShell, 0o600, 0, " cannot be read by user 4242"},
+		{"shell-script-group", sh, viaShell, 0o640, 4243, ""},
 	} {
 		prog := mkText(filepath.Join(dir, tc.name), tc.text, tc.mode, 0, tc.gid)
-		cfg := mkText(filepath.Join(dir, "config-"+tc.name), "[default]\ncredential_process = "+prog+"\n", 0o640, 0, 4243)
+		cfg := mkText(filepath.Join(dir, "config-"+tc.name), "[default]\ncredential_process = "+tc.command(prog)+"\n", 0o640, 0, 4243)
 		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 		switch {
-		case tc.ok && err != nil:
+		case tc.refusal == "" && err != nil:
 			t.Errorf("%s: %v", tc.name, err)
-		case !tc.ok && (!errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), prog+" cannot be run by user 4242")):
+		case tc.refusal != "" && (!errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), prog+tc.refusal)):
 			t.Errorf("%s: %v, want a refusal naming it", tc.name, err)
 		}
+	}
+	cfg := mkText(filepath.Join(dir, "config-a-directory"), "[default]\ncredential_process = "+dir+"\n", 0o640, 0, 4243)
+	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
+	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), dir+" is not a regular file") {
+		t.Errorf("a directory as the program: %v, want a refusal naming it", err)
 	}
 
 	if after := threadIdentities(t); !slices.Equal(after, before) {
