@@ -207,8 +207,14 @@ func untrusted(files []namedFile, id Identity) (refusal, unchecked error) {
 // a program named by its path for running.
 func CheckSettings(s Settings, id Identity) error {
 	err := CheckFilesAs(append(slices.Clone(s.SharedCredentialsFiles), s.SharedConfigFiles...), id)
-	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) || errors.Is(err, ErrUnreadable) {
+	if errors.Is(err, ErrUntrustedFile) || errors.Is(err, ErrExposedSecret) {
 		return err
+	}
+	// Whoever could change a named file comes first: that is a way to
+	// the role, a file the agent cannot read only a way to fail.
+	var sharedUnread error
+	if errors.Is(err, ErrUnreadable) {
+		sharedUnread, err = err, nil
 	}
 	named := namedFiles(s)
 	refusal, unchecked := untrusted(named, id)
@@ -219,7 +225,7 @@ func CheckSettings(s Settings, id Identity) error {
 		}
 	}
 	unread := unusable(used, id)
-	for _, e := range []error{refusal, unread, err, unchecked} {
+	for _, e := range []error{refusal, sharedUnread, unread, err, unchecked} {
 		if e != nil {
 			return e
 		}

@@ -856,7 +856,15 @@ func TestReadsAsTheService(t *testing.T) {
 			t.Errorf("%s: %v, want a refusal naming it", tc.name, err)
 		}
 	}
-	cfg := mkText(filepath.Join(dir, "config-a-directory"), "[default]\ncredential_process = "+dir+"\n", 0o640, 0, 4243)
+	// Whoever could change the program is refused before a shared file
+	// the service could not read.
+	open := mkText(filepath.Join(dir, "world-writable"), sh, 0o757, 0, 4243)
+	cfg := mkText(filepath.Join(dir, "config-open-program"), "[default]\ncredential_process = "+open+"\n", 0o600, 0, 0)
+	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
+	if !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), open) {
+		t.Errorf("a program anyone may change, named by a file the service cannot read: %v, want the program refused", err)
+	}
+	cfg = mkText(filepath.Join(dir, "config-a-directory"), "[default]\ncredential_process = "+dir+"\n", 0o640, 0, 4243)
 	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), dir+" is not a regular file") {
 		t.Errorf("a directory as the program: %v, want a refusal naming it", err)
