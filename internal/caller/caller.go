@@ -162,7 +162,7 @@ func NewResolver(opts Options) (*Resolver, error) {
 		root = defaultCgroupRoot
 	}
 	if dir, ok := findCgroup2(root); ok {
-		r.cgroups = newCgroupCache(dir, log, time.Now, maxCgroups)
+		r.cgroups = newCgroupCache(dir, log, time.Now, time.Sleep, maxCgroups)
 	} else {
 		log.Warn("no cgroup v2 hierarchy found: callers' cgroups and units stay unknown", "root", root)
 	}
@@ -181,8 +181,9 @@ func NewResolver(opts Options) (*Resolver, error) {
 //
 // Finding the socket does not allocate; a miss does (lookupBound). A cgroup
 // id not yet in the cache makes it walk the cgroup hierarchy, at most every
-// cgroupRefreshEvery; until the walk finds the cgroup, Cgroup and Unit stay
-// empty. Lookup is LookupSocket followed by CgroupOf.
+// cgroupRefreshEvery (waiting for the next walk if need be); a cgroup the
+// walk does not find leaves Cgroup and Unit empty. Lookup is LookupSocket
+// followed by CgroupOf.
 func (r *Resolver) Lookup(local, remote netip.AddrPort) (Info, error) {
 	info, err := r.LookupSocket(local, remote)
 	if err == nil && info.Local && info.Cgroup == "" {
@@ -253,8 +254,8 @@ func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 
 // CgroupOf returns the path and systemd unit of the cgroup with this id (a
 // CgroupID from LookupSocket), walking the hierarchy when the id is not in
-// the cache (at most every cgroupRefreshEvery: a cgroup the last walk
-// missed stays unknown until then). Both are empty when it is unknown.
+// the cache: at most every cgroupRefreshEvery, so it may wait up to that
+// long for the walk. Both are empty when the walk does not find it.
 func (r *Resolver) CgroupOf(id uint64) (path, unit string) {
 	if id == 0 || r.cgroups == nil {
 		return "", ""

@@ -20,7 +20,8 @@ const (
 	// past the bound the rest are reported as unknown.
 	maxCgroups = 1 << 16
 	// cgroupRefreshEvery limits walks of the hierarchy: an id not in the
-	// cache triggers a walk at most this often.
+	// cache triggers a walk at most this often, and a lookup waits at most
+	// this long for the walk that can find it.
 	cgroupRefreshEvery = 250 * time.Millisecond
 )
 
@@ -45,19 +46,21 @@ type cgroupEntry struct {
 // number of its directory (on 64-bit kernels), so a walk of the hierarchy
 // builds the map. Readers never lock: each walk publishes a new map.
 type cgroupCache struct {
-	root string
-	log  *slog.Logger
-	now  func() time.Time
-	max  int
+	root  string
+	log   *slog.Logger
+	now   func() time.Time
+	sleep func(time.Duration)
+	max   int
 
 	m        atomic.Pointer[map[uint64]cgroupEntry]
 	lastWalk atomic.Int64 // unix nanoseconds of the last walk's start; 0 = never
-	walkMu   sync.Mutex   // one walk at a time
+	walkMu   sync.Mutex   // one walk at a time, and the wait before it
+	failed   bool         // the last walk could not read the hierarchy; guarded by walkMu
 	walks    atomic.Int64 // walks done, for tests
 }
 
-func newCgroupCache(root string, log *slog.Logger, now func() time.Time, max int) *cgroupCache {
-	return &cgroupCache{root: root, log: log, now: now, max: max}
+func newCgroupCache(root string, log *slog.Logger, now func() time.Time, sleep func(time.Duration), max int) *cgroupCache {
+	return &cgroupCache{root: root, log: log, now: now, sleep: sleep, max: max}
 }
 
 // cached returns the cgroup with this id if the last walk found it.
@@ -69,13 +72,21 @@ func (c *cgroupCache) cached(id uint64) (cgroupEntry, bool) {
 	return cgroupEntry{}, false
 }
 
-// lookup returns the cgroup with this id. On a miss it waits for a walk of
-// the hierarchy in progress, if any, or walks it again, unless a walk
-// started less than cgroupRefreshEvery ago.
+// lookup returns the cgroup with this id. On a miss it is answered by the
+// first walk of the hierarchy to start after it was asked: one in
+// progress then, or the one it makes, waiting first until
+// cgroupRefreshEvery has passed since the last. A cgroup made just after
+// a walk (services starting together at boot, each in a new cgroup) is
+// thus found a moment later, not reported unknown for good: a connection
+// names its caller's cgroup once, and access rules on units and cgroups
+// fail closed without it. Only a cgroup gone by then (its process ended)
+// or past the cache's bound stays unknown. After a walk that could not
+// read the hierarchy, a miss is answered at once, without waiting.
 func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
 	if e, ok := c.cached(id); ok {
 		return e, true
 	}
+	asked := c.now().UnixNano()
 	c.walkMu.Lock()
 	defer c.walkMu.Unlock()
 	// A walk in progress when this lookup came (it was waiting for the
@@ -84,21 +95,27 @@ func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
 	if e, ok := c.cached(id); ok {
 		return e, true
 	}
-	if !c.due() {
-		return cgroupEntry{}, false
+	last := c.lastWalk.Load()
+	if last != 0 && last >= asked {
+		return cgroupEntry{}, false // that walk did not find it
+	}
+	if last != 0 {
+		wait := time.Duration(last + int64(cgroupRefreshEvery) - c.now().UnixNano())
+		if wait > 0 && c.failed {
+			return cgroupEntry{}, false
+		}
+		if wait > 0 {
+			c.sleep(wait)
+		}
 	}
 	c.refresh()
 	e, ok := (*c.m.Load())[id]
 	return e, ok
 }
 
-func (c *cgroupCache) due() bool {
-	last := c.lastWalk.Load()
-	return last == 0 || c.now().UnixNano()-last >= int64(cgroupRefreshEvery)
-}
-
 // refresh walks the hierarchy and publishes the new map. Cgroups that come
-// and go during the walk are simply missed or kept until the next one.
+// and go during the walk are simply missed or kept until the next one. The
+// caller holds walkMu.
 func (c *cgroupCache) refresh() {
 	start := c.now()
 	c.lastWalk.Store(start.UnixNano())
@@ -137,6 +154,7 @@ func (c *cgroupCache) refresh() {
 		m[st.Ino] = cgroupEntry{path: rel, unit: unitFromCgroup(rel)}
 		return nil
 	})
+	c.failed = err != nil
 	if err != nil {
 		c.log.Warn("cannot read the cgroup hierarchy", "root", c.root, "err", err)
 	}

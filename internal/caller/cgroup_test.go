@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -190,10 +192,38 @@ func removeCgroup(t *testing.T, dir string) {
 	}
 }
 
-// fakeClock is a clock the test moves by hand.
-type fakeClock struct{ t time.Time }
+// fakeClock is a clock the test moves by hand; sleeping moves it too.
+type fakeClock struct {
+	mu    sync.Mutex
+	t     time.Time
+	slept []time.Duration
+}
 
-func (c *fakeClock) now() time.Time { return c.t }
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+func (c *fakeClock) sleep(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.slept = append(c.slept, d)
+	c.t = c.t.Add(d)
+}
+
+// sleeps returns the waits so far.
+func (c *fakeClock) sleeps() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.slept)
+}
 
 func inodeOf(t *testing.T, path string) uint64 {
 	t.Helper()
@@ -215,7 +245,7 @@ func TestCgroupCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
-	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 100)
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
 
 	check := func(path string, want cgroupEntry, wantOK bool, wantWalks int64) {
 		t.Helper()
@@ -232,27 +262,36 @@ func TestCgroupCache(t *testing.T) {
 	check("", cgroupEntry{"/", ""}, true, 1)
 	check("user.slice", cgroupEntry{"/user.slice", ""}, true, 1)
 
-	// A cgroup created after the walk is missed until cgroupRefreshEvery
-	// has passed, however often it is asked for.
+	// A cgroup created after the walk is found by the next one, which its
+	// lookup waits for: walks stay cgroupRefreshEvery apart.
 	if err := os.Mkdir(filepath.Join(root, "init.scope"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	check("init.scope", cgroupEntry{}, false, 1)
-	clock.t = clock.t.Add(cgroupRefreshEvery - time.Millisecond)
-	check("init.scope", cgroupEntry{}, false, 1)
-	clock.t = clock.t.Add(time.Millisecond)
+	clock.add(100 * time.Millisecond)
 	check("init.scope", cgroupEntry{"/init.scope", "init.scope"}, true, 2)
+	if want := []time.Duration{cgroupRefreshEvery - 100*time.Millisecond}; !slices.Equal(clock.sleeps(), want) {
+		t.Errorf("waited %v before the walk, want %v", clock.sleeps(), want)
+	}
+	// Once the interval has passed, a miss walks at once.
+	if err := os.Mkdir(filepath.Join(root, "later.scope"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(cgroupRefreshEvery)
+	check("later.scope", cgroupEntry{"/later.scope", "later.scope"}, true, 3)
+	if len(clock.sleeps()) != 1 {
+		t.Errorf("waited %v, want no wait after the first", clock.sleeps())
+	}
 
 	// Removed cgroups leave the cache at the next walk.
 	if err := os.Remove(filepath.Join(root, "user.slice")); err != nil {
 		t.Fatal(err)
 	}
-	clock.t = clock.t.Add(time.Second)
+	clock.add(time.Second)
 	if _, ok := c.lookup(1 << 62); ok { // a miss forces a walk
 		t.Error("lookup of an unknown id succeeded")
 	}
-	if n := len(*c.m.Load()); n != 4 {
-		t.Errorf("cache holds %d cgroups after the walk, want 4", n)
+	if n := len(*c.m.Load()); n != 5 {
+		t.Errorf("cache holds %d cgroups after the walk, want 5", n)
 	}
 }
 
@@ -262,9 +301,9 @@ func TestCgroupCache(t *testing.T) {
 func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
 	root := t.TempDir()
 	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
-	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 100)
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
 	c.lookup(1 << 62) // the first walk
-	clock.t = clock.t.Add(cgroupRefreshEvery)
+	clock.add(cgroupRefreshEvery)
 	if err := os.Mkdir(filepath.Join(root, "new.scope"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -272,7 +311,7 @@ func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
 
 	// Another connection's lookup has started the walk that will find it.
 	c.walkMu.Lock()
-	c.lastWalk.Store(clock.t.UnixNano())
+	c.lastWalk.Store(clock.now().UnixNano())
 	type result struct {
 		e  cgroupEntry
 		ok bool
@@ -298,6 +337,57 @@ func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
 	}
 }
 
+// A lookup is answered by the first walk to start after it was asked:
+// when that walk was another's and did not find the cgroup (gone, or past
+// the bound), the lookup does not wait to walk again.
+func TestCgroupCacheAnsweredByALaterWalk(t *testing.T) {
+	root := t.TempDir()
+	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
+	c.lookup(1 << 62) // the first walk
+	clock.add(time.Millisecond)
+
+	// Another connection's lookup holds the lock, waiting to walk.
+	c.walkMu.Lock()
+	done := make(chan bool, 1)
+	go func() {
+		_, ok := c.lookup(1 << 61)
+		done <- ok
+	}()
+	time.Sleep(50 * time.Millisecond) // the lookup above has read the clock
+	clock.add(cgroupRefreshEvery)
+	c.refresh() // that other lookup's walk, after this one was asked
+	c.walkMu.Unlock()
+	if ok := <-done; ok {
+		t.Error("lookup of an unknown id succeeded")
+	}
+	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 2 || slept != 0 {
+		t.Errorf("%d walks and %d waits, want 2 walks (the first and the other's) and no wait", n, slept)
+	}
+}
+
+// After a walk that could not read the hierarchy a miss is answered at
+// once, not after a wait for another walk likely to fail the same way.
+func TestCgroupCacheNoWaitAfterAFailedWalk(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "missing")
+	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
+	for range 3 {
+		if _, ok := c.lookup(1 << 62); ok {
+			t.Error("lookup in a missing hierarchy succeeded")
+		}
+		clock.add(time.Millisecond)
+	}
+	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 1 || slept != 0 {
+		t.Errorf("%d walks and %d waits, want 1 walk and no wait", n, slept)
+	}
+	clock.add(cgroupRefreshEvery)
+	c.lookup(1 << 62)
+	if n := c.walks.Load(); n != 2 {
+		t.Errorf("%d walks once the interval passed, want 2", n)
+	}
+}
+
 func TestCgroupCacheBounded(t *testing.T) {
 	root := t.TempDir()
 	for i := range 10 {
@@ -306,7 +396,7 @@ func TestCgroupCacheBounded(t *testing.T) {
 		}
 	}
 	clock := &fakeClock{t: time.Unix(1, 0)}
-	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, 4)
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 4)
 	c.lookup(0)
 	if n := len(*c.m.Load()); n != 4 {
 		t.Errorf("cache holds %d cgroups, want the bound 4", n)
