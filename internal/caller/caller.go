@@ -255,7 +255,8 @@ func (r *Resolver) LookupSocket(local, remote netip.AddrPort) (Info, error) {
 // CgroupOf returns the path and systemd unit of the cgroup with this id (a
 // CgroupID from LookupSocket), walking the hierarchy when the id is not in
 // the cache: at most every cgroupRefreshEvery, so it may wait up to that
-// long for the walk. Both are empty when the walk does not find it.
+// long, and then for the walk. Both are empty when the walk does not find
+// it.
 func (r *Resolver) CgroupOf(id uint64) (path, unit string) {
 	if id == 0 || r.cgroups == nil {
 		return "", ""

@@ -21,7 +21,7 @@ const (
 	maxCgroups = 1 << 16
 	// cgroupRefreshEvery limits walks of the hierarchy: an id not in the
 	// cache triggers a walk at most this often, and a lookup waits at most
-	// this long for the walk that can find it.
+	// this long, and then the walk, for the walk that can find it.
 	cgroupRefreshEvery = 250 * time.Millisecond
 )
 
@@ -52,11 +52,13 @@ type cgroupCache struct {
 	sleep func(time.Duration)
 	max   int
 
-	m        atomic.Pointer[map[uint64]cgroupEntry]
-	lastWalk atomic.Int64 // unix nanoseconds of the last walk's start; 0 = never
-	walkMu   sync.Mutex   // one walk at a time, and the wait before it
-	failed   bool         // the last walk could not read the hierarchy; guarded by walkMu
-	walks    atomic.Int64 // walks done, for tests
+	m     atomic.Pointer[map[uint64]cgroupEntry]
+	walks atomic.Int64 // walks started: a lookup's miss is answered by one started after it was asked
+
+	walkMu   sync.Mutex          // one walk at a time; guards the fields below
+	lastWalk time.Time           // the last walk's start; zero = never
+	failed   bool                // the last walk could not read the hierarchy
+	absent   map[uint64]struct{} // ids a walk started after they were asked for did not find
 }
 
 func newCgroupCache(root string, log *slog.Logger, now func() time.Time, sleep func(time.Duration), max int) *cgroupCache {
@@ -73,52 +75,80 @@ func (c *cgroupCache) cached(id uint64) (cgroupEntry, bool) {
 }
 
 // lookup returns the cgroup with this id. On a miss it is answered by the
-// first walk of the hierarchy to start after it was asked: one in
-// progress then, or the one it makes, waiting first until
-// cgroupRefreshEvery has passed since the last. A cgroup made just after
-// a walk (services starting together at boot, each in a new cgroup) is
-// thus found a moment later, not reported unknown for good: a connection
-// names its caller's cgroup once, and access rules on units and cgroups
-// fail closed without it. Only a cgroup gone by then (its process ended)
-// or past the cache's bound stays unknown. After a walk that could not
-// read the hierarchy, a miss is answered at once, without waiting.
+// first walk of the hierarchy to start after it was asked: one another
+// lookup starts meanwhile, or the one it makes, waiting first, without
+// holding the lock, until cgroupRefreshEvery has passed since the last. A
+// cgroup made just after a walk (services starting together at boot, each
+// in a new cgroup) is thus found a moment later, not reported unknown for
+// good: a connection names its caller's cgroup once, and access rules on
+// units and cgroups fail closed without it. An id such a walk did not find
+// (its cgroup gone, outside the hierarchy this process sees, or past the
+// cache's bound) is remembered and answered at once after that; so is any
+// miss after a walk that could not read the hierarchy.
 func (c *cgroupCache) lookup(id uint64) (cgroupEntry, bool) {
 	if e, ok := c.cached(id); ok {
 		return e, true
 	}
-	asked := c.now().UnixNano()
+	asked := c.walks.Load()
 	c.walkMu.Lock()
 	defer c.walkMu.Unlock()
-	// A walk in progress when this lookup came (it was waiting for the
-	// lock) may have found the cgroup: a second connection from a new
-	// cgroup comes while the first one's walk runs.
-	if e, ok := c.cached(id); ok {
-		return e, true
-	}
-	last := c.lastWalk.Load()
-	if last != 0 && last >= asked {
-		return cgroupEntry{}, false // that walk did not find it
-	}
-	if last != 0 {
-		wait := time.Duration(last + int64(cgroupRefreshEvery) - c.now().UnixNano())
-		if wait > 0 && c.failed {
+	for {
+		// A walk in progress when this lookup came (it was waiting for
+		// the lock) may have found the cgroup: a second connection from
+		// a new cgroup comes while the first one's walk runs.
+		if e, ok := c.cached(id); ok {
+			return e, true
+		}
+		if c.walks.Load() != asked {
+			// A walk started after the lookup was asked did not find it.
+			c.remember(id)
 			return cgroupEntry{}, false
 		}
-		if wait > 0 {
-			c.sleep(wait)
+		if _, ok := c.absent[id]; ok {
+			return cgroupEntry{}, false
 		}
+		var wait time.Duration
+		if !c.lastWalk.IsZero() {
+			wait = cgroupRefreshEvery - c.now().Sub(c.lastWalk)
+		}
+		// A wait longer than the interval is a wall clock stepped back
+		// (the fake clocks of tests; time.Now's monotonic reading does
+		// not step): walk now.
+		if wait <= 0 || wait > cgroupRefreshEvery {
+			break
+		}
+		if c.failed {
+			return cgroupEntry{}, false
+		}
+		c.walkMu.Unlock()
+		c.sleep(wait)
+		c.walkMu.Lock()
 	}
 	c.refresh()
 	e, ok := (*c.m.Load())[id]
+	if !ok {
+		c.remember(id)
+	}
 	return e, ok
 }
 
-// refresh walks the hierarchy and publishes the new map. Cgroups that come
-// and go during the walk are simply missed or kept until the next one. The
+// remember records id as not found by a walk made after it was asked for.
+// The set is bounded by the cache's bound, and starts afresh past it. The
 // caller holds walkMu.
+func (c *cgroupCache) remember(id uint64) {
+	if c.absent == nil || len(c.absent) >= c.max {
+		c.absent = make(map[uint64]struct{})
+	}
+	c.absent[id] = struct{}{}
+}
+
+// refresh walks the hierarchy and publishes the new map (the previous one
+// stays if the hierarchy cannot be read). Cgroups that come and go during
+// the walk are simply missed or kept until the next one. The caller holds
+// walkMu.
 func (c *cgroupCache) refresh() {
 	start := c.now()
-	c.lastWalk.Store(start.UnixNano())
+	c.lastWalk = start
 	c.walks.Add(1)
 	m := make(map[uint64]cgroupEntry)
 	if prev := c.m.Load(); prev != nil {
@@ -157,6 +187,11 @@ func (c *cgroupCache) refresh() {
 	c.failed = err != nil
 	if err != nil {
 		c.log.Warn("cannot read the cgroup hierarchy", "root", c.root, "err", err)
+		// The cgroups found before stay known: a hierarchy that could
+		// not be read for a moment must not make every caller unknown.
+		if c.m.Load() != nil {
+			return
+		}
 	}
 	if full {
 		c.log.Warn("cgroup cache full: further cgroups are reported as unknown", "root", c.root, "max", c.max)

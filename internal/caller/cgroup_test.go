@@ -192,11 +192,13 @@ func removeCgroup(t *testing.T, dir string) {
 	}
 }
 
-// fakeClock is a clock the test moves by hand; sleeping moves it too.
+// fakeClock is a clock the test moves by hand; sleeping moves it too, and
+// runs during, if set, as if another goroutine ran meanwhile.
 type fakeClock struct {
-	mu    sync.Mutex
-	t     time.Time
-	slept []time.Duration
+	mu     sync.Mutex
+	t      time.Time
+	slept  []time.Duration
+	during func()
 }
 
 func (c *fakeClock) now() time.Time {
@@ -213,9 +215,13 @@ func (c *fakeClock) add(d time.Duration) {
 
 func (c *fakeClock) sleep(d time.Duration) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.slept = append(c.slept, d)
 	c.t = c.t.Add(d)
+	during := c.during
+	c.mu.Unlock()
+	if during != nil {
+		during()
+	}
 }
 
 // sleeps returns the waits so far.
@@ -311,7 +317,7 @@ func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
 
 	// Another connection's lookup has started the walk that will find it.
 	c.walkMu.Lock()
-	c.lastWalk.Store(clock.now().UnixNano())
+	c.lastWalk = clock.now()
 	type result struct {
 		e  cgroupEntry
 		ok bool
@@ -338,53 +344,92 @@ func TestCgroupCacheWaitsForTheWalkInProgress(t *testing.T) {
 }
 
 // A lookup is answered by the first walk to start after it was asked:
-// when that walk was another's and did not find the cgroup (gone, or past
-// the bound), the lookup does not wait to walk again.
+// when that walk was another's, made while this lookup waited, and did not
+// find the cgroup (gone, or past the bound), the lookup does not walk
+// again, and a later lookup of the same id is answered at once.
 func TestCgroupCacheAnsweredByALaterWalk(t *testing.T) {
 	root := t.TempDir()
 	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
 	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
 	c.lookup(1 << 62) // the first walk
 	clock.add(time.Millisecond)
-
-	// Another connection's lookup holds the lock, waiting to walk.
-	c.walkMu.Lock()
-	done := make(chan bool, 1)
-	go func() {
-		_, ok := c.lookup(1 << 61)
-		done <- ok
-	}()
-	time.Sleep(50 * time.Millisecond) // the lookup above has read the clock
-	clock.add(cgroupRefreshEvery)
-	c.refresh() // that other lookup's walk, after this one was asked
-	c.walkMu.Unlock()
-	if ok := <-done; ok {
+	var other sync.Once
+	clock.during = func() { // another connection's walk, while this one waits
+		other.Do(func() {
+			c.walkMu.Lock()
+			defer c.walkMu.Unlock()
+			c.refresh()
+		})
+	}
+	if _, ok := c.lookup(1 << 61); ok {
 		t.Error("lookup of an unknown id succeeded")
 	}
-	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 2 || slept != 0 {
-		t.Errorf("%d walks and %d waits, want 2 walks (the first and the other's) and no wait", n, slept)
+	if n, slept := c.walks.Load(), clock.sleeps(); n != 2 || !slices.Equal(slept, []time.Duration{cgroupRefreshEvery - time.Millisecond}) {
+		t.Errorf("%d walks after waiting %v; want 2 walks (the first and the other's) after waiting out the interval", n, slept)
+	}
+	clock.during = nil
+	clock.add(time.Millisecond)
+	if _, ok := c.lookup(1 << 61); ok {
+		t.Error("second lookup of an unknown id succeeded")
+	}
+	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 2 || slept != 1 {
+		t.Errorf("second lookup of an id a later walk did not find: %d walks and %d waits, want no more of either", n, slept)
+	}
+}
+
+// A wall clock stepped back past the last walk does not make a lookup wait
+// longer than the interval: it walks at once.
+func TestCgroupCacheClockSteppedBack(t *testing.T) {
+	root := t.TempDir()
+	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
+	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
+	c.lookup(1 << 62) // the first walk
+	if err := os.Mkdir(filepath.Join(root, "new.scope"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(-time.Hour)
+	if e, ok := c.lookup(inodeOf(t, filepath.Join(root, "new.scope"))); !ok || e.path != "/new.scope" {
+		t.Errorf("lookup after the clock stepped back = %+v, %v", e, ok)
+	}
+	if n, slept := c.walks.Load(), clock.sleeps(); n != 2 || len(slept) != 0 {
+		t.Errorf("%d walks after waiting %v; want 2 and no wait", n, slept)
 	}
 }
 
 // After a walk that could not read the hierarchy a miss is answered at
-// once, not after a wait for another walk likely to fail the same way.
-func TestCgroupCacheNoWaitAfterAFailedWalk(t *testing.T) {
-	root := filepath.Join(t.TempDir(), "missing")
+// once, not after a wait for another walk likely to fail the same way; and
+// the cgroups known before stay known.
+func TestCgroupCacheFailedWalk(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Mkdir(filepath.Join(root, "a.scope"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	known := inodeOf(t, filepath.Join(root, "a.scope"))
 	clock := &fakeClock{t: time.Date(2026, 11, 27, 4, 0, 0, 0, time.UTC)}
 	c := newCgroupCache(root, slog.New(slog.DiscardHandler), clock.now, clock.sleep, 100)
-	for range 3 {
-		if _, ok := c.lookup(1 << 62); ok {
+	if _, ok := c.lookup(known); !ok {
+		t.Fatal("lookup of a cgroup in the hierarchy failed")
+	}
+	if err := os.Rename(root, root+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(cgroupRefreshEvery)
+	for i := range uint64(3) {
+		if _, ok := c.lookup(1<<62 + i); ok {
 			t.Error("lookup in a missing hierarchy succeeded")
 		}
 		clock.add(time.Millisecond)
 	}
-	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 1 || slept != 0 {
-		t.Errorf("%d walks and %d waits, want 1 walk and no wait", n, slept)
+	if n, slept := c.walks.Load(), len(clock.sleeps()); n != 2 || slept != 0 {
+		t.Errorf("%d walks and %d waits, want 2 walks (the first, the failed one) and no wait", n, slept)
+	}
+	if e, ok := c.lookup(known); !ok || e.path != "/a.scope" {
+		t.Errorf("lookup of a cgroup known before the failed walk = %+v, %v", e, ok)
 	}
 	clock.add(cgroupRefreshEvery)
-	c.lookup(1 << 62)
-	if n := c.walks.Load(); n != 2 {
-		t.Errorf("%d walks once the interval passed, want 2", n)
+	c.lookup(1 << 61)
+	if n := c.walks.Load(); n != 3 {
+		t.Errorf("%d walks once the interval passed, want 3", n)
 	}
 }
 
