@@ -3,7 +3,8 @@ VERSION ?= $(shell git describe --tags --match 'v*' 2>/dev/null | sed 's/^v//' |
 ifeq ($(VERSION),)
 VERSION := 0.0.0~dev$(shell TZ=UTC git log -1 --format=%cd.%h --date=format-local:%Y%m%d%H%M%S 2>/dev/null)
 endif
-COMMIT ?= $(shell git rev-parse --short HEAD 2>/dev/null)
+# The commit built, marked -dirty when tracked files differ from it.
+COMMIT ?= $(shell c=$$(git rev-parse --short HEAD 2>/dev/null) && { git diff --quiet HEAD -- 2>/dev/null || c=$$c-dirty; } && echo $$c)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 
 .PHONY: build test dev

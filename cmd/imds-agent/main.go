@@ -163,20 +163,36 @@ func parse(fs *flag.FlagSet, args []string) (code int, ok bool) {
 }
 
 func versionString() string {
-	rev := commit
-	if rev == "" {
-		if bi, ok := debug.ReadBuildInfo(); ok {
-			for _, s := range bi.Settings {
-				if s.Key == "vcs.revision" {
-					rev = s.Value
-				}
-			}
+	var settings []debug.BuildSetting
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		settings = bi.Settings
+	}
+	return fmt.Sprintf("imds-agent %s (commit %s, %s, %s/%s)", version, revision(commit, settings), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+// revision names the commit built: the one the Makefile stamped (marked
+// -dirty there when tracked files differed from it), else the one go build
+// recorded, marked -dirty the same way when the tree was modified.
+func revision(stamped string, settings []debug.BuildSetting) string {
+	if stamped != "" {
+		return stamped
+	}
+	rev, modified := "", false
+	for _, s := range settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value == "true"
 		}
 	}
-	if rev == "" {
-		rev = "unknown"
+	switch {
+	case rev == "":
+		return "unknown"
+	case modified:
+		return rev + "-dirty"
 	}
-	return fmt.Sprintf("imds-agent %s (commit %s, %s, %s/%s)", version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	return rev
 }
 
 func setupLink(path string, force bool, stdout, stderr io.Writer) error {
