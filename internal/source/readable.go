@@ -22,14 +22,14 @@ var errCannotAssume = errors.New("cannot take another user's file access")
 // unusable judges, for the agent running as id, the files among files
 // that exist for this process: it returns a refusal for the first one id
 // could not read or run, as its need says, or nil. A program to run must
-// be a regular file, and readable too unless it is an ELF binary: an
-// interpreter (its #! line's, or sh for a file without one) opens it. It asks only
-// when root judges for another user (check-config for the service): a
-// process judging for itself reads the files as it is, and one that is not
-// root cannot take another user's access. Root that may not take it either
-// (in a user namespace that denies setgroups, say) leaves the question
-// unjudged, as it was before this check, and so does an error that kept
-// the question from being asked.
+// exist, be a regular file, and be readable too unless it is an ELF
+// binary: an interpreter (its #! line's, or sh for a file without one)
+// opens it. It asks only when root judges for another user (check-config
+// for the service): a process judging for itself reads the files as it
+// is, and one that is not root cannot take another user's access. Root
+// that may not take it either (in a user namespace that denies setgroups,
+// say) leaves the question unjudged, as it was before this check, and so
+// does an error that kept the question from being asked.
 func unusable(files []namedFile, id Identity) error {
 	if os.Geteuid() != 0 || id.UID == 0 || len(id.Groups) == 0 {
 		return nil
@@ -41,6 +41,11 @@ func unusable(files []namedFile, id Identity) error {
 			continue
 		}
 		fi, err := os.Stat(f.path)
+		if errors.Is(err, fs.ErrNotExist) && f.need&unix.X_OK != 0 {
+			// A missing file to read the SDK skips; a missing program
+			// fails every fetch.
+			return fmt.Errorf("source credentials: %s: %s does not exist, so it cannot be run: %w", f.what, f.path, ErrUnreadable)
+		}
 		if err != nil {
 			continue // missing: the SDK skips it; unwalkable: reported by the other checks
 		}

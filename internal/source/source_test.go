@@ -869,6 +869,12 @@ func TestReadsAsTheService(t *testing.T) {
 	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), dir+" is not a regular file") {
 		t.Errorf("a directory as the program: %v, want a refusal naming it", err)
 	}
+	missing := filepath.Join(dir, "missing-program")
+	cfg = mkText(filepath.Join(dir, "config-missing"), "[default]\ncredential_process = "+missing+"\n", 0o640, 0, 4243)
+	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
+	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), missing+" does not exist") {
+		t.Errorf("a program that does not exist: %v, want a refusal naming it", err)
+	}
 
 	if after := threadIdentities(t); !slices.Equal(after, before) {
 		t.Errorf("threads' identities after the checks:\n%q\nbefore:\n%q", after, before)
