@@ -116,10 +116,11 @@ func elf(path string) bool {
 // that identity, and takes its own back. Where faccessat2 is missing
 // (before Linux 5.8) or refused (EPERM from a seccomp filter that does not
 // know it) it opens the file for reading instead, and leaves running
-// unjudged: for reading and running, the kernel itself answers EACCES. The thread goes back to the runtime only once its
-// identity is restored; otherwise it is never used again (the runtime
-// ends a thread whose goroutine exits locked to it, or parks it for good
-// if it is the main thread).
+// unjudged: for reading and running, the kernel itself answers EACCES,
+// never EPERM. The thread goes back to the runtime only once its identity
+// is restored; otherwise it is never used again (the runtime ends a thread
+// whose goroutine exits locked to it, or parks it for good if it is the
+// main thread).
 func accessAs(id Identity, asks []access) (errs []error, err error) {
 	done := make(chan struct{})
 	go func() {
