@@ -111,7 +111,7 @@ func CheckFilesAs(paths []string, id Identity) error {
 	}
 	files := make([]namedFile, len(paths))
 	for i, p := range paths {
-		files[i].path = p
+		files[i] = namedFile{path: p, need: unix.R_OK}
 	}
 	refusal, unchecked := untrusted(files, id)
 	if refusal != nil {
@@ -157,9 +157,6 @@ func CheckFilesAs(paths []string, id Identity) error {
 			return fmt.Errorf("%s holds a secret key and is readable by %s (mode %04o): %w; make it readable by root and the agent only: chown root:%s %s && chmod 0640 %s",
 				p, who, mode, ErrExposedSecret, fixGroup, p, p)
 		}
-	}
-	for i := range files {
-		files[i].need = unix.R_OK
 	}
 	if refusal := unusable(files, id); refusal != nil {
 		return refusal
@@ -218,13 +215,7 @@ func CheckSettings(s Settings, id Identity) error {
 	}
 	named := namedFiles(s)
 	refusal, unchecked := untrusted(named, id)
-	var used []namedFile // the files the agent reads or runs
-	for _, f := range named {
-		if f.need != 0 {
-			used = append(used, f)
-		}
-	}
-	unread := unusable(used, id)
+	unread := unusable(named, id)
 	for _, e := range []error{refusal, sharedUnread, unread, err, unchecked} {
 		if e != nil {
 			return e
@@ -263,19 +254,14 @@ type namedFile struct {
 // file the SDK would open, in the working directory.
 func namedFiles(s Settings) []namedFile {
 	var files []namedFile
-	add := func(p, what string) {
+	add := func(p, what string, need uint32) {
 		if p != "" {
-			files = append(files, namedFile{path: absolute(p), what: what})
-		}
-	}
-	addRead := func(p, what string) {
-		if p != "" {
-			files = append(files, namedFile{path: absolute(p), what: what, need: unix.R_OK})
+			files = append(files, namedFile{path: absolute(p), what: what, need: need})
 		}
 	}
 	env, _ := awsconfig.NewEnvConfig()
-	addRead(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names")
-	addRead(env.CustomCABundle, "the CA bundle AWS_CA_BUNDLE names")
+	add(env.WebIdentityTokenFilePath, "the web identity token file AWS_WEB_IDENTITY_TOKEN_FILE names", unix.R_OK)
+	add(env.CustomCABundle, "the CA bundle AWS_CA_BUNDLE names", unix.R_OK)
 	profile := s.Profile
 	if profile == "" {
 		profile = env.SharedConfigProfile
@@ -302,14 +288,12 @@ func namedFiles(s Settings) []namedFile {
 				need[u.path] |= u.mode
 			}
 			for _, p := range paths {
-				if p != "" {
-					files = append(files, namedFile{path: absolute(p), what: what, need: need[p]})
-				}
+				add(p, what, need[p])
 			}
 			shell = true
 		}
-		addRead(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile)
-		addRead(c.CustomCABundle, "the ca_bundle of profile "+c.Profile)
+		add(c.WebIdentityTokenFile, "the web_identity_token_file of profile "+c.Profile, unix.R_OK)
+		add(c.CustomCABundle, "the ca_bundle of profile "+c.Profile, unix.R_OK)
 	}
 	if shell {
 		// The SDK starts the command as exec.Command("sh", "-c", …); sh,
@@ -319,8 +303,8 @@ func namedFiles(s Settings) []namedFile {
 			files = append(files, namedFile{what: "PATH, where credential_process's programs are found", err: err})
 		}
 		for _, d := range dirs {
-			add(d, "a directory of PATH, where credential_process's programs are found")
-			add(d+"/sh", "the sh that runs credential_process")
+			add(d, "a directory of PATH, where credential_process's programs are found", 0)
+			add(d+"/sh", "the sh that runs credential_process", 0)
 		}
 	}
 	return files

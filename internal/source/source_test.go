@@ -39,6 +39,22 @@ func write(t *testing.T, name, body string, mode os.FileMode) string {
 	return p
 }
 
+// writeOwned writes text to path with mode, owned by uid and gid (root
+// only), and returns path.
+func writeOwned(t *testing.T, path, text string, mode os.FileMode, uid, gid int) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func TestCheckFiles(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -114,17 +130,7 @@ func TestCheckFilesWriters(t *testing.T) {
 		return d
 	}
 	file := func(t *testing.T, d string, mode os.FileMode, uid, gid int) string {
-		p := filepath.Join(d, "config")
-		if err := os.WriteFile(p, []byte(settings), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(p, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		return p
+		return writeOwned(t, filepath.Join(d, "config"), settings, mode, uid, gid)
 	}
 	// linkTo returns a link to target in a directory of root's.
 	linkTo := func(t *testing.T, target string) string {
@@ -759,22 +765,9 @@ func TestReadsAsTheService(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mkText := func(path, text string, mode os.FileMode, uid, gid int) string {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(text), mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(path, mode); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chown(path, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
 	mk := func(path string, mode os.FileMode, uid, gid int) string {
 		t.Helper()
-		return mkText(path, "[default]\nregion = eu-west-1\n", mode, uid, gid)
+		return writeOwned(t, path, "[default]\nregion = eu-west-1\n", mode, uid, gid)
 	}
 	hidden := filepath.Join(dir, "hidden")
 	if err := os.Mkdir(hidden, 0o700); err != nil {
@@ -846,8 +839,8 @@ func TestReadsAsTheService(t *testing.T) {
 		{"shell-script-root-only", sh, viaShell, 0o600, 0, " cannot be read by user 4242"},
 		{"shell-script-group", sh, viaShell, 0o640, 4243, ""},
 	} {
-		prog := mkText(filepath.Join(dir, tc.name), tc.text, tc.mode, 0, tc.gid)
-		cfg := mkText(filepath.Join(dir, "config-"+tc.name), "[default]\ncredential_process = "+tc.command(prog)+"\n", 0o640, 0, 4243)
+		prog := writeOwned(t, filepath.Join(dir, tc.name), tc.text, tc.mode, 0, tc.gid)
+		cfg := writeOwned(t, filepath.Join(dir, "config-"+tc.name), "[default]\ncredential_process = "+tc.command(prog)+"\n", 0o640, 0, 4243)
 		err := CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 		switch {
 		case tc.refusal == "" && err != nil:
@@ -858,19 +851,19 @@ func TestReadsAsTheService(t *testing.T) {
 	}
 	// Whoever could change the program is refused before a shared file
 	// the service could not read.
-	open := mkText(filepath.Join(dir, "world-writable"), sh, 0o757, 0, 4243)
-	cfg := mkText(filepath.Join(dir, "config-open-program"), "[default]\ncredential_process = "+open+"\n", 0o600, 0, 0)
+	open := writeOwned(t, filepath.Join(dir, "world-writable"), sh, 0o757, 0, 4243)
+	cfg := writeOwned(t, filepath.Join(dir, "config-open-program"), "[default]\ncredential_process = "+open+"\n", 0o600, 0, 0)
 	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 	if !errors.Is(err, ErrUntrustedFile) || !strings.Contains(err.Error(), open) {
 		t.Errorf("a program anyone may change, named by a file the service cannot read: %v, want the program refused", err)
 	}
-	cfg = mkText(filepath.Join(dir, "config-a-directory"), "[default]\ncredential_process = "+dir+"\n", 0o640, 0, 4243)
+	cfg = writeOwned(t, filepath.Join(dir, "config-a-directory"), "[default]\ncredential_process = "+dir+"\n", 0o640, 0, 4243)
 	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), dir+" is not a regular file") {
 		t.Errorf("a directory as the program: %v, want a refusal naming it", err)
 	}
 	missing := filepath.Join(dir, "missing-program")
-	cfg = mkText(filepath.Join(dir, "config-missing"), "[default]\ncredential_process = "+missing+"\n", 0o640, 0, 4243)
+	cfg = writeOwned(t, filepath.Join(dir, "config-missing"), "[default]\ncredential_process = "+missing+"\n", 0o640, 0, 4243)
 	err = CheckSettings(Settings{SharedConfigFiles: []string{cfg}, SharedCredentialsFiles: []string{}}, service)
 	if !errors.Is(err, ErrUnreadable) || !strings.Contains(err.Error(), missing+" does not exist") {
 		t.Errorf("a program that does not exist: %v, want a refusal naming it", err)
